@@ -1,0 +1,77 @@
+# liver_pcr — the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.liver_pcr-installed
+export MPLBACKEND ?= Agg
+export PYTHONHASHSEED ?= 0
+
+.PHONY: demo test setup sync nbtest pytest lab docs bench slow clean help readme
+
+help:
+	@echo "make demo   set up .venv and run the main job (liver-pcr demo)"
+	@echo "make test   set up .venv, check notebook/library sync, run every notebook and the pytest suite"
+	@echo "make lab    JupyterLab on the course (nbs/)"
+	@echo "make docs   render the notebooks to HTML in _docs/"
+	@echo "make bench  run the benchmarks in bench/"
+
+# create the virtual environment if missing and install the package with its dev extra
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/liver-pcr demo $(DEMO_ARGS)
+
+# the library is generated from the notebooks: exporting and cleaning must change nothing
+sync: $(STAMP)
+	@snap() { find liver_pcr nbs -type f \( -name '*.py' -o -name '*.ipynb' \) -not -path '*/.ipynb_checkpoints/*' | sort | xargs sha1sum; }; \
+	before="$$(snap)"; \
+	$(BIN)/nbdev-export && $(BIN)/nbdev-clean || exit 1; \
+	after="$$(snap)"; \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "error: notebooks and library out of sync: nbdev-export/nbdev-clean changed these files:"; \
+	  diff <(echo "$$before") <(echo "$$after") | grep '^>' | awk '{print "  " $$3}'; \
+	  echo "edit the notebooks in nbs/ (never liver_pcr/*.py), run nbdev-export and nbdev-clean, and commit the result"; \
+	  exit 1; \
+	fi; echo "notebooks and library in sync"
+
+# every notebook top to bottom in a fresh kernel, on the CPU, training on the tiny setting
+nbtest: $(STAMP)
+	LIVER_PCR_TINY=1 LIVER_PCR_QUIET=1 $(BIN)/nbdev-test nbs --n-workers 2 --timing
+
+pytest: $(STAMP)
+	LIVER_PCR_QUIET=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+test: sync nbtest pytest
+
+# the long runs: slow-tagged notebook cells and slow tests
+slow: $(STAMP)
+	$(BIN)/nbdev-test nbs --flags slow --n-workers 1
+	LIVER_PCR_SLOW=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab nbs
+
+docs: $(STAMP)
+	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev-docs; else \
+	  echo "quarto not found: rendering notebooks with jupyter nbconvert into _docs/"; \
+	  mkdir -p _docs && find nbs -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | while read nb; do \
+	    rel=$${nb#nbs/}; mkdir -p "_docs/$$(dirname $$rel)"; \
+	    $(BIN)/jupyter nbconvert --to html --output-dir "_docs/$$(dirname $$rel)" "$$nb" >/dev/null 2>&1 || { echo "failed: $$nb"; exit 1; }; \
+	  done; echo "wrote _docs/ (open _docs/index.html)"; fi
+
+bench: $(STAMP)
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf _docs _proc build dist *.egg-info
+
+# README.md is rendered from nbs/index.ipynb (nbdev-readme needs quarto, which may be absent)
+readme: $(STAMP)
+	$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb 2>/dev/null | sed -e '/^```python$$/,/^```$$/{/^#|/d}' > README.md
