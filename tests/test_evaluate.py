@@ -193,6 +193,13 @@ def test_calibration_fit_is_the_maximum_likelihood_fit():
     assert c.intercept == pytest.approx(a, abs=1e-5) and c.slope == pytest.approx(ab[1], abs=1e-5)
 
 
+def test_calibration_slope_is_nan_when_p_separates_the_outcomes():
+    "Perfect separation: the likelihood grows without bound, so there is no finite slope to report."
+    with pytest.warns(UserWarning, match='did not converge'):
+        c = calibration_intercept_slope([0, 0, 0, 1, 1, 1], [.1, .2, .3, .7, .8, .9])
+    assert np.isnan(c.slope)
+
+
 def test_calibration_curve_bins_every_patient():
     y, p = binormal(45, 75, d=1.0, seed=7)
     for strategy in ('quantile', 'uniform'):
@@ -277,6 +284,7 @@ def test_summarize_predictions_uses_fold_thresholds_or_says_default(runs):
     s = summarize_predictions(r.predictions, r.thresholds, n_boot=200)
     t = np.array([.4, .45, .5, .55, .6])[np.arange(len(y)) % 5]
     assert s['thresholds'] == {'0': .4, '1': .45, '2': .5, '3': .55, '4': .6}
+    assert s['threshold_source'] == 'per fold'
     assert s['sensitivity'] == (p >= t)[y == 1].mean() and s['specificity'] == (p < t)[y == 0].mean()
     assert s['auc'] == auc(y, p) and s['n'] == 100 and s['n_pos'] == 40
     assert s['auc_ci'][0] < s['auc'] < s['auc_ci'][1]
