@@ -92,10 +92,15 @@ _MISSING = {'', 'na', 'nan', 'n/a', 'null', 'none'}
 
 def _read_csv(root: Path, name: str, problems: list) -> pd.DataFrame | None:
     "Read `root/name` as strings; record a problem (and return None) if it can't be parsed."
+    import warnings
     try:
-        df = pd.read_csv(root/name, dtype=str, keep_default_na=False, skipinitialspace=True)
+        with warnings.catch_warnings(record=True) as w:   # index_col=False: a trailing comma never shifts the columns
+            warnings.simplefilter('always', pd.errors.ParserWarning)
+            df = pd.read_csv(root/name, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
     except Exception as e:
         problems.append(Problem(name, '', f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})')); return None
+    if any(issubclass(x.category, pd.errors.ParserWarning) for x in w):
+        problems.append(Problem(name, '', 'some rows have more values than the header has columns'))
     df.columns = [str(c).strip() for c in df.columns]
     return df.apply(lambda c: c.str.strip())
 
@@ -139,6 +144,7 @@ def _read_patients(root: Path, label: str, problems: list) -> pd.DataFrame | Non
     for col in ('patient_id', label):
         if col not in df.columns: problems.append(Problem('patients.csv', f'column {col!r}', 'missing (required)'))
     if 'patient_id' not in df.columns: return None
+    if not len(df): problems.append(Problem('patients.csv', '', 'no patients (only a header)'))
     seen = {}
     for i, pid in enumerate(df['patient_id']):
         if not pid: problems.append(Problem('patients.csv', _line(i), 'empty patient_id'))
@@ -273,8 +279,9 @@ def _read_images(root: Path, ids: set, meta: dict, problems: list) -> pd.DataFra
         declared = meta.get(key)
         if declared is None: continue
         for v in sorted(set(man[label]) - set(declared)):
-            n = (man[label] == v).sum()
-            problems.append(Problem(src, f'{label} {v!r}', f'not declared in cohort.json {key} {declared} ({n} images)'))
+            pids = sorted(set(man.patient_id[man[label] == v]))
+            who = ', '.join(pids[:5]) + (f' and {len(pids) - 5} more' if len(pids) > 5 else '')
+            problems.append(Problem(src, f'{label} {v!r}', f'not declared in cohort.json {key} {declared} (patients {who})'))
     return man.reset_index(drop=True)
 
 # %% ../nbs/01_cohort.ipynb #98876fca
@@ -434,7 +441,10 @@ def _check_volume(root: Path, path: Path, what: str, problems: list):
     except Exception as e:
         problems.append(Problem(rel, '', f'unreadable or truncated NIfTI ({type(e).__name__}: {str(e).splitlines()[0][:120]})')); return None
     if data.ndim > 3: problems.append(Problem(rel, '', f'{data.ndim}-D {what} {data.shape}: a 3-D volume is expected')); return None
-    if data.size == 0 or data.ndim < 2: problems.append(Problem(rel, '', f'empty {what} {data.shape}')); return None
+    if data.size == 0: problems.append(Problem(rel, '', f'empty {what} {tuple(img.shape)}')); return None
+    if data.ndim < 2: problems.append(Problem(rel, '', f'{data.ndim}-D {what} {data.shape}: a 3-D volume is expected')); return None
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating) or data.dtype == bool):
+        problems.append(Problem(rel, '', f'{what} voxels of type {data.dtype} (real numbers are expected, e.g. not RGB or complex)')); return None
     if data.ndim == 2: data = data[..., None]
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         problems.append(Problem(rel, '', f'{what} has {int((~np.isfinite(data)).sum())} non-finite voxels'))
