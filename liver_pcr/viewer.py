@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np, pandas as pd
 import ipywidgets as widgets
 from fastcore.basics import patch
+from .core import CohortError
 from .cohort import Cohort, Patient, axial, lesion_slice
 
 # %% auto #0
@@ -138,6 +139,7 @@ def shown(self: CohortViewer, timepoint=None, sequence=None) -> Shown | None:
 @patch
 def show(self: CohortViewer, patient=None, timepoint=None, sequence=None, z: int | None = None):
     "Show a patient / timepoint / sequence / slice (each optional: the others follow)."
+    self._check(patient, timepoint, sequence)
     self._quiet = True
     try:
         if patient is not None and patient != self.patient.value: self.patient.value = patient
@@ -147,6 +149,16 @@ def show(self: CohortViewer, patient=None, timepoint=None, sequence=None, z: int
     return self
 
 # %% ../nbs/03_viewer.ipynb #9726c93f
+@patch
+def _check(self: CohortViewer, patient=None, timepoint=None, sequence=None):
+    "Raise `CohortError` (before anything changes) if the patient, timepoint or sequence asked for isn't there."
+    pid = patient if patient is not None else self.patient.value
+    if pid is None: return
+    p = self.cohort[pid]                                   # names the patient if there is no such one
+    if timepoint is not None and timepoint not in p.exams: raise CohortError(f'patient {pid}: no exam at timepoint {timepoint!r} (it has {list(p.exams)})')
+    tp = timepoint or (self.timepoint.value if self.timepoint.value in p.exams else next(iter(p.exams), None))
+    if sequence is not None and not p.has(tp, sequence): raise CohortError(f'patient {pid}: no {sequence} image at timepoint {tp!r}')
+
 @patch
 def _sync_exam(self: CohortViewer, timepoint=None, sequence=None, z=None, keep_slice=False):
     "Offer the current patient's timepoints and sequences; pick the slice."
