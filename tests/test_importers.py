@@ -240,6 +240,18 @@ def test_dicom_timepoints_table_and_masks(tmp_path):
     assert c['P1'].mask('w12', 'T2') is None
 
 
+def test_dicom_duplicate_files_and_seg_masks(tmp_path):
+    src = tmp_path/'src'
+    mr_series(src/'a', PatientID='X1')
+    (src/'copy').mkdir(); shutil.copy(next((src/'a').glob('*.dcm')), src/'copy'/'dup.dcm')     # the same instance twice
+    shutil.copy(next((src/'a').glob('*.dcm')), tmp_path/'seg.dcm')
+    mp = write_map(tmp_path/'map.json', patients={'X1': 'P1'}, timepoints=['pre'], sequences={'T2': 't2'}, masks={'P1': {'pre': 'seg.dcm'}})
+    rep = import_dicom(src, tmp_path/'out', mp)
+    assert any('copy/dup.dcm: a copy of a/' in n for n in rep.notes)
+    assert [str(p) for p in rep.problems] == ['seg.dcm: patient P1, pre: a DICOM mask (SEG) is not supported: export the segmentation as NIfTI (3D Slicer, ITK-SNAP)']
+    assert Cohort.load(tmp_path/'out')['P1'].volume('pre', 'T2').shape == (64, 64, 7)
+
+
 def test_dicom_csv_map(tmp_path):
     _, t = mr_series(tmp_path/'src'/'a', PatientID='X1', SeriesDescription='whatever')
     _, u = mr_series(tmp_path/'src'/'b', PatientID='X1', SeriesDescription='scout', seed=2)
