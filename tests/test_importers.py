@@ -433,3 +433,14 @@ def test_nifti_faults_are_reported(tmp_path, capsys):
     assert rc == 1 and 'no NIfTI image matches the pattern' in err and not (tmp_path/'o2').exists()
     rc, out, err = run_cli(capsys, 'import', 'nifti', src, src/'sub', '--pattern', '{patient}_{timepoint}_{sequence}.nii.gz')
     assert rc == 1 and 'inside the source folder' in err and tree_hash(src) == before
+
+
+def test_fatal_error_is_short_and_writes_nothing(tmp_path, capsys):
+    (tmp_path/'src').mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), tmp_path/'src'/'x0.nii.gz')
+    for i in range(1, 30): shutil.copy(tmp_path/'src'/'x0.nii.gz', tmp_path/'src'/f'x{i}.nii.gz')
+    rc, out, err = run_cli(capsys, 'import', 'nifti', tmp_path/'src', tmp_path/'a'/'out')
+    lines = err.strip().splitlines()
+    assert rc == 1 and out == '' and len(lines) == 22 and all(l.startswith('error: ') for l in lines)
+    assert '... and 10 more problem(s)' in lines[-2] and 'nothing imported' in lines[-1]
+    assert not (tmp_path/'a').exists()
