@@ -582,11 +582,13 @@ def _summary(px: PatientExplanation) -> dict:
 
 def explain_to(run, cohort: Cohort, patient: str, out, methods=METHODS, **kwargs) -> list[Path]: # writes into the folder `out`
     "Write one patient's explanation figures (and a JSON summary) into `out`; return the paths."
-    out = check_out_path(out, cohort=cohort.root); out.mkdir(parents=True, exist_ok=True)
+    out = check_out_path(out, cohort=cohort.root)
     if patient not in cohort.patients: raise LiverPcrError(f'patient {patient!r} is not in cohort {cohort.root}')
-    if run_model(run) == 'radiomics': raise LiverPcrError(f'{run}: a radiomics reference run; explain takes a deep-model run or the clinical reference')
-    if run_model(run) == 'clinical':
-        fold = fold_of(run, patient); s = next(s for s in run_splits(run) if s['fold'] == fold)
+    kind, fold = run_model(run), fold_of(run, patient)                        # refused before anything is written
+    if kind == 'radiomics': raise LiverPcrError(f'{run}: a radiomics reference run; explain takes a deep-model run or the clinical reference')
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == 'clinical':
+        s = next(s for s in run_splits(run) if s['fold'] == fold)
         ex = shap_reference_fold(load_reference(run, fold), cohort, s['train'], [patient])
         return [_save_fig(plot_waterfall(ex, 0, title=f'{patient}: clinical reference, fold {fold} (log-odds)'), out/f'{patient}_marker_shap.png')]
     px = explain_patient(run, cohort, patient, methods, **kwargs)
