@@ -6,7 +6,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/interpret.html.md"""
 
 # %% ../nbs/12_interpret.ipynb #93ef7257
 from __future__ import annotations
-import io, json, math, pickle, html
+import io, json, math, pickle, html, textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -153,10 +153,12 @@ def _gradcam(f, model, x, pr, args, layer):
 
 def attribute(model: PCRModel, b: dict, method: str = 'gradcam', # a fold model; a batch from `fold_batch`; 'gradcam' or 'ig'
               target: str = 'predicted', layer: str = 'auto',    # what is explained; Grad-CAM's block
-              n_steps: int = 32, internal_batch_size: int = 64) -> torch.Tensor: # integrated gradients' path steps and chunk
+              n_steps: int = 32, internal_batch_size: int = 64, # integrated gradients' path steps and chunk
+              channels: bool = False) -> torch.Tensor:           # integrated gradients per 2.5-D channel (B, T, S, k, H, W)?
     "Attribution maps (B, T, S, H, W) of every image of the batch, on the ROI grid; zero where an image is absent."
     from captum.attr import IntegratedGradients
     if method not in METHODS: raise ConfigError(f'attribution method {method!r}: choose one of {list(METHODS)}')
+    if channels and method != 'ig': raise ConfigError('only integrated gradients have per-channel maps (Grad-CAM reads a layer after conv1 has mixed the channels)')
     model.eval()
     x, pr = b['images'].float(), b['present'].bool()
     f, args = _Signed(model), (pr, b['clinical'], b['masks'], target_sign(model, b, target))
@@ -164,18 +166,20 @@ def attribute(model: PCRModel, b: dict, method: str = 'gradcam', # a fold model;
         if method == 'gradcam': return _gradcam(f, model, x, pr, args, layer)
         a = IntegratedGradients(f).attribute(x, baselines=torch.zeros_like(x), additional_forward_args=args,
                                              n_steps=n_steps, internal_batch_size=internal_batch_size)
-    return (a.sum(3).detach()*pr[..., None, None]).float()
+    a = a.detach().float()*pr[..., None, None, None]
+    return a if channels else a.sum(3)
 
 # %% ../nbs/12_interpret.ipynb #9c8cea33
 def plot_maps(images, masks, present, maps, # one patient: (T, S, k, H, W), (T, k, H, W), (T, S), (T, S, H, W)
-              timepoints, sequences, method: str = 'gradcam', title: str = '', size: float = 2.0, alpha: float = 0.5):
-    "Attribution maps over the ROI images, timepoints side by side, lesion outlined."
+              timepoints, sequences, method: str = 'gradcam', title: str = '', size: float = 2.0, alpha: float = 0.8):
+    "Attribution maps over the ROI images, timepoints side by side, lesion outlined; the map's opacity grows with its magnitude."
     import matplotlib.pyplot as plt
+    from matplotlib import cm, colors
     images, masks, present, maps = (np.asarray(a) for a in (images, masks, present, maps))
     T, S, k = images.shape[:3]
-    fig, axs = plt.subplots(S, T, figsize=(size*T + 0.8, size*S + 0.5), squeeze=False)
+    fig, axs = plt.subplots(S, T, figsize=(size*T + 1.2, size*S + 0.4), squeeze=False, layout='constrained')
     vmax = float(np.abs(maps).max()) or 1.0
-    cmap, lim = ('jet', (0, vmax)) if method == 'gradcam' else ('bwr', (-vmax, vmax))
+    cmap, norm = (plt.get_cmap('jet'), colors.Normalize(0, vmax)) if method == 'gradcam' else (plt.get_cmap('bwr'), colors.Normalize(-vmax, vmax))
     for s in range(S):
         for t in range(T):
             ax = axs[s, t]; ax.set_xticks([]); ax.set_yticks([])
@@ -183,10 +187,11 @@ def plot_maps(images, masks, present, maps, # one patient: (T, S, k, H, W), (T, 
             if s == 0: ax.set_title(timepoints[t], fontsize=10)
             if not present[t, s]: ax.text(0.5, 0.5, 'missing', ha='center', va='center', transform=ax.transAxes); ax.set_facecolor('0.85'); continue
             ax.imshow(images[t, s, k//2], cmap='gray')
-            im = ax.imshow(maps[t, s], cmap=cmap, vmin=lim[0], vmax=lim[1], alpha=alpha)
+            rgba = cmap(norm(maps[t, s])); rgba[..., 3] = alpha*np.sqrt(np.clip(np.abs(maps[t, s])/vmax, 0, 1))
+            ax.imshow(rgba)
             if masks[t, k//2].any(): ax.contour(masks[t, k//2] > 0.5, levels=[0.5], colors='lime', linewidths=1)
-    if present.any(): fig.colorbar(im, ax=axs.ravel().tolist(), shrink=0.6, label=f'{method} attribution')
-    if title: fig.suptitle(title, fontsize=10)
+    fig.colorbar(cm.ScalarMappable(norm, cmap), ax=axs, shrink=0.6, label=f'{method} attribution')
+    if title: fig.suptitle('\n'.join(textwrap.wrap(title, int(14*fig.get_figwidth()))), fontsize=9)
     return fig
 
 # %% ../nbs/12_interpret.ipynb #2a3e738f
@@ -200,7 +205,7 @@ def lesion_share(maps, masks, present, dilate: int = 2) -> dict: # (B, T, S, H, 
     with np.errstate(invalid='ignore', divide='ignore'):
         out = dict(share_lesion=(a*m[:, :, None]).sum((-2, -1))/tot, share_rim=(a*rim[:, :, None]).sum((-2, -1))/tot)
     out.update(area_lesion=np.broadcast_to(m.mean((-2, -1))[:, :, None], tot.shape), area_rim=np.broadcast_to(rim.mean((-2, -1))[:, :, None], tot.shape))
-    ok = present.astype(bool) & m.any((-2, -1))[:, :, None] & (tot > 0)
+    ok = present.astype(bool) & m.any((-2, -1))[:, :, None]                   # images with a lesion; shares are NaN without positive mass
     return {k: np.where(ok, v, np.nan) for k, v in out.items()}
 
 def shuffled_share(maps, masks, present, dilate: int = 2, seed: int = 0) -> dict:
@@ -246,10 +251,11 @@ def attribution_in_lesion(run, cohort: Cohort, methods=METHODS, # a cv run; the 
     return per_fold(run, cohort, one, folds)
 
 def lesion_summary(df: pd.DataFrame, by=('model', 'method')) -> pd.DataFrame: # rows of `attribution_in_lesion`
-    "Mean shares per model and method, against the uniform-map (area) and shuffled-map baselines."
+    "Mean shares per model and method against the uniform-map (area) and shuffled-map baselines, over the maps with positive mass."
     cols = ['share_lesion', 'area_lesion', 'shuffled_lesion', 'share_rim', 'area_rim', 'shuffled_rim']
-    g = df.dropna(subset=['share_lesion']).groupby(list(by))
-    s = g[cols].mean().assign(ratio_to_area=lambda d: d.share_lesion/d.area_lesion, n_images=g.size())
+    d = df.dropna(subset=['area_lesion']); g = d.groupby(list(by))
+    s = d.dropna(subset=['share_lesion']).groupby(list(by))[cols].mean()
+    s = s.assign(ratio_to_area=s.share_lesion/s.area_lesion, n_images=g.size(), no_positive_mass=g.share_lesion.apply(lambda v: v.isna().mean()))
     return s.round(3)
 
 # %% ../nbs/12_interpret.ipynb #bffa3928

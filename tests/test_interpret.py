@@ -71,12 +71,13 @@ def test_changing_the_weights_changes_the_map(fold0, method, part):
     assert torch.equal(before, attribute(fm.model, b, method, n_steps=8))   # and the same model gives the same map
 
 
-@pytest.mark.parametrize('encoder', ['shared', 'per_sequence'])
-def test_gradcam_rows_go_back_to_their_image(fold0, encoder):
+@pytest.mark.parametrize('encoder,mask_input', [('shared', False), ('per_sequence', False), ('shared', True)])
+def test_gradcam_rows_go_back_to_their_image(fold0, encoder, mask_input):
     "With an image missing before them, each patient's maps computed in a batch equal his maps computed alone."
     fm, b = fold0
     torch.manual_seed(0)
-    model = PCRModel(ModelConfig(encoder=encoder), b['timepoints'], b['sequences'], k=b['images'].shape[3], n_clinical=b['clinical'].shape[1]).eval()
+    cfg = ModelConfig(encoder=encoder, mask_input=mask_input)
+    model = PCRModel(cfg, b['timepoints'], b['sequences'], k=b['images'].shape[3], n_clinical=b['clinical'].shape[1]).eval()
     b = {k: v[:4].clone() if torch.is_tensor(v) else v for k, v in b.items()}
     b['present'][0, 0, 1] = False; b['images'][0, 0, 1] = 0                 # the rows of the flattened batch shift after this one
     cam = attribute(model, b, 'gradcam', target='pcr')
@@ -187,6 +188,16 @@ def test_explain_writes_one_patients_figures(runs, sample, tmp_path):
     assert cmd_explain(_args(runs/'clinical', sample.root, pid, out)) == 0    # a clinical-reference run: the marker SHAP waterfall
     assert (out/f'{pid}_marker_shap.png').exists()
     assert not [f for f in out.iterdir() if f.name.startswith('.')]         # no temporary file left behind
+
+
+def test_explain_a_single_timepoint_model_without_labs(sample, tmp_path):
+    "The baseline stage (one sequence, one timepoint, no labs, no relation module): maps and contributions, no clinical SHAP."
+    run_cv(sample, 'baseline', tmp_path/'baseline', **TINY)
+    pid = run_splits(tmp_path/'baseline')[0]['test'][0]
+    files = explain_to(tmp_path/'baseline', sample, pid, tmp_path/'out', methods=('gradcam',))
+    assert sorted(f.name for f in files) == sorted([f'{pid}_gradcam.png', f'{pid}_contributions.png', f'{pid}_explanation.json'])
+    s = json.loads((tmp_path/'out'/f'{pid}_explanation.json').read_text())
+    assert s['relation_weights'] is None and set(s['delta_p']) == {f'{t}/{q}' for t in ['post'] for q in ['AP', 'all']}
 
 
 def test_explain_refuses_unknown_patients(runs, sample, tmp_path):
