@@ -74,4 +74,4 @@ clean:
 
 # README.md is rendered from nbs/index.ipynb (nbdev-readme needs quarto, which may be absent)
 readme: $(STAMP)
-	$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb 2>/dev/null | sed -e '/^```python$$/,/^```$$/{/^#|/d}' > README.md
+	$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb 2>/dev/null | sed -e '/^```python$$/,/^```$$/{/^#|/d}' -e 's#](images/#](nbs/images/#g' > README.md
