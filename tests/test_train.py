@@ -1,0 +1,183 @@
+"""Model family and training: forward passes with missing inputs, gradients, order sensitivity, resume, determinism, the CLI.
+
+Trainings here run on the packaged 24-patient sample with tiny settings (16 px ROI, 1-2 epochs): they test mechanics, not accuracy.
+"""
+import json, os, shutil, subprocess, sys
+from dataclasses import replace
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch
+
+from liver_pcr.cohort import Cohort
+from liver_pcr.core import ConfigError, LiverPcrError
+from liver_pcr.models import STAGES, PCRModel, select_inputs
+from liver_pcr.preprocess import PreprocessConfig, preprocess_cohort
+from liver_pcr.data import cohort_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment, check_no_leak
+from liver_pcr.train import Learner, TrainConfig, run_cv, run_train, predict, make_loss
+
+TPS, SEQS = ['pre', 'post'], ['T2', 'DWI', 'AP', 'PVP']
+PRE = PreprocessConfig(roi_px=16, roi_mm=64)
+TINY = TrainConfig(epochs=2, min_epochs=1, patience=1, batch_size=8)
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path, monkeypatch):
+    monkeypatch.setenv('LIVER_PCR_CACHE', str(tmp_path/'cache')); monkeypatch.setenv('LIVER_PCR_QUIET', '1')
+    torch.set_num_threads(1)
+
+
+def _batch(B=3, k=3, H=16):
+    x, pr = torch.randn(B, 2, 4, k, H, H), torch.ones(B, 2, 4, dtype=torch.bool)
+    pr[0, 1] = False                      # patient 0: no post-therapy exam
+    pr[1, 0, 2] = False                   # patient 1: no AP before therapy
+    x[~pr] = 0
+    return x, pr, torch.randn(B, 12), torch.zeros(B, 2, k, H, H)
+
+
+@pytest.mark.parametrize('stage', list(STAGES))
+def test_every_stage_forward_with_missing_inputs(stage):
+    x, pr, c, m = _batch()
+    model = PCRModel(STAGES[stage], TPS, SEQS, k=3, n_clinical=12)
+    out = model(x, pr, c, m)
+    assert out.shape == (3,) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('stage', list(STAGES))
+def test_missing_image_content_cannot_leak(stage):
+    "What is in a missing image's slot must not change the prediction."
+    torch.manual_seed(0)
+    x, pr, c, m = _batch()
+    model = PCRModel(STAGES[stage], TPS, SEQS, k=3, n_clinical=12).eval()
+    x2 = x.clone(); x2[~pr] = 100.0
+    with torch.no_grad(): assert torch.allclose(model(x, pr, c, m), model(x2, pr, c, m), atol=1e-6)
+
+
+@pytest.mark.parametrize('encoder', ['shared', 'per_sequence'])
+def test_gradients_reach_every_encoder(encoder):
+    x, pr, c, m = _batch()
+    model = PCRModel(replace(STAGES['relation'], encoder=encoder), TPS, SEQS, k=3, n_clinical=12)
+    model(x, pr, c, m).sum().backward()
+    for trunk in model.encoder.trunks:
+        assert trunk.net.conv1.weight.grad is not None and trunk.net.conv1.weight.grad.abs().sum() > 0
+    assert model.clinical[0].weight.grad.abs().sum() > 0
+
+
+def test_relation_is_not_order_blind():
+    torch.manual_seed(0)
+    x, _, c, m = _batch()
+    pr = torch.ones(3, 2, 4, dtype=torch.bool)
+    model = PCRModel(STAGES['relation'], TPS, SEQS, k=3, n_clinical=12).eval()
+    with torch.no_grad(): a, b = model(x, pr, c, m), model(x.flip(1), pr, c, m.flip(1))
+    assert (a - b).abs().max() > 1e-5
+
+
+def test_missing_sequence_is_a_clear_error():
+    with pytest.raises(ConfigError, match="needs sequence 'AP'"): select_inputs(STAGES['baseline'], ['start', 'end'], ['T1', 'T2'])
+
+
+def _fold_setup():
+    c = Cohort.load()
+    pre = preprocess_cohort(c, PRE, show_progress=False)
+    s = cohort_splits(c, 3, 0)[0]
+    ct = ClinicalTransformer(c.markers, pre.timepoints).fit(wide_labs(c, s.train, pre.timepoints))
+    return c, pre, s, ct
+
+
+def _learner(c, pre, s, ct, workdir=None, epochs=3):
+    torch.manual_seed(0)
+    tr = PatientDataset(pre, c, s.train, ct, augment=Augment(drop_input=0.1), seed=0)
+    va = PatientDataset(pre, c, s.val, ct)
+    model = PCRModel(STAGES['relation'], pre.timepoints, pre.sequences, k=PRE.k, n_clinical=tr.clin.shape[1])
+    cfg = replace(TINY, epochs=epochs, min_epochs=epochs, patience=epochs, ema=0.5)
+    return Learner(model, tr, va, make_loss(STAGES['relation'], tr.y), cfg, seed=0, workdir=workdir), va
+
+
+def test_resumed_run_gives_the_same_predictions(tmp_path):
+    c, pre, s, ct = _fold_setup()
+    L, va = _learner(c, pre, s, ct); full = L.fit(show_progress=False).predict(va)
+    L1, _ = _learner(c, pre, s, ct, tmp_path/'run'); L1.fit(until_epoch=1, show_progress=False)   # killed after one epoch
+    assert (tmp_path/'run'/'last.pt').exists()
+    L2, _ = _learner(c, pre, s, ct, tmp_path/'run'); resumed = L2.fit(show_progress=False).predict(va)
+    assert len(L2.log) == 3
+    np.testing.assert_array_equal(resumed, full)
+
+
+def test_same_seed_same_predictions(tmp_path):
+    a = run_cv(None, 'relation', tmp_path/'a', n_folds=3, pre_cfg=PRE, train_cfg=TINY, show_progress=False, n_boot=100)
+    b = run_cv(None, 'relation', tmp_path/'b', n_folds=3, pre_cfg=PRE, train_cfg=TINY, show_progress=False, n_boot=100)
+    pa, pb = (pd.read_csv(tmp_path/k/'predictions.csv') for k in 'ab')
+    pd.testing.assert_frame_equal(pa, pb)
+    assert a['auc'] == b['auc']
+
+
+def test_cv_outputs_and_threshold_ignores_test_labels(tmp_path):
+    m = run_cv(None, 'multi', tmp_path/'r', n_folds=3, pre_cfg=PRE, train_cfg=TINY, show_progress=False, n_boot=100)
+    c = Cohort.load()
+    p = pd.read_csv(tmp_path/'r'/'predictions.csv')
+    assert list(p.columns) == ['patient_id', 'fold', 'y_true', 'p'] and sorted(p.patient_id) == sorted(c.labelled_ids)
+    assert {'auc', 'auc_ci', 'n', 'n_pos'} <= set(m) and m['n'] == len(c.labelled_ids)
+    for f in ('metrics.json', 'config.json', 'log.csv', 'thresholds.csv', 'fold0/model.pt'): assert (tmp_path/'r'/f).exists(), f
+    cfg = json.loads((tmp_path/'r'/'config.json').read_text())
+    for s in cfg['splits']: check_no_leak(s['train'], s['val'], s['test'])
+    # the threshold of each fold is a function of its inner-validation predictions only: permuting the test fold's labels
+    # cannot change it, because the runner never reads them (they are not an input of _threshold)
+    from liver_pcr.train import _threshold
+    thr = pd.read_csv(tmp_path/'r'/'thresholds.csv').set_index('fold').threshold
+    for s in cfg['splits']:
+        done = json.loads((tmp_path/'r'/f"fold{s['fold']}"/'done.json').read_text())
+        yv = [c[i].label for i in s['val']]
+        assert abs(thr[s['fold']] - _threshold(yv, [done['val'][i] for i in s['val']])) < 1e-12   # CSV round trip
+
+
+def test_permuting_test_labels_leaves_thresholds_unchanged(tmp_path):
+    "Rerun cv on a copy of the cohort whose test-fold labels are permuted within fold 0: every threshold is unchanged."
+    c = Cohort.load()
+    run_cv(c, 'clinical', tmp_path/'a', n_folds=3, show_progress=False, n_boot=100)
+    cfg = json.loads((tmp_path/'a'/'config.json').read_text())
+    copy = tmp_path/'copy'; shutil.copytree(c.root, copy)
+    t = pd.read_csv(copy/'patients.csv', dtype=str)
+    test0 = cfg['splits'][0]['test']
+    rows = t.patient_id.isin(test0)
+    before = t.loc[rows, 'pcr'].tolist()
+    t.loc[rows, 'pcr'] = np.roll(before, 1)
+    assert t.loc[rows, 'pcr'].tolist() != before                   # the test labels really changed
+    t['fold'] = t.patient_id.map({i: s['fold'] for s in cfg['splits'] for i in s['test']})   # the same folds
+    t.to_csv(copy/'patients.csv', index=False)
+    run_cv(copy, 'clinical', tmp_path/'b', n_folds=3, show_progress=False, n_boot=100)
+    a, b = (pd.read_csv(tmp_path/k/'thresholds.csv').set_index('fold').threshold for k in 'ab')
+    # fold 0's own threshold cannot see its test labels; the other folds train on them, so only fold 0 is guaranteed
+    assert a[0] == b[0]
+
+
+def test_train_then_predict_on_unlabelled_cohort(tmp_path):
+    run_train(None, 'single', tmp_path/'m', pre_cfg=PRE, train_cfg=TINY, show_progress=False)
+    ext = tmp_path/'ext'; shutil.copytree(Cohort.load().root, ext)
+    t = pd.read_csv(ext/'patients.csv', dtype=str); t['pcr'] = ''; t.to_csv(ext/'patients.csv', index=False)
+    p = predict(tmp_path/'m', ext, show_progress=False)
+    assert list(p.columns) == ['patient_id', 'p'] and len(p) == 24 and p.p.between(0, 1).all()
+
+
+def _cli(*args):
+    exe = Path(sys.executable).parent/'liver-pcr'
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+                          env={**os.environ, 'LIVER_PCR_TINY': '1'})
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['--model', 'resnet50'], "invalid choice: 'resnet50'"),
+    (['--model', 'baseline', '--sequences', 'T1'], "needs sequence 'T1'"),
+    (['--model', 'relation', '--folds', '12'], 'too few patients for 12 folds'),
+])
+def test_cv_bad_input_exit_1(tmp_path, args, needle):
+    from liver_pcr.core import sample_cohort_path
+    r = _cli('cv', str(sample_cohort_path()), '--out', str(tmp_path/'run'), *args)
+    assert r.returncode == 1, r.stderr
+    assert needle in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_cv_on_invalid_cohort_exit_1(tmp_path):
+    from liver_pcr.core import sample_cohort_path
+    bad = tmp_path/'bad'; shutil.copytree(sample_cohort_path(), bad)
+    (bad/'labs.csv').write_text((bad/'labs.csv').read_text().replace('SYN0001,pre,', 'SYN0001,pre,abc', 1))
+    r = _cli('cv', str(bad), '--model', 'relation', '--out', str(tmp_path/'run'))
+    assert r.returncode == 1 and 'is not a number' in r.stderr and 'Traceback' not in r.stderr
+    assert not (tmp_path/'run'/'predictions.csv').exists()
