@@ -294,7 +294,7 @@ def plot_calibration(runs: dict, # {name: (y, p)}
     fig, ax = _axes(ax)
     for name, (y, p) in runs.items():
         c, cal = calibration_curve(y, p, n_bins=n_bins), calibration_intercept_slope(y, p)
-        eb = ax.errorbar(c.p_mean, c.observed, yerr=[c.observed - c.ci_low, c.ci_high - c.observed], fmt='o', capsize=3,
+        eb = ax.errorbar(c.p_mean, c.observed, yerr=np.clip([c.observed - c.ci_low, c.ci_high - c.observed], 0, None), fmt='o', capsize=3,
                          label=f'{name} (slope {cal.slope:.2f}, intercept {cal.intercept:+.2f})')
         if smooth:
             at, fit = lowess(p, y, at=np.linspace(np.min(p), np.max(p), 50))

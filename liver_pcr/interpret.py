@@ -389,9 +389,15 @@ def shap_reference(run, cohort: Cohort, folds=None): # a cv run of the clinical 
 
 # %% ../nbs/12_interpret.ipynb #a9928ea9
 def _shap_fig(draw):
-    "A figure from one of shap's pyplot functions."
-    import matplotlib.pyplot as plt
-    plt.figure(); draw(); fig = plt.gcf(); plt.close(fig)
+    "A figure from one of shap's pyplot functions, which call `plt.ioff()` themselves: made safe."
+    import matplotlib, matplotlib.pyplot as plt
+    from unittest import mock
+    real_ioff = plt.ioff
+    def ioff(): # matplotlib's REPL hook may point at an IPython shell that is gone (a test runner's earlier notebook)
+        try: return real_ioff()
+        except ValueError: matplotlib.interactive(False)
+    with mock.patch.object(plt, 'ioff', ioff):
+        plt.figure(); draw(); fig = plt.gcf(); plt.close(fig)
     return fig
 
 def plot_beeswarm(ex, max_display: int = 12, title: str = ''):

@@ -11,7 +11,7 @@ from liver_pcr.cohort import Cohort
 from liver_pcr.core import LiverPcrError, ConfigError, run_main, sample_cohort_path
 from liver_pcr.interpret import (METHODS, ablation, attribute, attribution_in_lesion, cmd_explain, explain_to, fold_batch,
                                  fold_of, forward, fusion_weights, gradcam_layer, lesion_summary, load_fold, load_reference,
-                                 reference_features, run_splits, shap_clinical_branch, shap_reference)
+                                 reference_features, run_splits, shap_clinical_branch, shap_reference, plot_waterfall, plot_beeswarm)
 from liver_pcr.models import ModelConfig, PCRModel
 from liver_pcr.preprocess import PreprocessConfig
 from liver_pcr.train import TrainConfig, run_cv
@@ -143,6 +143,17 @@ def test_shap_of_the_clinical_reference_adds_up_to_its_log_odds(runs, sample):
     tr = run_splits(runs/'clinical')[0]['train']
     assert ex.base_values[list(ex.instance_names).index(run_splits(runs/'clinical')[0]['test'][0])] == pytest.approx(
         st['pipeline'].decision_function(reference_features(st, sample, tr)).mean(), abs=1e-6)
+
+
+def test_shap_plots_survive_a_stale_ipython_hook(runs, sample, monkeypatch):
+    "shap calls `plt.ioff()`, which raises when matplotlib's REPL hook points at a shell that is gone (nbdev-test runs notebooks one after another in one process)."
+    import matplotlib.pyplot as plt
+    def stale(): raise ValueError('Function _draw_all_if_interactive is not registered as a post_execute callback')
+    monkeypatch.setattr(plt, 'ioff', stale)
+    ex = shap_reference(runs/'clinical', sample)
+    for fig in (plot_waterfall(ex, ex.instance_names[0], title='w'), plot_beeswarm(ex)):
+        assert fig.axes and fig.axes[0].has_data()
+    assert plt.ioff is stale                                                # the patch is undone afterwards
 
 
 def test_shap_of_the_deep_clinical_branch_adds_up(fold0, sample):

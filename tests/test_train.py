@@ -181,3 +181,12 @@ def test_cv_on_invalid_cohort_exit_1(tmp_path):
     r = _cli('cv', str(bad), '--model', 'relation', '--out', str(tmp_path/'run'))
     assert r.returncode == 1 and 'is not a number' in r.stderr and 'Traceback' not in r.stderr
     assert not (tmp_path/'run'/'predictions.csv').exists()
+
+
+def test_ensemble_members_are_averaged_and_saved(tmp_path):
+    run_cv(None, 'single', tmp_path/'e', n_folds=3, pre_cfg=PRE, train_cfg=replace(TINY, ensemble=2), show_progress=False, n_boot=100)
+    assert (tmp_path/'e'/'fold0'/'model.pt').exists() and (tmp_path/'e'/'fold0'/'model-1.pt').exists()
+    log = pd.read_csv(tmp_path/'e'/'log.csv')
+    assert set(log.member) == {0, 1}
+    p = predict(tmp_path/'e', Cohort.load(), show_progress=False)      # 3 folds x 2 members, averaged
+    assert len(p) == 24 and p.p.between(0, 1).all()
