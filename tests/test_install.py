@@ -1,4 +1,5 @@
 "The installed package: it imports, its command answers, and its version is the one pyproject declares."
+import pytest
 import subprocess, sys, shutil, re
 from pathlib import Path
 import importlib.metadata as md
@@ -23,10 +24,18 @@ def _cli(*args):
     assert exe, 'the liver-pcr console script is not installed next to this python'
     return subprocess.run([exe, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
 
+SUBCOMMANDS = ['demo', 'validate', 'synth', 'import', 'cv', 'train', 'predict', 'ablate', 'explain', 'compare']
+
 def test_cli_help_lists_subcommands():
     r = _cli('--help')
     assert r.returncode == 0, r.stderr
-    assert 'demo' in r.stdout
+    for sub in SUBCOMMANDS: assert sub in r.stdout, sub
+
+@pytest.mark.parametrize('sub', [[s] for s in SUBCOMMANDS] + [['import', f] for f in ('dicom', 'png', 'nifti')], ids=' '.join)
+def test_every_subcommand_has_its_own_help(sub):
+    r = _cli(*sub, '--help')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith('usage: liver-pcr ' + ' '.join(sub)), r.stdout[:200]
 
 def test_cli_version():
     import liver_pcr
@@ -35,4 +44,4 @@ def test_cli_version():
 
 def test_unknown_subcommand_fails():
     r = _cli('no-such-command')
-    assert r.returncode != 0
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
