@@ -16,7 +16,7 @@ from .preprocess import Preprocessed, PreprocessConfig, preprocess_cohort
 
 # %% auto #0
 __all__ = ['Split', 'check_no_leak', 'make_splits', 'cohort_splits', 'wide_labs', 'ClinicalTransformer', 'Augment',
-           'augment_exam', 'PatientDataset']
+           'augment_exams', 'augment_exam', 'PatientDataset']
 
 # %% ../nbs/06_data.ipynb #001800dd
 @dataclass(frozen=True)
@@ -118,23 +118,31 @@ class Augment:
     intensity: float = 0.1       # per-image gain and offset jitter, ±
     drop_input: float = 0.0      # chance of hiding each (timepoint, sequence) image (present → False), keeping at least one
 
+def augment_exams(x: torch.Tensor, aug: Augment, g: torch.Generator, # a patient's exams (T, S, k, H, W); how; random stream
+                  masks: torch.Tensor | None = None):                 # their lesion masks (T, k, H, W), moved with the images
+    "Per exam, one random spatial transform for all its sequences (and its mask), then an intensity jitter per sequence."
+    import torch.nn.functional as F
+    T, S, k, H, W = x.shape
+    u = lambda: float(torch.rand((), generator=g))*2 - 1
+    A, gain, off = [], [], []
+    for _ in range(T):                          # draw exam by exam (the stream's order), then transform every exam in one call
+        th, sc = math.radians(aug.rotate_deg)*u(), 1 + aug.scale*u()
+        fl = -1.0 if aug.flip and float(torch.rand((), generator=g)) < 0.5 else 1.0
+        A.append([[fl*math.cos(th)/sc, -math.sin(th)/sc, 2*aug.shift_px*u()/W],
+                  [fl*math.sin(th)/sc, math.cos(th)/sc, 2*aug.shift_px*u()/H]])
+        gain.append(1 + aug.intensity*(torch.rand(S, 1, 1, 1, generator=g)*2 - 1))
+        off.append(aug.intensity*(torch.rand(S, 1, 1, 1, generator=g)*2 - 1))
+    grid = F.affine_grid(torch.tensor(A, dtype=x.dtype), (T, S*k, H, W), align_corners=False)
+    y = F.grid_sample(x.reshape(T, S*k, H, W), grid, mode='bilinear', padding_mode='border', align_corners=False).reshape(T, S, k, H, W)
+    y = y*torch.stack(gain) + torch.stack(off)
+    if masks is None: return y
+    return y, F.grid_sample(masks.float(), grid, mode='nearest', padding_mode='zeros', align_corners=False)
+
 def augment_exam(x: torch.Tensor, aug: Augment, g: torch.Generator, # one exam (S, k, H, W); how; random stream
                  mask: torch.Tensor | None = None):                # its lesion mask (k, H, W), moved with the images
-    "One random spatial transform for every sequence of the exam (and its mask), then an intensity jitter per sequence."
-    import torch.nn.functional as F
-    S, k, H, W = x.shape
-    u = lambda: float(torch.rand((), generator=g))*2 - 1
-    th, sc = math.radians(aug.rotate_deg)*u(), 1 + aug.scale*u()
-    fl = -1.0 if aug.flip and float(torch.rand((), generator=g)) < 0.5 else 1.0
-    A = torch.tensor([[fl*math.cos(th)/sc, -math.sin(th)/sc, 2*aug.shift_px*u()/W],
-                      [fl*math.sin(th)/sc, math.cos(th)/sc, 2*aug.shift_px*u()/H]], dtype=x.dtype)
-    grid = F.affine_grid(A[None], (1, S*k, H, W), align_corners=False)
-    y = F.grid_sample(x.reshape(1, S*k, H, W), grid, mode='bilinear', padding_mode='border', align_corners=False).reshape(S, k, H, W)
-    gain = 1 + aug.intensity*(torch.rand(S, 1, 1, 1, generator=g)*2 - 1)
-    off = aug.intensity*(torch.rand(S, 1, 1, 1, generator=g)*2 - 1)
-    if mask is None: return y*gain + off
-    m = F.grid_sample(mask[None].float(), grid[:, :, :, :], mode='nearest', padding_mode='zeros', align_corners=False)[0]
-    return y*gain + off, m
+    "`augment_exams` for one exam."
+    r = augment_exams(x[None], aug, g, None if mask is None else mask[None])
+    return r[0] if mask is None else (r[0][0], r[1][0])
 
 # %% ../nbs/06_data.ipynb #343e0c51
 class PatientDataset(torch.utils.data.Dataset):
@@ -162,8 +170,7 @@ class PatientDataset(torch.utils.data.Dataset):
         present = torch.from_numpy(np.array(self.pre.present[p], dtype=bool))
         if self.augment is not None:
             g = torch.Generator().manual_seed(int(self.seed)*1_000_003 + self.epoch*10_007 + int(p))
-            xm = [augment_exam(x[t], self.augment, g, m[t]) for t in range(x.shape[0])]
-            x, m = torch.stack([a for a, _ in xm]), torch.stack([b for _, b in xm])
+            x, m = augment_exams(x, self.augment, g, m)
             if self.augment.drop_input:
                 keep = (torch.rand(present.shape, generator=g) >= self.augment.drop_input) & present
                 if keep.any(): present = keep

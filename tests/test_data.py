@@ -102,3 +102,20 @@ def test_cache_outside_cohort_and_invalidated(tmp_path):
     assert preprocess_cohort(Cohort.load(d), CFG, cache=tmp_path/'cache', show_progress=False).path == p1
     f = d/'images/SYN0001/pre/AP.nii.gz'; f.write_bytes(f.read_bytes())      # an image rewritten: mtime changes -> new cache
     assert preprocess_cohort(Cohort.load(d), CFG, cache=tmp_path/'cache', show_progress=False).path != p1
+
+
+def test_augmenting_all_exams_at_once_equals_exam_by_exam():
+    "The batched transform draws the stream exam by exam, so it is the per-exam transform, bit for bit; the mask moves with its image."
+    from liver_pcr.data import Augment, augment_exam, augment_exams
+    x = torch.zeros(3, 2, 3, 24, 24); x[:, :, :, 4:9, 14:20] = 1.0     # an off-centre square, every sequence
+    m = x[:, 0].clone()
+    aug = Augment(rotate_deg=20, shift_px=3)
+    xb, mb = augment_exams(x, aug, torch.Generator().manual_seed(5), m)
+    g = torch.Generator().manual_seed(5)
+    one = [augment_exam(x[t], aug, g, m[t]) for t in range(3)]
+    assert torch.equal(xb, torch.stack([a for a, _ in one])) and torch.equal(mb, torch.stack([b for _, b in one]))
+    assert not torch.equal(mb[0], m[0])                                    # it did move
+    for t in range(3):                                                     # and the mask follows the (un-jittered) square
+        inside = xb[t, 0, 0][mb[t, 0] > 0.5]
+        outside = xb[t, 0, 0][mb[t, 0] < 0.5]
+        assert inside.mean() - outside.mean() > 0.5
