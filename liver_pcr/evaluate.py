@@ -272,32 +272,43 @@ def _axes(ax=None, figsize=(5.5, 5)):
     return ax.figure, ax
 
 def plot_roc(runs: dict, # {name: (y, p)}
-             ci: bool | str = True, # True: a band per run; 'first': for the first run only; False: none
+             ci: bool | str = 'auto', # True: a band per run; 'first': for the first run only; False: none; 'auto': all up to two runs, else 'first'
              n_boot: int = 2000, seed: int = 0, ax=None):
     "ROC curves with AUC [95% CI] in the legend and bootstrap bands."
     fig, ax = _axes(ax)
+    if ci == 'auto': ci = True if len(runs) <= 2 else 'first'   # six overlapping bands hide every curve
     for i, (name, (y, p)) in enumerate(runs.items()):
         lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot, seed=seed)
         line, = ax.plot(*roc_points(y, p), lw=2, label=f'{name}: AUC {auc(y, p):.2f} [{lo:.2f}, {hi:.2f}]')
         if ci is True or (ci == 'first' and i == 0):
             ax.fill_between(*roc_band(y, p, n_boot=n_boot, seed=seed), color=line.get_color(), alpha=.15, lw=0)
     ax.plot([0, 1], [0, 1], ls=':', color='grey', lw=1)
-    ax.set(xlabel='1 − specificity', ylabel='sensitivity', xlim=(0, 1), ylim=(0, 1.01), title='ROC (95% bootstrap CI)')
+    ax.set(xlabel='1 − specificity', ylabel='sensitivity', xlim=(0, 1), ylim=(0, 1.01),
+           title='ROC (95% bootstrap CI' + ('' if ci is True else f' band: {next(iter(runs))}' if ci else ' in the legend') + ')')
     ax.legend(loc='lower right', fontsize='small')
     return fig
 
 # %% ../nbs/09_evaluate.ipynb #86ed867c
 def plot_calibration(runs: dict, # {name: (y, p)}
-                     n_bins: int = 5, smooth: bool = True, # grouped points, and a LOWESS curve
+                     n_bins: int = 5, smooth: bool | str = 'auto', # grouped points, and a curve: True/'lowess', 'logistic' (the recalibration fit), False; 'auto': LOWESS up to two runs, else logistic
+                     errorbars: bool | str = 'auto', # Wilson CIs of the grouped points ('auto': up to two runs)
                      ax=None):
     "Calibration plot: binned observed rate (Wilson CI) against mean prediction, with slope and intercept in the legend."
     fig, ax = _axes(ax)
+    if errorbars == 'auto': errorbars = len(runs) <= 2
+    if smooth == 'auto': smooth = 'lowess' if len(runs) <= 2 else 'logistic'   # LOWESS of a few dozen 0/1 outcomes swings wildly
     for name, (y, p) in runs.items():
         c, cal = calibration_curve(y, p, n_bins=n_bins), calibration_intercept_slope(y, p)
-        eb = ax.errorbar(c.p_mean, c.observed, yerr=np.clip([c.observed - c.ci_low, c.ci_high - c.observed], 0, None), fmt='o', capsize=3,
+        yerr = np.clip([c.observed - c.ci_low, c.ci_high - c.observed], 0, None) if errorbars else None
+        eb = ax.errorbar(c.p_mean, c.observed, yerr=yerr, fmt='o', capsize=3, ms=5 if errorbars else 4,
                          label=f'{name} (slope {cal.slope:.2f}, intercept {cal.intercept:+.2f})')
-        if smooth:
-            at, fit = lowess(p, y, at=np.linspace(np.min(p), np.max(p), 50))
+        at = np.linspace(np.min(p), np.max(p), 50)
+        if smooth == 'logistic':                       # observed = expit(a + b·logit(p)): the curve behind the slope in the legend
+            lp = lambda q: logit(np.clip(q, 1e-6, 1 - 1e-6))
+            a, b = _logistic(np.column_stack([np.ones(len(p)), lp(p)]), np.asarray(y, float), np.zeros(len(p)))
+            ax.plot(at, expit(a + b*lp(at)), color=eb.lines[0].get_color(), lw=1.5)
+        elif smooth:
+            at, fit = lowess(p, y, at=at)
             ax.plot(at, np.clip(fit, 0, 1), color=eb.lines[0].get_color(), lw=1.5)
     ax.plot([0, 1], [0, 1], ls=':', color='grey', lw=1)
     ax.set(xlabel='predicted probability', ylabel='observed rate', xlim=(0, 1), ylim=(0, 1), title='Calibration')
@@ -308,7 +319,7 @@ def plot_calibration(runs: dict, # {name: (y, p)}
 def plot_decision_curve(runs: dict, # {name: (y, p)}, on the same patients
                         thresholds=np.arange(0.05, 0.96, 0.01), ax=None):
     "Decision curves of the runs, with treat-all and treat-none."
-    fig, ax = _axes(ax, figsize=(6.5, 4.5))
+    fig, ax = _axes(ax)
     for name, (y, p) in runs.items():
         nb = net_benefit(y, p, thresholds)
         ax.plot(nb.threshold, nb.net_benefit, lw=2, label=name)

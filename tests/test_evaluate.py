@@ -335,3 +335,37 @@ def test_cmd_compare_prints_the_table_and_the_files(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and out.startswith('| model |') and 'comparison.csv' in out and str(tmp_path / 'cmp') in out
     assert (tmp_path / 'cmp' / 'roc.png').exists()
+
+
+# --- figures ---------------------------------------------------------------------------------------
+def _three_runs():
+    rng = np.random.default_rng(3); y = rng.integers(0, 2, 80)
+    return {f'm{i}': (y, expit(s*(y - .5) + rng.normal(0, 1, 80))) for i, s in enumerate((0.5, 1.5, 3.0))}
+
+def test_calibration_figure_draws_the_recalibration_fit_for_many_runs():
+    "With more than two runs the curve is expit(a + b·logit p) of the maximum-likelihood recalibration fit: its slope is the legend's."
+    import matplotlib; matplotlib.use('Agg')
+    from liver_pcr.evaluate import plot_calibration
+    runs = _three_runs()
+    ax = plot_calibration(runs).axes[0]
+    curves = [l for l in ax.get_lines() if len(l.get_xdata()) == 50]
+    assert len(curves) == 3
+    for (y, p), l in zip(runs.values(), curves):
+        x, f = np.asarray(l.get_xdata()), np.asarray(l.get_ydata())
+        b = np.polyfit(logit(x), logit(f), 1)[0]                      # a straight line on the logit scale ...
+        assert b == pytest.approx(calibration_intercept_slope(y, p).slope, rel=1e-4)   # ... with the calibration slope
+    from matplotlib.collections import LineCollection
+    has_bars = lambda ax: any(isinstance(c, LineCollection) for c in ax.collections)
+    assert not has_bars(ax)                                                # six sets of error bars hide each other
+    assert has_bars(plot_calibration(dict(list(runs.items())[:2])).axes[0])   # two runs keep their Wilson CIs
+
+def test_roc_figure_bands():
+    "One band per run for up to two runs; beyond that only the first run's band."
+    import matplotlib; matplotlib.use('Agg')
+    from matplotlib.collections import PolyCollection
+    from liver_pcr.evaluate import plot_roc
+    runs = _three_runs()
+    bands = lambda fig: sum(isinstance(c, PolyCollection) for c in fig.axes[0].collections)
+    assert bands(plot_roc(runs, n_boot=100)) == 1
+    assert bands(plot_roc(dict(list(runs.items())[:2]), n_boot=100)) == 2
+    assert bands(plot_roc(runs, ci=True, n_boot=100)) == 3
