@@ -1,5 +1,5 @@
 "Evaluation metrics checked against independent implementations, known properties and bad run folders."
-import json, math, time
+import json, math
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +39,9 @@ def test_auc_refuses_one_outcome():
 
 # --- bootstrap ------------------------------------------------------------------------------------
 
-def test_bootstrap_auc_ci_is_seeded_fast_and_brackets_the_estimate():
+def test_bootstrap_auc_ci_is_seeded_and_brackets_the_estimate():
     y, p = binormal(60, 60, d=1.0, seed=1)
-    t0 = time.perf_counter(); ci = bootstrap_auc_ci(y, p, n_boot=2000, seed=0); dt = time.perf_counter() - t0
-    assert dt < 1.0, f'2000 resamples of 120 patients took {dt:.2f} s'
+    ci = bootstrap_auc_ci(y, p, n_boot=2000, seed=0)
     assert ci == bootstrap_auc_ci(y, p, n_boot=2000, seed=0)
     assert ci != bootstrap_auc_ci(y, p, n_boot=2000, seed=1)
     assert ci[0] < auc(y, p) < ci[1]
