@@ -25,6 +25,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(1, f'error: {self.prog}: {message} (see {self.prog} --help)\n')
 
+def _training_options(p, folds_help: str | None = 'cross-validation folds (default 5)'): # a subparser; --folds help (None: no --folds)
+    "The options every training command shares: folds, seed, preset, epochs."
+    if folds_help: p.add_argument('--folds', type=int, default=5, help=folds_help)
+    p.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
+    p.add_argument('--preset', choices=['fast', 'full'], default='fast', help='training preset (default fast)')
+    p.add_argument('--epochs', type=int, help="override the preset's number of epochs")
+
 def build_parser() -> argparse.ArgumentParser:
     "The `liver-pcr` argument parser."
     p = _Parser(prog='liver-pcr', description='Predict pCR after neoadjuvant therapy for liver cancer from multi-timepoint MRI and tumour markers.')
@@ -33,11 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
     d = sub.add_parser('demo', help='the main job: the model evolution on the embedded data, as a report')
     d.add_argument('--out', default='liver_pcr_demo', help='output folder (default: ./liver_pcr_demo)')
-    d.add_argument('--preset', choices=['fast', 'full'], default='fast', help='training preset')
     d.add_argument('--patients', type=int, help='generate a synthetic cohort of this many patients instead of using the packaged sample')
-    d.add_argument('--folds', type=int, default=5, help='cross-validation folds (default 5)')
-    d.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    d.add_argument('--epochs', type=int, help="override the preset's number of epochs")
+    _training_options(d)
     d.add_argument('--no-ablation', dest='no_ablation', action='store_true', help='skip the ablations')
     d.set_defaults(func=_lazy('report', 'cmd_demo'))
 
@@ -95,10 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument('cohort', help='the cohort folder')
         t.add_argument('--model', required=True, choices=models, help='model stage or reference')
         t.add_argument('--out', required=True, help='run folder to write (never inside the cohort)')
-        if name == 'cv': t.add_argument('--folds', type=int, default=5, help="number of folds (default 5; the cohort's fold column wins)")
-        t.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-        t.add_argument('--preset', choices=['fast', 'full'], default='fast', help='training preset (default fast)')
-        t.add_argument('--epochs', type=int, help="override the preset's number of epochs")
+        _training_options(t, "number of folds (default 5; the cohort's fold column wins)" if name == 'cv' else None)
         t.add_argument('--sequences', nargs='+', help="sequences the model uses (default: the stage's)")
         t.set_defaults(func=_lazy('train', fn))
     t = sub.add_parser('predict', help='apply a trained run (train or cv) to a cohort, labelled or not')
@@ -110,10 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser('ablate', help='the relation model with one part removed at a time: ΔAUC and DeLong p')
     a.add_argument('cohort', help='the cohort folder')
     a.add_argument('--out', required=True, help='output folder (never inside the cohort)')
-    a.add_argument('--preset', choices=['fast', 'full'], default='fast', help='training preset (default fast)')
-    a.add_argument('--folds', type=int, default=5, help='cross-validation folds (default 5)')
-    a.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    a.add_argument('--epochs', type=int, help="override the preset's number of epochs")
+    _training_options(a)
     a.set_defaults(func=_lazy('report', 'cmd_ablate'))
 
     e = sub.add_parser('explain', help="one patient's attribution maps, input contributions and marker SHAP, from the model of the fold that tested him")

@@ -193,10 +193,13 @@ def calibration_intercept_slope(y, p, # outcomes (0/1) and probabilities
                                 eps: float = 1e-6) -> Calibration: # p is clipped to [eps, 1 - eps]
     "Calibration-in-the-large (intercept with logit(p) as offset) and calibration slope."
     y, p = _yp(y, p, prob=True)
-    lp, one = logit(np.clip(p, eps, 1 - eps)), np.ones((len(y), 1))
-    a = _logistic(one, y, lp)[0]
-    slope = _logistic(np.column_stack([one, lp]), y, np.zeros(len(y)))[1]
-    return Calibration(float(a), float(slope))
+    lp = logit(np.clip(p, eps, 1 - eps))
+    a = _logistic(np.ones((len(y), 1)), y, lp)[0]
+    return Calibration(float(a), float(_recalibration(y, lp)[1]))
+
+def _recalibration(y, lp): # outcomes and the model's log-odds
+    "`(a, b)` of the logistic recalibration fit  logit P(y=1) = a + b·lp."
+    return _logistic(np.column_stack([np.ones(len(y)), lp]), np.asarray(y, float), np.zeros(len(y)))
 
 # %% ../nbs/09_evaluate.ipynb #ce3f87a1
 def wilson_ci(k, n, # successes and trials (numbers or arrays)
@@ -305,7 +308,7 @@ def plot_calibration(runs: dict, # {name: (y, p)}
         at = np.linspace(np.min(p), np.max(p), 50)
         if smooth == 'logistic':                       # observed = expit(a + b·logit(p)): the curve behind the slope in the legend
             lp = lambda q: logit(np.clip(q, 1e-6, 1 - 1e-6))
-            a, b = _logistic(np.column_stack([np.ones(len(p)), lp(p)]), np.asarray(y, float), np.zeros(len(p)))
+            a, b = _recalibration(y, lp(np.asarray(p, float)))
             ax.plot(at, expit(a + b*lp(at)), color=eb.lines[0].get_color(), lw=1.5)
         elif smooth:
             at, fit = lowess(p, y, at=at)
