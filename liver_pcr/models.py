@@ -8,12 +8,14 @@ Docs: https://liver-pcr.github.io/liver_pcr/models.html.md"""
 from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace, asdict
+from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['STAGES', 'ModelConfig', 'select_inputs', 'ResNetTrunk', 'ImageEncoder', 'SequenceFusion', 'ConcatTemporal',
-           'SingleTemporal', 'RelationModule', 'PCRModel', 'FocalLoss', 'make_loss']
+__all__ = ['LAYERS', 'STAGES', 'CHANNELS', 'ModelConfig', 'neural', 'select_inputs', 'ResNetTrunk', 'adapt_conv1', 'load_weights',
+           'lesion_pool', 'ImageEncoder', 'SequenceFusion', 'ConcatTemporal', 'SingleTemporal', 'RelationModule',
+           'TrunkFeatures', 'linear_blocks', 'LinearHead', 'PCRModel', 'FocalLoss', 'make_loss']
 
 # %% ../nbs/07_models.ipynb #81ea9f88
 @dataclass(frozen=True)
@@ -23,34 +25,57 @@ class ModelConfig:
     sequences: tuple | None = None     # sequences used (None: all of the cohort's)
     timepoints: tuple | None = None    # timepoints used (None: all); 'first'/'last' name the cohort's first/last
     use_labs: bool = True              # the clinical (markers) branch
-    encoder: str = 'shared'            # 'shared' trunk with a sequence embedding, or 'per_sequence' trunks
-    fusion: str = 'gated'              # sequence fusion: 'gated' attention over present sequences, or 'concat'
+    head: str = 'linear'               # 'linear': penalised logistic regression on trunk features; 'neural': end to end
+    stem: str = 'small'                # 'small': 3×3 stride-1 conv1, no max-pool; 'imagenet': 7×7 stride 2 + max-pool
+    layer: str = 'layer1'              # linear head: the deepest trunk block that is read
+    pool: str = 'lesion'               # 'lesion': mean and SD in the lesion, mean on its rim and ROI; 'global': ROI mean
+    radiomics: bool = False            # linear head: add the hand-made lesion features (deep + radiomics hybrid)
+    weights: str | None = None         # trunk weights file (liver-pcr pretrain, torchvision's ResNet18, a state dict)
+    trunk_seed: int = 0                # seed of the trunk's random initialisation when no weights are given
+    encoder: str = 'shared'            # 'shared' trunk with a sequence embedding, or 'per_sequence' trunks (neural)
+    fusion: str = 'gated'              # sequence fusion (neural): 'gated' attention over present sequences, or 'concat'
     temporal: str = 'relation'         # 'relation', 'concat', or 'none' (one timepoint)
     relation_parts: tuple = ('diff', 'cos', 'prod', 'traj')   # what the relation module compares
-    feat_dim: int = 128                # image feature size after the trunk
-    clin_dim: int = 32                 # clinical branch size
+    feat_dim: int = 128                # image feature size after the trunk (neural)
+    clin_dim: int = 32                 # clinical branch size (neural)
     dropout: float = 0.2
     pretrained: bool = False           # ImageNet weights for the trunk (downloaded: opt-in only)
-    loss: str = 'bce'                  # 'bce', 'weighted_bce' or 'focal'
+    loss: str = 'bce'                  # 'bce', 'weighted_bce' or 'focal' (neural)
     focal_alpha: float = 0.4
     focal_gamma: float = 3.0
-    balanced_sampler: bool = False     # oversample the minority class in training batches
+    balanced_sampler: bool = False     # oversample the minority class in training batches (neural)
     mask_input: bool = False           # give the trunk the exam's lesion mask as k extra channels
     def __post_init__(self):
-        checks = [('encoder', ('shared', 'per_sequence')), ('fusion', ('gated', 'concat')),
-                  ('temporal', ('relation', 'concat', 'none')), ('loss', ('bce', 'weighted_bce', 'focal'))]
+        checks = [('head', ('linear', 'neural')), ('stem', ('small', 'imagenet')), ('layer', LAYERS),
+                  ('pool', ('lesion', 'global')), ('encoder', ('shared', 'per_sequence')),
+                  ('fusion', ('gated', 'concat')), ('temporal', ('relation', 'concat', 'none')),
+                  ('loss', ('bce', 'weighted_bce', 'focal'))]
         for k, ok in checks:
-            if getattr(self, k) not in ok: raise ConfigError(f'{k}={getattr(self, k)!r}: choose one of {list(ok)}')
+            if getattr(self, k) not in ok:
+                raise ConfigError(f'{k}={getattr(self, k)!r}: choose one of {list(ok)}')
         bad = set(self.relation_parts) - {'diff', 'cos', 'prod', 'traj'}
-        if bad: raise ConfigError(f'unknown relation parts {sorted(bad)} (known: diff, cos, prod, traj)')
-        if self.temporal == 'relation' and not self.relation_parts: raise ConfigError('the relation module needs at least one part')
+        if bad:
+            raise ConfigError(f'unknown relation parts {sorted(bad)} (known: diff, cos, prod, traj)')
+        if self.temporal == 'relation' and not self.relation_parts:
+            raise ConfigError('the relation module needs at least one part')
+        if self.radiomics and self.head != 'linear':
+            raise ConfigError('radiomics=True (the hybrid) needs the linear head')
+
+LAYERS = ('layer1', 'layer2', 'layer3', 'layer4')
 
 STAGES = {
-    'baseline': ModelConfig('baseline', sequences=('AP',), timepoints=('last',), use_labs=False, temporal='none', fusion='concat'),
-    'single':   ModelConfig('single', sequences=('AP',), temporal='concat', fusion='concat'),
-    'multi':    ModelConfig('multi', temporal='concat', fusion='gated', loss='weighted_bce'),
-    'relation': ModelConfig('relation', temporal='relation', fusion='gated', loss='weighted_bce'),
+    'baseline': ModelConfig('baseline', sequences=('AP',), timepoints=('last',), use_labs=False,
+                            temporal='none', fusion='concat'),
+    'single': ModelConfig('single', sequences=('AP',), temporal='concat', fusion='concat'),
+    'multi': ModelConfig('multi', temporal='concat', fusion='gated', loss='weighted_bce'),
+    'relation': ModelConfig('relation', temporal='relation', fusion='gated', loss='weighted_bce',
+                            relation_parts=('diff', 'traj')),
 }
+
+def neural(cfg: ModelConfig) -> ModelConfig:
+    "The end-to-end version of a stage, as the 2024 study trained it (ImageNet stem, global pool, neural head)."
+    parts = ('diff', 'cos', 'prod', 'traj') if cfg.temporal == 'relation' else cfg.relation_parts
+    return replace(cfg, head='neural', stem='imagenet', pool='global', radiomics=False, relation_parts=parts)
 
 # %% ../nbs/07_models.ipynb #f36e7cd4
 def select_inputs(cfg: ModelConfig, timepoints, sequences) -> tuple[list[int], list[int]]: # the config; what the data has
@@ -68,40 +93,148 @@ def select_inputs(cfg: ModelConfig, timepoints, sequences) -> tuple[list[int], l
     return [timepoints.index(t) for t in tps], [sequences.index(s) for s in seqs]
 
 # %% ../nbs/07_models.ipynb #8b729a46
+CHANNELS = dict(layer1=64, layer2=128, layer3=256, layer4=512)
+
 class ResNetTrunk(nn.Module):
-    "ResNet18 features: (N, k, H, W) → (N, 512)."
-    def __init__(self, in_ch: int = 3, pretrained: bool = False):
+    "ResNet18 features: (N, k, H, W) → (N, 512), or the maps of one block with `maps`."
+    def __init__(self, in_ch: int = 3, # channels of the input (the k slices of the 2.5-D stack)
+                 pretrained: bool = False, # ImageNet weights from torchvision (downloaded: opt-in only)
+                 stem: str = 'imagenet'): # 'imagenet' (7×7 stride 2 + max-pool) or 'small' (3×3 stride 1)
         super().__init__()
         from torchvision.models import resnet18, ResNet18_Weights
         m = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if pretrained else None)
-        if in_ch != 3:
-            w = m.conv1.weight.data
+        w = m.conv1.weight.data
+        if stem == 'small':
+            m.conv1 = nn.Conv2d(in_ch, 64, 3, 1, 1, bias=False)
+            m.maxpool = nn.Identity()
+        elif in_ch != 3:
             m.conv1 = nn.Conv2d(in_ch, 64, 7, 2, 3, bias=False)
-            if pretrained: m.conv1.weight.data = w.mean(1, keepdim=True).repeat(1, in_ch, 1, 1)*3/in_ch
+        if m.conv1.weight.shape != w.shape:
+            nn.init.kaiming_normal_(m.conv1.weight, mode='fan_out', nonlinearity='relu')
+            if pretrained:
+                m.conv1.weight.data = adapt_conv1(w, m.conv1.weight.shape)
         m.fc = nn.Identity()
-        self.net, self.out_dim = m, 512
-    def forward(self, x): return self.net(x)
+        self.net, self.out_dim, self.stem, self.in_ch = m, 512, stem, in_ch
+
+    def forward(self, x):
+        return self.net(x)
+
+    def maps(self, x, layer: str = 'layer4'): # images (N, k, H, W); the last block to run
+        "Feature maps (N, C, h, w) after `layer`."
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        for name in LAYERS[:LAYERS.index(layer) + 1]:
+            x = getattr(n, name)(x)
+        return x
+
+# %% ../nbs/07_models.ipynb #c7b2c31b
+def adapt_conv1(w: torch.Tensor, shape) -> torch.Tensor: # pretrained filters (64, c, kh, kw); the wanted shape
+    "First-layer filters for another number of input channels and another kernel size."
+    out, cin, kh, kw = shape
+    w = w.float()
+    if w.shape[1] != cin:
+        w = w.mean(1, keepdim=True).repeat(1, cin, 1, 1)*w.shape[1]/cin
+    if tuple(w.shape[2:]) != (kh, kw):
+        area = w.shape[2]*w.shape[3]/(kh*kw)
+        w = F.interpolate(w, (kh, kw), mode='bilinear', align_corners=False, antialias=True)*area
+    return w
+
+_PREFIXES = ('module.', 'net.', 'trunk.', 'encoder.', 'backbone.')
+
+def _state_dict(path: Path) -> dict:
+    "The tensors of a weights file (nothing but tensors is accepted)."
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0][:120]
+        raise ConfigError(f'{path}: not a readable weights file (a state dict of tensors was expected): {msg}')
+    sd = obj.get('state_dict', obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ConfigError(f'{path}: no state dict of tensors in this file')
+    for p in _PREFIXES:
+        if all(k.startswith(p) for k in sd):
+            sd = {k[len(p):]: v for k, v in sd.items()}
+    return {k: v for k, v in sd.items() if not k.startswith('fc.')}
+
+def load_weights(trunk: ResNetTrunk, path) -> ResNetTrunk: # the trunk to fill; a weights file
+    "Load ResNet18 weights from `path` into `trunk`, adapting conv1; a clear error for a wrong file."
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'{path}: no such weights file')
+    sd, own = _state_dict(path), trunk.net.state_dict()
+    unknown = [k for k in sd if k not in own]
+    if unknown or 'conv1.weight' not in sd:
+        raise ConfigError(f'{path}: not ResNet18 trunk weights (expected keys such as conv1.weight, '
+                          f'layer1.0.conv1.weight; found {", ".join(list(sd)[:3])}, ...)')
+    sd['conv1.weight'] = adapt_conv1(sd['conv1.weight'], own['conv1.weight'].shape)
+    bad = [f'{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})' for k, v in sd.items()
+           if v.shape != own[k].shape]
+    if bad:
+        raise ConfigError(f'{path}: tensors of the wrong shape: {"; ".join(bad[:3])}')
+    trunk.net.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
+    trunk.loaded_ = sorted({k.split('.')[0] for k in sd})
+    return trunk
+
+# %% ../nbs/07_models.ipynb #d1c0af18
+def lesion_pool(f: torch.Tensor, mask: torch.Tensor, # maps (N, C, h, w); lesion masks (N, 1, H, W) on the ROI grid
+                rim_px: int = 2) -> torch.Tensor:     # rim width in ROI pixels
+    "(N, 4C): mean and SD inside the lesion, mean on its rim, mean over the ROI (no lesion: the ROI)."
+    size = f.shape[-2:]
+    mask = (mask > 0).to(f.dtype)
+    has = mask.flatten(1).amax(1) > 0
+    ring = (F.max_pool2d(mask, 2*rim_px + 1, 1, rim_px) - mask).clamp(min=0)
+    inside = F.adaptive_avg_pool2d(mask, size)
+    rim = F.adaptive_avg_pool2d(ring, size)
+    everywhere = torch.ones_like(inside)
+    inside = torch.where(has[:, None, None, None], inside, everywhere)
+    rim = torch.where((rim.flatten(1).sum(1) > 0)[:, None, None, None], rim, inside)
+
+    def mean(v, w):
+        return (v*w).sum((2, 3))/w.sum((2, 3)).clamp(min=1e-6)
+    mu = mean(f, inside)
+    sd = (mean((f - mu[..., None, None])**2, inside) + 1e-6).sqrt()
+    return torch.cat([mu, sd, mean(f, rim), f.mean((2, 3))], 1)
 
 # %% ../nbs/07_models.ipynb #6b98a622
 class ImageEncoder(nn.Module):
     "(B, T, S, k, H, W) images + (B, T, S) present → (B, T, S, D) features (zeros where missing)."
-    def __init__(self, n_seq: int, k: int, dim: int, shared: bool = True, pretrained: bool = False):
+    def __init__(self, n_seq: int, k: int, dim: int, shared: bool = True, pretrained: bool = False,
+                 stem: str = 'imagenet', # the trunk's stem
+                 pool: str = 'global',   # 'global' (the trunk's average pool) or 'lesion' (`lesion_pool` of layer4)
+                 weights=None):          # a weights file for the trunk(s)
         super().__init__()
-        self.shared, self.dim = shared, dim
+        self.shared, self.dim, self.pool = shared, dim, pool
         n = 1 if shared else n_seq
-        self.trunks = nn.ModuleList([ResNetTrunk(k, pretrained) for _ in range(n)])
-        self.proj = nn.ModuleList([nn.Linear(512, dim) for _ in range(n)])
+        self.trunks = nn.ModuleList([ResNetTrunk(k, pretrained, stem) for _ in range(n)])
+        for t in self.trunks:
+            if weights:
+                load_weights(t, weights)
+        width = 512*(4 if pool == 'lesion' else 1)
+        self.proj = nn.ModuleList([nn.Linear(width, dim) for _ in range(n)])
         self.seq_emb = nn.Parameter(torch.zeros(n_seq, dim)) if shared else None
-    def forward(self, x, present):
-        B, T, S = x.shape[:3]
+
+    def _trunk(self, i, x, m):
+        if self.pool == 'global':
+            return self.trunks[i](x)
+        return lesion_pool(self.trunks[i].maps(x, 'layer4'), m)
+
+    def forward(self, x, present, masks=None): # images; present; lesion masks (B, T, k, H, W), for pool='lesion'
+        B, T, S, k, H, W = x.shape
         out = x.new_zeros(B, T, S, self.dim)
+        if masks is None:
+            masks = x.new_zeros(B, T, k, H, W)
+        km = masks.shape[2]//2
+        m = masks[:, :, km:km + 1][:, :, None].expand(B, T, S, 1, H, W).to(x.dtype)
         if self.shared:
-            m = present
-            if m.any(): out[m] = self.proj[0](self.trunks[0](x[m])) + self.seq_emb[None, None].expand(B, T, S, -1)[m]
+            p = present
+            if p.any():
+                emb = self.seq_emb[None, None].expand(B, T, S, -1)[p]
+                out[p] = self.proj[0](self._trunk(0, x[p], m[p])) + emb
         else:
             for s in range(S):
-                m = present[:, :, s]
-                if m.any(): out[:, :, s][m] = self.proj[s](self.trunks[s](x[:, :, s][m]))
+                p = present[:, :, s]
+                if p.any():
+                    out[:, :, s][p] = self.proj[s](self._trunk(s, x[:, :, s][p], m[:, :, s][p]))
         return out
 
 # %% ../nbs/07_models.ipynb #fb11da21
@@ -166,40 +299,170 @@ class RelationModule(nn.Module):
         fused = (w[..., None]*c).sum(1)
         return torch.cat([fused, e[:, 0]], -1)
 
+# %% ../nbs/07_models.ipynb #9db3e116
+class TrunkFeatures(nn.Module):
+    "(B, T, S, k, H, W) images, (B, T, k, H, W) masks, (B, T, S) present → (B, T, S, F) pooled maps (zeros where missing)."
+    def __init__(self, k: int, cfg: ModelConfig): # channels of an image; the config (stem, layer, pool, weights)
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.trunk_seed)
+            trunk = ResNetTrunk(k, cfg.pretrained, cfg.stem)
+        if cfg.weights:
+            load_weights(trunk, cfg.weights)
+        self.trunks, self.shared, self.layer, self.pool = nn.ModuleList([trunk]), True, cfg.layer, cfg.pool
+        self.dim = CHANNELS[cfg.layer]*(4 if cfg.pool == 'lesion' else 1)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        "Frozen: always in evaluation mode (BatchNorm keeps its statistics)."
+        return super().train(False)
+
+    def forward(self, x, masks, present):
+        B, T, S, k, H, W = x.shape
+        out = x.new_zeros(B, T, S, self.dim)
+        if not present.any():
+            return out
+        km = masks.shape[2]//2
+        m = masks[:, :, km:km + 1][:, :, None].expand(B, T, S, 1, H, W)   # the middle slice's mask
+        f = self.trunks[0].maps(x[present], self.layer)
+        out[present] = lesion_pool(f, m[present]) if self.pool == 'lesion' else f.mean((2, 3))
+        return out
+
+# %% ../nbs/07_models.ipynb #49f5e673
+def _slope(f, ok, times):
+    "Least-squares slope of each feature over the present timepoints: (B, T, S, F) → (B, S, F)."
+    w = ok.float()[..., None]                                     # (B, T, S, 1)
+    t = times[:, :, None, None]
+    n = w.sum(1).clamp(min=1)
+    tm, fm = (w*t).sum(1)/n, (w*f).sum(1)/n
+    cov = (w*(t - tm[:, None])*(f - fm[:, None])).sum(1)
+    var = (w*(t - tm[:, None])**2).sum(1)
+    return torch.where(var > 1e-8, cov/var.clamp(min=1e-8), torch.zeros_like(cov)), (w.sum(1) < 3).expand_as(cov)
+
+def linear_blocks(f, present, cfg: ModelConfig, # exam features (B, T, S, F); present (B, T, S); the config
+                  times=None) -> dict:             # (B, T) exam times (None: ranks 0..1)
+    "The image blocks of the linear head: name → ((B, P) values, (B, P) missing)."
+    B, T, S, D = f.shape
+    miss = (~present)[..., None].expand(B, T, S, D)
+    out = {'exams': (f.reshape(B, -1), miss.reshape(B, -1))}
+    if cfg.temporal != 'relation':
+        return out
+    f0, ft, m0, mt = f[:, :1], f[:, 1:], miss[:, :1], miss[:, 1:]
+    both = m0 | mt
+    if 'diff' in cfg.relation_parts:
+        out['diff'] = ((ft - f0).reshape(B, -1), both.reshape(B, -1))
+    if 'cos' in cfg.relation_parts:
+        c = F.cosine_similarity(f0.expand_as(ft), ft, dim=-1, eps=1e-6)
+        out['cos'] = (c.reshape(B, -1), both[..., 0].reshape(B, -1))
+    if 'prod' in cfg.relation_parts:
+        out['prod'] = ((f0*ft).reshape(B, -1), both.reshape(B, -1))
+    if 'traj' in cfg.relation_parts and T >= 3:
+        if times is None:
+            times = torch.arange(T, device=f.device, dtype=f.dtype).expand(B, T)/(T - 1)
+        s, m = _slope(f, present, times)
+        out['traj'] = (s.reshape(B, -1), m.reshape(B, -1))
+    return out
+
+# %% ../nbs/07_models.ipynb #8632a63c
+class LinearHead(nn.Module):
+    "logit = ((x − mean)/scale) · coef + bias; a missing value takes the training mean. Fitted by `liver_pcr.probe`."
+    def __init__(self, width: int): # length of the patient's feature vector
+        super().__init__()
+        lim = 1/math.sqrt(max(width, 1))
+        self.register_buffer('mean', torch.zeros(width))
+        self.register_buffer('scale', torch.ones(width))
+        self.register_buffer('coef', torch.empty(width).uniform_(-lim, lim))   # until fitted: random, as nn.Linear
+        self.register_buffer('bias', torch.zeros(()))
+        self.register_buffer('fitted', torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x, miss): # values (B, P); missing flags (B, P)
+        x = torch.where(miss, self.mean.to(x.dtype), x)
+        return ((x - self.mean)/self.scale) @ self.coef + self.bias
+
 # %% ../nbs/07_models.ipynb #be5a40b1
 class PCRModel(nn.Module):
     "Images (B, T, S, k, H, W), present (B, T, S) and clinical features (B, C) → one logit of pCR per patient."
     def __init__(self, cfg: ModelConfig, timepoints, sequences, # the config; the data's timepoints and sequences
-                 k: int = 3, n_clinical: int = 0):
+                 k: int = 3, n_clinical: int = 0, # slices per image; width of the clinical input
+                 n_radiomics: int = 0):           # of which the last `n_radiomics` columns are radiomics (hybrid)
         super().__init__()
         self.cfg = cfg
         t_idx, s_idx = select_inputs(cfg, timepoints, sequences)
-        self.timepoints, self.sequences = [list(timepoints)[i] for i in t_idx], [list(sequences)[i] for i in s_idx]
+        self.timepoints = [list(timepoints)[i] for i in t_idx]
+        self.sequences = [list(sequences)[i] for i in s_idx]
         self.register_buffer('t_idx', torch.tensor(t_idx), persistent=False)
         self.register_buffer('s_idx', torch.tensor(s_idx), persistent=False)
-        D, S, T = cfg.feat_dim, len(s_idx), len(t_idx)
-        self.encoder = ImageEncoder(S, k*(2 if cfg.mask_input else 1), D, cfg.encoder == 'shared', cfg.pretrained)
+        D, S, T, kk = cfg.feat_dim, len(s_idx), len(t_idx), k*(2 if cfg.mask_input else 1)
+        self.n_radiomics = n_radiomics if cfg.radiomics else 0
+        self.n_clinical = (n_clinical - n_radiomics if cfg.use_labs else 0) + self.n_radiomics
+        if cfg.head == 'linear':
+            self.encoder = TrunkFeatures(kk, cfg).requires_grad_(False)
+            f = torch.zeros(1, T, S, self.encoder.dim)
+            widths = {b: v.shape[1] for b, (v, _) in linear_blocks(f, f[..., 0] == 0, cfg).items()}
+            widths.update(markers=self.n_clinical - self.n_radiomics, radiomics=self.n_radiomics)
+            self.blocks = {b: w for b, w in widths.items() if w}
+            self.head = LinearHead(sum(self.blocks.values()))
+            return
+        self.encoder = ImageEncoder(S, kk, D, cfg.encoder == 'shared', cfg.pretrained, cfg.stem, cfg.pool,
+                                    cfg.weights)
         self.fusion = SequenceFusion(S, D, cfg.fusion)
         self.temporal = {'none': lambda: SingleTemporal(D), 'concat': lambda: ConcatTemporal(T, D),
                          'relation': lambda: RelationModule(D, cfg.relation_parts)}[cfg.temporal]()
-        self.n_clinical = n_clinical if cfg.use_labs else 0
-        self.clinical = nn.Sequential(nn.Linear(self.n_clinical, cfg.clin_dim), nn.ReLU(), nn.Dropout(cfg.dropout)) if self.n_clinical else None
+        self.clinical = None
+        if self.n_clinical:
+            self.clinical = nn.Sequential(nn.Linear(self.n_clinical, cfg.clin_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
         width = self.temporal.out_dim + (cfg.clin_dim if self.n_clinical else 0)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, 1))
 
-    def forward(self, images, present, clinical=None, masks=None, return_parts: bool = False):
+    def _select(self, images, present, masks):
+        "The timepoints and sequences this model uses (and the mask channels, with `mask_input`)."
         x = images.index_select(1, self.t_idx).index_select(2, self.s_idx)
-        if self.cfg.mask_input:
-            m = masks.index_select(1, self.t_idx)[:, :, None].expand(-1, -1, x.shape[2], -1, -1, -1)
-            x = torch.cat([x, m.to(x.dtype)], 3)
         pr = present.index_select(1, self.t_idx).index_select(2, self.s_idx).bool()
-        f = self.encoder(x, pr)                       # (B, T, S, D)
+        B, T, S, k, H, W = x.shape
+        m = x.new_zeros(B, T, k, H, W) if masks is None else masks.index_select(1, self.t_idx).to(x.dtype)
+        if self.cfg.mask_input:
+            x = torch.cat([x, m[:, :, None].expand(-1, -1, S, -1, -1, -1)], 3)
+        return x, pr, m
+
+    def _clinical(self, clinical):
+        "The clinical columns this model reads: the markers (if `use_labs`), then the radiomics (hybrid)."
+        if clinical is None or not self.n_clinical:
+            return None
+        return clinical[:, :self.n_clinical]
+
+    def linear_inputs(self, images, present, clinical=None, masks=None) -> tuple[torch.Tensor, torch.Tensor]:
+        "The linear head's input: (B, P) values and (B, P) missing flags, block after block (`self.blocks`)."
+        x, pr, m = self._select(images, present, masks)
+        f = self.encoder(x, m, pr)
+        blocks = linear_blocks(f, pr, self.cfg)
+        c = self._clinical(clinical)
+        n_mk = self.n_clinical - self.n_radiomics
+        if n_mk:
+            blocks['markers'] = (c[:, :n_mk], torch.zeros_like(c[:, :n_mk], dtype=torch.bool))
+        if self.n_radiomics:
+            r = c[:, n_mk:]
+            blocks['radiomics'] = (torch.nan_to_num(r), torch.isnan(r))
+        vals = torch.cat([blocks[b][0] for b in self.blocks], 1)
+        miss = torch.cat([blocks[b][1] for b in self.blocks], 1)
+        return vals, miss
+
+    def forward(self, images, present, clinical=None, masks=None, return_parts: bool = False):
+        if self.cfg.head == 'linear':
+            vals, miss = self.linear_inputs(images, present, clinical, masks)
+            logit = self.head(vals, miss)
+            if return_parts:
+                return dict(features=vals, missing=miss, logit=logit)
+            return logit
+        x, pr, m = self._select(images, present, masks)
+        f = self.encoder(x, pr, m)                    # (B, T, S, D)
         e, ep = self.fusion(f, pr)                    # (B, T, D), (B, T)
         h = self.temporal(e, ep)                      # (B, D') image representation
         z = [h]
-        if self.clinical is not None: z.append(self.clinical(clinical))
+        if self.clinical is not None:
+            z.append(self.clinical(self._clinical(clinical)))
         logit = self.head(torch.cat(z, -1)).squeeze(-1)
-        if return_parts: return dict(features=f, exam=e, exam_present=ep, image=h, clinical=z[1] if len(z) > 1 else None, logit=logit)
+        if return_parts:
+            return dict(features=f, exam=e, exam_present=ep, image=h, clinical=z[1] if len(z) > 1 else None, logit=logit)
         return logit
 
 # %% ../nbs/07_models.ipynb #9c94729f
