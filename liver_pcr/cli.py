@@ -30,7 +30,11 @@ def _training_options(p, folds_help: str | None = 'cross-validation folds (defau
     if folds_help: p.add_argument('--folds', type=int, default=5, help=folds_help)
     p.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     p.add_argument('--preset', choices=['fast', 'full'], default='fast', help='training preset (default fast)')
-    p.add_argument('--epochs', type=int, help="override the preset's number of epochs")
+    p.add_argument('--epochs', type=int, help="override the preset's number of epochs (neural head)")
+    p.add_argument('--head', choices=['linear', 'neural'],
+                   help="how images are read: 'linear' (frozen trunk features, penalised logistic regression; "
+                        "the stages' default) or 'neural' (end to end, as the 2024 study)")
+    p.add_argument('--weights', help='trunk weights file: liver-pcr pretrain output, torchvision ResNet18, a state dict')
 
 def build_parser() -> argparse.ArgumentParser:
     "The `liver-pcr` argument parser."
@@ -40,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
     d = sub.add_parser('demo', help='the main job: the model evolution on the embedded data, as a report')
     d.add_argument('--out', default='liver_pcr_demo', help='output folder (default: ./liver_pcr_demo)')
-    d.add_argument('--patients', type=int, help='generate a synthetic cohort of this many patients instead of using the packaged sample')
+    d.add_argument('--patients', type=int,
+                   help='generate a synthetic cohort of this many patients into OUT (default: the cached 120-patient cohort)')
+    d.add_argument('--sample', action='store_true', help='use the packaged 24-patient sample (a quick look)')
     _training_options(d)
     d.add_argument('--no-ablation', dest='no_ablation', action='store_true', help='skip the ablations')
     d.set_defaults(func=_lazy('report', 'cmd_demo'))
@@ -107,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('cohort', help='the cohort folder')
     t.add_argument('--out', required=True, help='CSV to write: patient_id,p')
     t.set_defaults(func=_lazy('train', 'cmd_predict'))
+
+    w = sub.add_parser('pretrain', help='learn the trunk from the exams of any number of cohorts, without labels')
+    w.add_argument('cohorts', nargs='+', help='cohort folders (labels are never read)')
+    w.add_argument('--out', required=True, help='weights file to write (use it with --weights)')
+    w.add_argument('--epochs', type=int, help='passes over the images (default: the method\'s)')
+    w.add_argument('--batch', type=int, default=128, help='images per step (default 128)')
+    w.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
+    w.add_argument('--layer', default='layer2', choices=['layer1', 'layer2', 'layer3', 'layer4'],
+                   help='the deepest block learnt and saved (default layer2)')
+    w.add_argument('--method', default='vicreg', choices=['vicreg', 'simclr'], help='self-supervised objective')
+    w.add_argument('--device', help="'cpu', 'cuda', ... (default: the best available)")
+    w.set_defaults(func=_lazy('pretrain', 'cmd_pretrain'))
 
     a = sub.add_parser('ablate', help='the relation model with one part removed at a time: ΔAUC and DeLong p')
     a.add_argument('cohort', help='the cohort folder')

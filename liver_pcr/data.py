@@ -149,7 +149,8 @@ class PatientDataset(torch.utils.data.Dataset):
     "One patient per item, from a preprocessed cohort and the fold's fitted clinical transformer."
     def __init__(self, pre: Preprocessed, cohort: Cohort, ids, # the cached tensors, the cohort (labels, labs), which patients
                  clinical: ClinicalTransformer | None = None,  # fitted on the fold's training patients (None: no labs)
-                 augment: Augment | None = None, seed: int = 0):
+                 augment: Augment | None = None, seed: int = 0,
+                 radiomics: pd.DataFrame | None = None):        # a feature table (rows: patient ids) appended to `clinical`
         self.ids, self.pos = list(ids), pre.index(list(ids))
         self.pre, self.augment, self.seed, self.epoch = pre, augment, seed, 0
         self.y = np.array([cohort[i].label for i in self.ids], dtype=np.float32)
@@ -161,6 +162,9 @@ class PatientDataset(torch.utils.data.Dataset):
         else:
             self.clin = np.zeros((len(self.ids), 0), np.float32)
             self.labs, self.labs_missing = np.zeros((len(self.ids), T, 0), np.float32), np.zeros((len(self.ids), T, 0), bool)
+        if radiomics is not None:
+            r = radiomics.reindex(self.ids).values.astype(np.float32)     # NaN where missing: the model decides
+            self.clin = np.concatenate([self.clin, r], 1)
     def __len__(self): return len(self.ids)
     def set_epoch(self, epoch: int): self.epoch = epoch
     def __getitem__(self, i):

@@ -309,6 +309,8 @@ class TrunkFeatures(nn.Module):
             trunk = ResNetTrunk(k, cfg.pretrained, cfg.stem)
         if cfg.weights:
             load_weights(trunk, cfg.weights)
+        for name in LAYERS[LAYERS.index(cfg.layer) + 1:]:
+            setattr(trunk.net, name, nn.Identity())      # blocks after `layer` are never read: not kept
         self.trunks, self.shared, self.layer, self.pool = nn.ModuleList([trunk]), True, cfg.layer, cfg.pool
         self.dim = CHANNELS[cfg.layer]*(4 if cfg.pool == 'lesion' else 1)
         self.eval()

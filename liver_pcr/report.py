@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .core import LiverPcrError, ConfigError, atomic_path, write_text, check_out_path, progress, sample_cohort_path, is_tiny
 from .cohort import Cohort
-from .models import ModelConfig, STAGES
+from .models import ModelConfig, STAGES, neural
 from .train import run_cv, versions, _json
 
 # %% auto #0
-__all__ = ['DEMO_MODELS', 'TRIPOD_AI', 'ablations', 'ablation_table', 'run_ablation', 'cmd_ablate', 'demo_cohort', 'run_demo',
-           'course_dir', 'course_cohort', 'course_run', 'write_report', 'cmd_demo']
+__all__ = ['DEMO_MODELS', 'REFERENCES', 'DEMO_PATIENTS', 'TRIPOD_AI', 'ablations', 'ablation_table', 'run_ablation', 'cmd_ablate',
+           'demo_cohort', 'run_demo', 'course_dir', 'course_cohort', 'course_run', 'write_report', 'cmd_demo']
 
 # %% ../nbs/13_report.ipynb #8aeac91e
 def ablations(cohort: Cohort, base: ModelConfig = STAGES['relation']) -> dict[str, ModelConfig]: # the cohort; the full model
-    "The full model and each one-part-removed variant, by name."
+    "The full model, each one-part-removed variant and (linear head) each design choice undone, by name."
     seqs, tps = list(base.sequences or cohort.sequences), list(base.timepoints or cohort.timepoints)
     out = {'full': replace(base, name='full')}
     if len(seqs) > 1:
@@ -32,11 +32,25 @@ def ablations(cohort: Cohort, base: ModelConfig = STAGES['relation']) -> dict[st
             out[f'-{t}'] = replace(base, name=f'-{t}', timepoints=rest, temporal='relation' if len(rest) > 1 else 'none')
     if base.use_labs and cohort.markers: out['-markers'] = replace(base, name='-markers', use_labs=False)
     if base.temporal == 'relation' and len(base.relation_parts) > 1:
-        for p in base.relation_parts: out[f'-{p}'] = replace(base, name=f'-{p}', relation_parts=tuple(x for x in base.relation_parts if x != p))
+        for p in base.relation_parts:
+            if p == 'traj' and base.head == 'linear' and len(tps) < 3:
+                continue                                  # a slope needs three timepoints: nothing to remove
+            rest = tuple(x for x in base.relation_parts if x != p)
+            out[f'-{p}'] = replace(base, name=f'-{p}', relation_parts=rest)
+    if base.head == 'linear':                             # the design choices of the linear head
+        if base.pool == 'lesion':
+            out['global pool'] = replace(base, name='global pool', pool='global')
+        if base.stem == 'small':
+            out['imagenet stem'] = replace(base, name='imagenet stem', stem='imagenet')
+        if not base.radiomics:
+            out['+radiomics'] = replace(base, name='+radiomics', radiomics=True)
     return out
 
 # %% ../nbs/13_report.ipynb #6a2a10d8
-_WHAT = {'markers': 'the markers (AFP, PIVKA-II)', 'diff': 'relation: difference', 'cos': 'relation: similarity', 'prod': 'relation: product', 'traj': 'relation: trajectory'}
+_WHAT = {'markers': 'the markers (AFP, PIVKA-II)', 'diff': 'relation: difference', 'cos': 'relation: similarity',
+         'prod': 'relation: product', 'traj': 'relation: trajectory',
+         'global pool': 'lesion pooling (the ROI mean instead)', 'imagenet stem': 'the small-input stem (ImageNet stem instead)',
+         '+radiomics': 'nothing: hand-made radiomics features added (hybrid)'}
 
 def ablation_table(runs: dict, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame: # {variant: run folder}, 'full' first
     "ΔAUC and DeLong's paired p of each variant against the full model."
@@ -49,7 +63,7 @@ def ablation_table(runs: dict, n_boot: int = 2000, seed: int = 0) -> pd.DataFram
         d = d.loc[full.index]; y = full.y_true.to_numpy()
         a, (lo, hi) = auc(y, d.p.to_numpy()), bootstrap_auc_ci(y, d.p.to_numpy(), n_boot=n_boot, seed=seed)
         p = np.nan if name == 'full' else delong_test(y, full.p.to_numpy(), d.p.to_numpy()).p
-        key = name.lstrip('-')
+        key = name.lstrip('-') if name.startswith('-') else name
         rows.append({'variant': name, 'removed': '—' if name == 'full' else _WHAT.get(key, f'{key}'), 'AUC': a, 'AUC [95% CI]': f'{a:.2f} [{lo:.2f}, {hi:.2f}]',
                      'ΔAUC': a - auc(y, full.p.to_numpy()), 'DeLong p': p})
     return pd.DataFrame(rows)
@@ -81,19 +95,28 @@ def _md(df: pd.DataFrame, signed=('ΔAUC',)) -> str:
 
 def cmd_ablate(args) -> int:
     "`liver-pcr ablate COHORT --out DIR`."
-    tab = run_ablation(args.cohort, args.out, args.preset, args.folds, args.seed, args.epochs)
+    from liver_pcr.train import model_config
+    base = model_config('relation', weights=args.weights, head=args.head)
+    tab = run_ablation(args.cohort, args.out, args.preset, args.folds, args.seed, args.epochs, base=base)
     print(_md(tab[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']])); print(f'\nwrote {args.out}/ablation.csv, ablation.md and one run folder per variant')
     return 0
 
 # %% ../nbs/13_report.ipynb #79e3c946
 DEMO_MODELS = ('baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics')
+REFERENCES = ('clinical', 'radiomics')
 
 def _say(msg, quiet=False):
     if not quiet: print(msg, flush=True)
 
-def demo_cohort(out: Path, patients: int | None = None, seed: int = 0) -> tuple[Cohort, float | None]:
-    "The demo's cohort (the packaged sample, or a generated one in `out/cohort`) and its oracle AUC when known."
+DEMO_PATIENTS = 120
+
+def demo_cohort(out: Path, patients: int | None = None, seed: int = 0, # output folder; cohort size; generator seed
+                sample: bool = False) -> tuple[Cohort, float | None]:  # the packaged 24-patient sample instead?
+    "The demo's cohort and its oracle AUC: by default 120 synthetic patients (cached, shared with the course)."
     from liver_pcr.synth import SynthConfig, make_cohort, truth_table, oracle_auc
+    if patients is None and not sample and not is_tiny():
+        c, tt = course_cohort(DEMO_PATIENTS, seed)
+        return c, oracle_auc(tt)
     if patients is None:
         c = Cohort.load(sample_cohort_path())
         tt = truth_table(SynthConfig(n_patients=len(c), seed=0))            # the sample is the generator's seed 0, remade from its config
@@ -103,32 +126,37 @@ def demo_cohort(out: Path, patients: int | None = None, seed: int = 0) -> tuple[
     return Cohort.load(out/'cohort'), oracle_auc(tt)
 
 def run_demo(out='liver_pcr_demo', preset_name: str = 'fast', patients: int | None = None, seed: int = 0, # output folder; training preset; cohort size
-             n_folds: int = 5, epochs: int | None = None, ablate: bool = True, quiet: bool = False, n_boot: int = 2000) -> Path:
+             n_folds: int = 5, epochs: int | None = None, ablate: bool = True, quiet: bool = False, n_boot: int = 2000,
+             sample: bool = False, weights=None, head: str | None = None) -> Path: # packaged sample?; trunk weights; head
     "The model evolution, the references and the ablations on the embedded data; returns the report's path."
     from liver_pcr.evaluate import compare_runs
     t0, out = time.time(), Path(out); out.mkdir(parents=True, exist_ok=True)
-    if patients is None: check_out_path(out, cohort=sample_cohort_path())
-    c, oracle = demo_cohort(out, patients, seed)
+    check_out_path(out, cohort=sample_cohort_path())
+    c, oracle = demo_cohort(out, patients, seed, sample)
     c.check(show_progress=not quiet)
     _say(f'cohort {c.name!r}: {len(c)} patients, {int(c.labels.sum())} pCR' + (f'; oracle AUC {oracle:.3f}' if oracle else ''), quiet)
     metrics, times = {}, {}
     for i, m in enumerate(DEMO_MODELS):
         t1 = time.time()
         metrics[m] = run_cv(c, m, out/'runs'/m, n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs, check=False,
-                            show_progress=not quiet, n_boot=n_boot)
+                            show_progress=not quiet, n_boot=n_boot,
+                            weights=None if m in REFERENCES else weights, head=None if m in REFERENCES else head)
         times[m] = time.time() - t1
         _say(f"[{i + 1}/{len(DEMO_MODELS)}] {m:9s} AUC {metrics[m]['auc']:.3f} [{metrics[m]['auc_ci'][0]:.3f}, {metrics[m]['auc_ci'][1]:.3f}]  ({times[m]:.0f} s)", quiet)
     cmp = compare_runs([out/'runs'/m for m in DEMO_MODELS], out_dir=out/'comparison', n_boot=n_boot, seed=seed)
     abl = None
     if ablate:
         t1 = time.time(); _say('ablations of the relation model ...', quiet)
-        abl = run_ablation(c, out/'ablation', preset_name, n_folds, seed, epochs, show_progress=not quiet, n_boot=n_boot)
+        from liver_pcr.train import model_config
+        base = model_config('relation', weights=weights, head=head)
+        abl = run_ablation(c, out/'ablation', preset_name, n_folds, seed, epochs, base=base, show_progress=not quiet,
+                           n_boot=n_boot)
         times['ablations'] = time.time() - t1
     times['total'] = time.time() - t0
     rep = write_report(out, c, cmp, abl, oracle=oracle, preset_name=preset_name, n_folds=n_folds, seed=seed, times=times)
     _say('\n' + cmp.attrs['markdown'], quiet)
     if len(c) < 60: _say(f'\n{len(c)} patients: every interval is wide, so read this as a demonstration of the pipeline, not as a ranking of the models.'
-                         '\nFor a cohort of realistic size: liver-pcr demo --patients 120 (about 25 minutes on 2 CPU cores).', quiet)
+                         '\nFor a cohort of realistic size: liver-pcr demo (120 patients, a few minutes on 2 CPU cores).', quiet)
     _say(f'\nreport: {rep.resolve()}  ({times["total"]/60:.1f} min)', quiet)
     return rep
 
@@ -202,7 +230,7 @@ def write_report(out, cohort: Cohort, cmp: pd.DataFrame, abl: pd.DataFrame | Non
              f'<p>{int(cmp.n.iat[0])} patients ({int(cmp.n_pos.iat[0])} pCR), {n_folds}-fold patient-level cross-validation, preset <b>{e(preset_name)}</b>, seed {seed}.'
              + (f' The oracle AUC of this synthetic cohort (the true probabilities) is <b>{oracle:.3f}</b>: no model can do better.' if oracle else '') + '</p>',
              '<div class="warn">' + ('With so few patients every confidence interval is wide: read the table as a demonstration of the pipeline, not as evidence for one model over another. '
-                                     'Run <code>liver-pcr demo --patients 120</code> (about 25 minutes on 2 CPU cores) for the evolution on a cohort of realistic size.' if small else
+                                     'Run <code>liver-pcr demo</code> (120 patients, a few minutes on 2 CPU cores) for the evolution on a cohort of realistic size.' if small else
                                      'Intervals are patient-level bootstrap 95% CIs; differences between models are tested with DeLong\'s paired test.') + '</div>',
              '<h2>Comparison</h2>', _table(show),
              f'<p>Highest AUC: <b>{e(str(best.model))}</b> ({e(str(best["AUC [95% CI]"]))}). A deep model that does not beat the <i>clinical</i> and <i>radiomics</i> references says so here.</p>',
@@ -222,5 +250,6 @@ def write_report(out, cohort: Cohort, cmp: pd.DataFrame, abl: pd.DataFrame | Non
 
 def cmd_demo(args) -> int:
     "`liver-pcr demo`: the main job."
-    run_demo(args.out, args.preset, patients=args.patients, seed=args.seed, n_folds=args.folds, epochs=args.epochs, ablate=not args.no_ablation)
+    run_demo(args.out, args.preset, patients=args.patients, seed=args.seed, n_folds=args.folds, epochs=args.epochs,
+             ablate=not args.no_ablation, sample=args.sample, weights=args.weights, head=args.head)
     return 0

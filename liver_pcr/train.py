@@ -16,7 +16,8 @@ from .core import (LiverPcrError, ConfigError, CohortError, set_seed, get_device
 from .cohort import Cohort
 from .preprocess import PreprocessConfig, preprocess_cohort, Preprocessed
 from .data import (Split, check_no_leak, cohort_splits, make_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment)
-from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs
+from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neural
+from .probe import fit_linear_fold, predict_linear
 
 # %% auto #0
 __all__ = ['PRESETS', 'DEEP_MODELS', 'REFERENCE_MODELS', 'TrainConfig', 'preset', 'Learner', 'transformer_state',
@@ -137,7 +138,9 @@ def _resume(self: Learner) -> bool:
     if not f or not f.exists(): return False
     s = torch.load(f, map_location=self.device, weights_only=False)
     self.model.load_state_dict(s['model']); self.opt.load_state_dict(s['opt'])
-    if self.ema is not None: self.ema.load_state_dict(s['ema']); self.sched.load_state_dict(s['sched'])
+    if self.ema is not None:
+        self.ema.load_state_dict(s['ema'])
+    self.sched.load_state_dict(s['sched'])          # with or without EMA: a resumed run keeps its schedule
     self.scaler.load_state_dict(s['scaler']); torch.set_rng_state(s['rng'])
     self.epoch, self.best, self.best_state, self.bad, self.log = s['epoch'], tuple(s['best']), s['best_state'], s['bad'], s['log']
     return True
@@ -211,33 +214,53 @@ def transformer_from(state: dict | None) -> ClinicalTransformer | None:
     ct.mean_, ct.std_, ct.columns_ = pd.Series(state['mean'], dtype=float), pd.Series(state['std'], dtype=float), state['columns']
     return ct
 
-def save_bundle(path, model: PCRModel, pre_cfg: PreprocessConfig, timepoints, sequences, ct, threshold: float):
+def save_bundle(path, model: PCRModel, pre_cfg: PreprocessConfig, timepoints, sequences, ct, threshold: float,
+                radiomics_columns=None): # the hybrid's radiomics columns, in order
     "Save a trained model with its configs, inputs, clinical statistics and threshold (atomically)."
-    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}   # half the size on disk
-    b = dict(kind='deep', state_dict=half, model_config=asdict(model.cfg), preprocess_config=asdict(pre_cfg),
-             timepoints=list(timepoints), sequences=list(sequences), n_clinical=model.n_clinical, clinical=transformer_state(ct), threshold=float(threshold))
+    sd = model.state_dict()
+    if model.cfg.head == 'neural':                    # half the size on disk; a fitted linear head stays exact
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    b = dict(kind='deep', state_dict=sd, model_config=asdict(model.cfg), preprocess_config=asdict(pre_cfg),
+             timepoints=list(timepoints), sequences=list(sequences), n_clinical=model.n_clinical,
+             n_radiomics=model.n_radiomics, radiomics_columns=radiomics_columns,
+             clinical=transformer_state(ct), threshold=float(threshold))
     with atomic_path(path) as tmp: torch.save(b, tmp)
 
 def load_bundle(path) -> tuple[PCRModel, dict]:
     "A saved model (in eval mode) and its bundle."
     b = torch.load(path, map_location='cpu', weights_only=False)
-    mc = b['model_config']; mc = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in mc.items()})
-    m = PCRModel(replace(mc, pretrained=False), b['timepoints'], b['sequences'], k=b['preprocess_config']['k'], n_clinical=b['n_clinical'])
+    mc = b['model_config']
+    mc = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in mc.items()})
+    mc = replace(mc, pretrained=False, weights=None)      # the saved state dict holds the trunk
+    kw = dict(k=b['preprocess_config']['k'], n_clinical=b['n_clinical'], n_radiomics=b.get('n_radiomics', 0))
+    m = PCRModel(mc, b['timepoints'], b['sequences'], **kw)
     m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in b['state_dict'].items()})
-    used = PCRModel(replace(mc, pretrained=False), m.timepoints, m.sequences, k=b['preprocess_config']['k'], n_clinical=b['n_clinical'])
+    used = PCRModel(mc, m.timepoints, m.sequences, **kw)
     used.load_state_dict(m.state_dict()); used.eval()            # the same weights, fed only the inputs it uses
     return used, b
 
 # %% ../nbs/08_train.ipynb #f8673a8e
 DEEP_MODELS, REFERENCE_MODELS = tuple(STAGES), ('clinical', 'radiomics')
 
-def model_config(model, sequences=None) -> ModelConfig | str: # a stage / reference name, or a ModelConfig; sequences to use
+def model_config(model, sequences=None, # a stage / reference name, or a ModelConfig; sequences to use
+                 weights=None, head: str | None = None) -> ModelConfig | str: # trunk weights file; 'linear'/'neural'
     "The configuration of a named model (references stay names)."
-    if isinstance(model, ModelConfig): return replace(model, sequences=tuple(sequences)) if sequences else model
-    if model in REFERENCE_MODELS: return model
-    if model not in STAGES: raise ConfigError(f"unknown model {model!r}: choose one of {list(DEEP_MODELS + REFERENCE_MODELS)}")
-    cfg = STAGES[model]
-    return replace(cfg, sequences=tuple(sequences)) if sequences else cfg
+    if isinstance(model, str) and model in REFERENCE_MODELS:
+        return model
+    if isinstance(model, str) and model not in STAGES:
+        raise ConfigError(f"unknown model {model!r}: choose one of {list(DEEP_MODELS + REFERENCE_MODELS)}")
+    cfg = STAGES[model] if isinstance(model, str) else model
+    if head == 'neural' and cfg.head != 'neural':
+        cfg = neural(cfg)
+    elif head is not None:
+        cfg = replace(cfg, head=head)
+    if sequences:
+        cfg = replace(cfg, sequences=tuple(sequences))
+    if weights:
+        if not Path(weights).is_file():
+            raise ConfigError(f'{weights}: no such weights file')
+        cfg = replace(cfg, weights=str(Path(weights).resolve()))
+    return cfg
 
 def versions() -> dict:
     import liver_pcr, torchvision, sklearn
@@ -286,7 +309,8 @@ def fit_deep_fold(ctx: Context, split: Split, fold_dir: Path):
 def _save_models(folder: Path, art: dict, ctx: Context, threshold: float):
     "Save every member of a fold's ensemble: model.pt, model-1.pt, ..."
     for e, m in enumerate(art['models']):
-        save_bundle(folder/('model.pt' if e == 0 else f'model-{e}.pt'), m, ctx.pre_cfg, ctx.pre.timepoints, ctx.pre.sequences, art['ct'], threshold)
+        save_bundle(folder/('model.pt' if e == 0 else f'model-{e}.pt'), m, ctx.pre_cfg, ctx.pre.timepoints,
+                    ctx.pre.sequences, art['ct'], threshold, art.get('radiomics_columns'))
 
 # %% ../nbs/08_train.ipynb #15aab7cc
 def _threshold(y, p) -> float:
@@ -299,15 +323,16 @@ def _fitter(model):
     if isinstance(model, str):
         from liver_pcr.references import fit_reference_fold
         return fit_reference_fold
-    return fit_deep_fold
+    return fit_linear_fold if model.head == 'linear' else fit_deep_fold
 
-def _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check, show_progress, overwrite=True):
+def _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check, show_progress,
+             overwrite=True, weights=None, head=None):
     "Load and check the cohort, resolve the configs, preprocess (deep models)."
     c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
     if out is not None: check_out_path(out, cohort=c.root)
     if check: c.check(deep=True, show_progress=show_progress)
     p, t = preset(preset_name, epochs)
-    pre_cfg, train_cfg, mcfg = pre_cfg or p, train_cfg or t, model_config(model, sequences)
+    pre_cfg, train_cfg, mcfg = pre_cfg or p, train_cfg or t, model_config(model, sequences, weights, head)
     ctx = Context(c, mcfg, pre_cfg, train_cfg, seed, show_progress=show_progress)
     if isinstance(mcfg, ModelConfig):
         tps, seqs = c.timepoints, c.sequences
@@ -327,11 +352,13 @@ def run_cv(cohort=None, model='relation', out=None, # cohort folder (or Cohort; 
            n_folds: int = 5, seed: int = 0, preset_name: str = 'fast', epochs: int | None = None,
            sequences=None, pre_cfg: PreprocessConfig | None = None, train_cfg: TrainConfig | None = None,
            check: bool = True, show_progress: bool = True, n_boot: int = 2000,
-           save_models: bool = True) -> dict: # keep each fold's trained model (fold{k}/model.pt)?
+           save_models: bool = True, # keep each fold's trained model (fold{k}/model.pt)?
+           weights=None, head: str | None = None) -> dict: # trunk weights file; 'linear' or 'neural' head
     "Cross-validate a model; write predictions, metrics, thresholds, config, log and fold checkpoints to `out`."
     from liver_pcr.evaluate import summarize_predictions
     t0 = time.time()
-    ctx = _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check, show_progress)
+    ctx = _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check, show_progress,
+                   weights=weights, head=head)
     c = ctx.cohort
     splits = cohort_splits(c, n_folds, seed)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix='liver_pcr_run-'))
@@ -370,10 +397,12 @@ def run_cv(cohort=None, model='relation', out=None, # cohort folder (or Cohort; 
 
 # %% ../nbs/08_train.ipynb #a2ff5593
 def run_train(cohort=None, model='relation', out=None, seed: int = 0, preset_name: str = 'fast', epochs: int | None = None,
-              sequences=None, pre_cfg=None, train_cfg=None, val_frac: float = 0.2, check: bool = True, show_progress: bool = True) -> dict:
+              sequences=None, pre_cfg=None, train_cfg=None, val_frac: float = 0.2, check: bool = True, show_progress: bool = True,
+              weights=None, head: str | None = None) -> dict: # trunk weights file; 'linear' or 'neural' head
     "Train on all labelled patients (inner validation for early stopping and threshold); save the model to `out`."
     from sklearn.model_selection import train_test_split
-    ctx = _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check, show_progress)
+    ctx = _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check, show_progress,
+                   weights=weights, head=head)
     c, out = ctx.cohort, Path(out)
     y = c.labels.dropna().astype(int)
     if min(y.sum(), (1 - y).sum()) < 2: raise ConfigError(f'{c.root}: too few labelled patients of one class ({int(y.sum())} pCR, {int((1 - y).sum())} non-pCR)')
@@ -411,7 +440,12 @@ def predict(run, cohort=None, check: bool = True, show_progress: bool = True) ->
             pc = PreprocessConfig(**{**b['preprocess_config'], 'timepoints': tuple(model.timepoints), 'sequences': tuple(model.sequences),
                                      'clip': tuple(b['preprocess_config']['clip'])})
             pre = preprocess_cohort(c, pc, show_progress=show_progress)
-            ds = PatientDataset(pre, c, c.ids, transformer_from(b['clinical']) if b['n_clinical'] else None)
+            rad = None
+            if b.get('radiomics_columns'):
+                from liver_pcr.radiomics import radiomics_table
+                rad = radiomics_table(c, model.timepoints, model.sequences, show_progress=False)
+                rad = rad.reindex(columns=b['radiomics_columns'])
+            ds = PatientDataset(pre, c, c.ids, transformer_from(b['clinical']), radiomics=rad)
             L = Learner(model, ds, ds, nn.BCEWithLogitsLoss(), TrainConfig())
             ps.append(L.predict(ds))
     return pd.DataFrame({'patient_id': c.ids, 'p': np.mean(ps, axis=0)})
@@ -425,13 +459,14 @@ def _fmt(m: dict) -> str:
 def cmd_cv(args) -> int:
     "`liver-pcr cv COHORT --model M --out RUN`."
     m = run_cv(args.cohort, args.model, args.out, n_folds=args.folds, seed=args.seed, preset_name=args.preset, epochs=args.epochs,
-               sequences=args.sequences)
+               sequences=args.sequences, weights=getattr(args, 'weights', None), head=getattr(args, 'head', None))
     print(_fmt(m)); print(f'wrote {args.out}/predictions.csv, metrics.json, thresholds.csv, config.json, log.csv')
     return 0
 
 def cmd_train(args) -> int:
     "`liver-pcr train COHORT --model M --out RUN`."
-    m = run_train(args.cohort, args.model, args.out, seed=args.seed, preset_name=args.preset, epochs=args.epochs, sequences=args.sequences)
+    m = run_train(args.cohort, args.model, args.out, seed=args.seed, preset_name=args.preset, epochs=args.epochs, sequences=args.sequences,
+                  weights=getattr(args, 'weights', None), head=getattr(args, 'head', None))
     print(f"{m['model']}: trained on {m['n_train']} patients, inner validation on {m['n_val']} (AUC {m['inner_val_auc']:.3f}, "
           f"threshold {m['threshold']:.3f}); wrote {args.out}")
     return 0

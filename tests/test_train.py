@@ -9,7 +9,7 @@ import numpy as np, pandas as pd, pytest, torch
 
 from liver_pcr.cohort import Cohort
 from liver_pcr.core import ConfigError, LiverPcrError
-from liver_pcr.models import STAGES, PCRModel, select_inputs
+from liver_pcr.models import STAGES, PCRModel, select_inputs, neural
 from liver_pcr.preprocess import PreprocessConfig, preprocess_cohort
 from liver_pcr.data import cohort_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment, check_no_leak
 from liver_pcr.train import Learner, TrainConfig, run_cv, run_train, predict, make_loss
@@ -33,20 +33,29 @@ def _batch(B=3, k=3, H=16):
     return x, pr, torch.randn(B, 12), torch.zeros(B, 2, k, H, H)
 
 
+HEADS = ['linear', 'neural']
+
+
+def _cfg(stage, head):
+    return STAGES[stage] if head == 'linear' else neural(STAGES[stage])
+
+
+@pytest.mark.parametrize('head', HEADS)
 @pytest.mark.parametrize('stage', list(STAGES))
-def test_every_stage_forward_with_missing_inputs(stage):
+def test_every_stage_forward_with_missing_inputs(stage, head):
     x, pr, c, m = _batch()
-    model = PCRModel(STAGES[stage], TPS, SEQS, k=3, n_clinical=12)
+    model = PCRModel(_cfg(stage, head), TPS, SEQS, k=3, n_clinical=12)
     out = model(x, pr, c, m)
     assert out.shape == (3,) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize('head', HEADS)
 @pytest.mark.parametrize('stage', list(STAGES))
-def test_missing_image_content_cannot_leak(stage):
+def test_missing_image_content_cannot_leak(stage, head):
     "What is in a missing image's slot must not change the prediction."
     torch.manual_seed(0)
     x, pr, c, m = _batch()
-    model = PCRModel(STAGES[stage], TPS, SEQS, k=3, n_clinical=12).eval()
+    model = PCRModel(_cfg(stage, head), TPS, SEQS, k=3, n_clinical=12).eval()
     x2 = x.clone(); x2[~pr] = 100.0
     with torch.no_grad(): assert torch.allclose(model(x, pr, c, m), model(x2, pr, c, m), atol=1e-6)
 
@@ -54,18 +63,19 @@ def test_missing_image_content_cannot_leak(stage):
 @pytest.mark.parametrize('encoder', ['shared', 'per_sequence'])
 def test_gradients_reach_every_encoder(encoder):
     x, pr, c, m = _batch()
-    model = PCRModel(replace(STAGES['relation'], encoder=encoder), TPS, SEQS, k=3, n_clinical=12)
+    model = PCRModel(replace(neural(STAGES['relation']), encoder=encoder), TPS, SEQS, k=3, n_clinical=12)
     model(x, pr, c, m).sum().backward()
     for trunk in model.encoder.trunks:
         assert trunk.net.conv1.weight.grad is not None and trunk.net.conv1.weight.grad.abs().sum() > 0
     assert model.clinical[0].weight.grad.abs().sum() > 0
 
 
-def test_relation_is_not_order_blind():
+@pytest.mark.parametrize('head', HEADS)
+def test_relation_is_not_order_blind(head):
     torch.manual_seed(0)
     x, _, c, m = _batch()
     pr = torch.ones(3, 2, 4, dtype=torch.bool)
-    model = PCRModel(STAGES['relation'], TPS, SEQS, k=3, n_clinical=12).eval()
+    model = PCRModel(_cfg('relation', head), TPS, SEQS, k=3, n_clinical=12).eval()
     with torch.no_grad(): a, b = model(x, pr, c, m), model(x.flip(1), pr, c, m.flip(1))
     assert (a - b).abs().max() > 1e-5
 
@@ -82,23 +92,30 @@ def _fold_setup():
     return c, pre, s, ct
 
 
-def _learner(c, pre, s, ct, workdir=None, epochs=3):
+def _learner(c, pre, s, ct, workdir=None, epochs=3, ema=0.5):
     torch.manual_seed(0)
     tr = PatientDataset(pre, c, s.train, ct, augment=Augment(drop_input=0.1), seed=0)
     va = PatientDataset(pre, c, s.val, ct)
-    model = PCRModel(STAGES['relation'], pre.timepoints, pre.sequences, k=PRE.k, n_clinical=tr.clin.shape[1])
-    cfg = replace(TINY, epochs=epochs, min_epochs=epochs, patience=epochs, ema=0.5)
-    return Learner(model, tr, va, make_loss(STAGES['relation'], tr.y), cfg, seed=0, workdir=workdir), va
+    mcfg = neural(STAGES['relation'])
+    model = PCRModel(mcfg, pre.timepoints, pre.sequences, k=PRE.k, n_clinical=tr.clin.shape[1])
+    cfg = replace(TINY, epochs=epochs, min_epochs=epochs, patience=epochs, ema=ema)
+    return Learner(model, tr, va, make_loss(mcfg, tr.y), cfg, seed=0, workdir=workdir), va
 
 
-def test_resumed_run_gives_the_same_predictions(tmp_path):
+@pytest.mark.parametrize('ema', [0.0, 0.5])
+def test_resumed_run_gives_the_same_predictions(tmp_path, ema):
+    "Resumed = uninterrupted, with and without EMA (the LR schedule is restored either way)."
     c, pre, s, ct = _fold_setup()
-    L, va = _learner(c, pre, s, ct); full = L.fit(show_progress=False).predict(va)
-    L1, _ = _learner(c, pre, s, ct, tmp_path/'run'); L1.fit(until_epoch=1, show_progress=False)   # killed after one epoch
+    L, va = _learner(c, pre, s, ct, ema=ema)
+    full = L.fit(show_progress=False).predict(va)
+    L1, _ = _learner(c, pre, s, ct, tmp_path/'run', ema=ema)
+    L1.fit(until_epoch=1, show_progress=False)                     # killed after one epoch
     assert (tmp_path/'run'/'last.pt').exists()
-    L2, _ = _learner(c, pre, s, ct, tmp_path/'run'); resumed = L2.fit(show_progress=False).predict(va)
+    L2, _ = _learner(c, pre, s, ct, tmp_path/'run', ema=ema)
+    resumed = L2.fit(show_progress=False)
     assert len(L2.log) == 3
-    np.testing.assert_array_equal(resumed, full)
+    assert L2.sched.last_epoch == L.sched.last_epoch               # the schedule went on, not back to warm-up
+    np.testing.assert_array_equal(resumed.predict(va), full)
 
 
 def test_same_seed_same_predictions(tmp_path):
@@ -154,6 +171,7 @@ def test_train_then_predict_on_unlabelled_cohort(tmp_path):
     t = pd.read_csv(ext/'patients.csv', dtype=str); t['pcr'] = ''; t.to_csv(ext/'patients.csv', index=False)
     p = predict(tmp_path/'m', ext, show_progress=False)
     assert list(p.columns) == ['patient_id', 'p'] and len(p) == 24 and p.p.between(0, 1).all()
+    assert p.p.std() > 1e-4                                        # not a constant: the images and markers are read
 
 
 def _cli(*args):
@@ -184,9 +202,59 @@ def test_cv_on_invalid_cohort_exit_1(tmp_path):
 
 
 def test_ensemble_members_are_averaged_and_saved(tmp_path):
-    run_cv(None, 'single', tmp_path/'e', n_folds=3, pre_cfg=PRE, train_cfg=replace(TINY, ensemble=2), show_progress=False, n_boot=100)
+    run_cv(None, neural(STAGES['single']), tmp_path/'e', n_folds=3, pre_cfg=PRE, train_cfg=replace(TINY, ensemble=2), show_progress=False, n_boot=100)
     assert (tmp_path/'e'/'fold0'/'model.pt').exists() and (tmp_path/'e'/'fold0'/'model-1.pt').exists()
     log = pd.read_csv(tmp_path/'e'/'log.csv')
     assert set(log.member) == {0, 1}
     p = predict(tmp_path/'e', Cohort.load(), show_progress=False)      # 3 folds x 2 members, averaged
     assert len(p) == 24 and p.p.between(0, 1).all()
+
+
+def test_linear_head_saved_and_loaded_predicts_the_same(tmp_path):
+    "A cv run's test probabilities are what its saved fold models give on reload (the fitted head is kept exactly)."
+    run_cv(None, 'relation', tmp_path/'r', n_folds=3, pre_cfg=PRE, show_progress=False, n_boot=50)
+    cfg = json.loads((tmp_path/'r'/'config.json').read_text())
+    preds = pd.read_csv(tmp_path/'r'/'predictions.csv').set_index('patient_id')
+    from liver_pcr.train import load_bundle
+    from liver_pcr.probe import predict_linear
+    c = Cohort.load()
+    pre = preprocess_cohort(c, PRE, show_progress=False)
+    s = cfg['splits'][0]
+    model, b = load_bundle(tmp_path/'r'/'fold0'/'model.pt')
+    from liver_pcr.train import transformer_from
+    ds = PatientDataset(pre, c, s['test'], transformer_from(b['clinical']))
+    np.testing.assert_allclose(predict_linear(model, ds), preds.loc[s['test'], 'p'].to_numpy(), atol=1e-6)
+    assert preds.p.std() > 1e-4
+
+
+def test_linear_head_uses_the_inner_cv_not_the_test_fold(tmp_path):
+    "Changing a test patient's images cannot change the fitted head of that fold (it is fitted on train + val only)."
+    from liver_pcr.probe import fit_linear_fold
+    from liver_pcr.train import Context, TrainConfig
+    c = Cohort.load()
+    pre = preprocess_cohort(c, PRE, show_progress=False)
+    s = cohort_splits(c, 3, 0)[0]
+    ctx = Context(c, STAGES['multi'], PRE, TrainConfig(), 0, pre=pre, show_progress=False)
+    a = fit_linear_fold(ctx, s, tmp_path)[3]['model'].head.coef.clone()
+    import copy
+    pre2 = copy.copy(pre)
+    pre2.images = np.array(pre.images)
+    pre2.images[pre.index(s.test)] = 5.0                           # the test patients' images replaced
+    ctx2 = Context(c, STAGES['multi'], PRE, TrainConfig(), 0, pre=pre2, show_progress=False)
+    b = fit_linear_fold(ctx2, s, tmp_path)[3]['model'].head.coef
+    assert torch.equal(a, b)
+
+
+def test_weights_file_is_used_and_a_wrong_file_is_one_line(tmp_path):
+    from torchvision.models import resnet18
+    torch.manual_seed(3)
+    torch.save(resnet18().state_dict(), tmp_path/'w.pth')
+    r = run_cv(None, 'baseline', tmp_path/'a', n_folds=3, pre_cfg=PRE, show_progress=False, n_boot=50, weights=tmp_path/'w.pth')
+    b = run_cv(None, 'baseline', tmp_path/'b', n_folds=3, pre_cfg=PRE, show_progress=False, n_boot=50)
+    pa, pb = (pd.read_csv(tmp_path/k/'predictions.csv') for k in 'ab')
+    assert not np.allclose(pa.p, pb.p)                             # another trunk, other features
+    assert json.loads((tmp_path/'a'/'config.json').read_text())['model_config']['weights'].endswith('w.pth')
+    (tmp_path/'bad.pt').write_bytes(b'\x00' * 64)
+    from liver_pcr.core import sample_cohort_path
+    out = _cli('cv', str(sample_cohort_path()), '--model', 'baseline', '--out', str(tmp_path/'c'), '--weights', str(tmp_path/'bad.pt'))
+    assert out.returncode == 1 and 'bad.pt' in out.stderr and 'Traceback' not in out.stderr
