@@ -17,17 +17,17 @@ from .core import LiverPcrError, ConfigError, atomic_path, check_out_path, write
 from .cohort import Cohort
 from .preprocess import PreprocessConfig, preprocess_cohort
 from .data import PatientDataset, wide_labs
-from .models import PCRModel, SequenceFusion, RelationModule
+from .models import PCRModel, SequenceFusion, RelationModule, LAYERS
 from .train import load_bundle, transformer_from
 
 # %% auto #0
 __all__ = ['METHODS', 'run_splits', 'run_model', 'fold_of', 'FoldModel', 'load_fold', 'clinical_features', 'fold_batch',
            'forward', 'block_size', 'gradcam_layer', 'target_sign', 'attribute', 'plot_maps', 'lesion_share',
            'shuffled_share', 'per_fold', 'attribution_in_lesion', 'lesion_summary', 'ablation', 'contribution_summary',
-           'plot_contributions', 'fusion_weights', 'plot_fusion', 'load_reference', 'reference_features',
-           'marker_display', 'shap_reference_fold', 'shap_reference', 'plot_beeswarm', 'plot_waterfall', 'clinical_fn',
-           'shap_clinical_branch', 'PatientExplanation', 'explain_patient', 'ExplainViewer', 'view_explanations',
-           'explain_to', 'cmd_explain']
+           'plot_contributions', 'swap_baseline', 'counterfactual_swap', 'fusion_weights', 'plot_fusion',
+           'load_reference', 'reference_features', 'marker_display', 'shap_reference_fold', 'shap_reference',
+           'plot_beeswarm', 'plot_waterfall', 'clinical_fn', 'shap_clinical_branch', 'PatientExplanation',
+           'explain_patient', 'ExplainViewer', 'view_explanations', 'explain_to', 'cmd_explain']
 
 # %% ../nbs/12_interpret.ipynb #03d26d56
 def run_splits(run) -> list[dict]: # a run folder of liver-pcr cv or train
@@ -98,7 +98,12 @@ def fold_batch(fm: FoldModel, cohort: Cohort, ids=None, # the fold model; the co
     missing = [i for i in ids if i not in cohort.patients]
     if missing: raise LiverPcrError(f'{len(missing)} patient(s) not in cohort {cohort.root}: {missing[:5]}')
     pre = preprocess_cohort(cohort, fm.pre_cfg, show_progress=show_progress)
-    ds = PatientDataset(pre, cohort, ids, fm.clinical)
+    rad = None
+    if fm.bundle.get('radiomics_columns'):
+        from liver_pcr.radiomics import radiomics_table
+        rad = radiomics_table(cohort, fm.model.timepoints, fm.model.sequences, show_progress=False)
+        rad = rad.reindex(columns=fm.bundle['radiomics_columns'])
+    ds = PatientDataset(pre, cohort, ids, fm.clinical, radiomics=rad)
     b = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
     b.update(timepoints=list(pre.timepoints), sequences=list(pre.sequences), clinical_names=list(clinical_features(fm, cohort, ids[:1]).columns))
     return b
@@ -110,9 +115,11 @@ def forward(model: PCRModel, b: dict, **kwargs):
 # %% ../nbs/12_interpret.ipynb #b6530d48
 _BLOCKS = ('layer4', 'layer3', 'layer2', 'layer1')
 
-def block_size(block: str, px: int) -> int:
-    "Side of a ResNet18 block's feature maps for a `px`-pixel input (stride 2 in conv1, maxpool, layer2, layer3, layer4)."
-    for _ in range({'layer1': 2, 'layer2': 3, 'layer3': 4, 'layer4': 5}[block]): px = math.ceil(px/2)
+def block_size(block: str, px: int, stem: str = 'imagenet') -> int: # a block; the input side; the trunk's stem
+    "Side of a ResNet18 block's maps for a `px`-pixel input (imagenet stem: stride 2 in conv1 and maxpool; then layer2-4)."
+    halvings = {'layer1': 2, 'layer2': 3, 'layer3': 4, 'layer4': 5}[block] - (2 if stem == 'small' else 0)
+    for _ in range(halvings):
+        px = math.ceil(px/2)
     return px
 
 def gradcam_layer(model: PCRModel, s: int = 0, # the model; the sequence's index (per-sequence encoders have one trunk each)
@@ -120,8 +127,12 @@ def gradcam_layer(model: PCRModel, s: int = 0, # the model; the sequence's index
     "The trunk block Grad-CAM reads for sequence `s`: `layer` or, for 'auto', the deepest with maps of at least `min_px` pixels."
     enc = model.encoder
     trunk = enc.trunks[0 if enc.shared else s]
-    if layer == 'auto': layer = next((l for l in _BLOCKS if block_size(l, px) >= min_px), 'layer1')
-    if layer not in _BLOCKS: raise ConfigError(f"Grad-CAM layer {layer!r}: choose 'auto' or one of {list(_BLOCKS)}")
+    cfg = model.cfg
+    read = [l for l in _BLOCKS if cfg.head != 'linear' or LAYERS.index(l) <= LAYERS.index(cfg.layer)]
+    if layer == 'auto':
+        layer = next((l for l in read if block_size(l, px, cfg.stem) >= min_px), read[-1])
+    if layer not in read:
+        raise ConfigError(f"Grad-CAM layer {layer!r}: choose 'auto' or one of {read} (the blocks this model reads)")
     return getattr(trunk.net, layer), layer
 
 # %% ../nbs/12_interpret.ipynb #8dab10b2
@@ -294,6 +305,71 @@ def plot_contributions(summary: pd.DataFrame, title: str = ''): # `contribution_
     if title: ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/12_interpret.ipynb #a4a0a81f
+def _derangement(n: int, rng) -> np.ndarray:
+    "A random permutation without fixed points (one cycle through a shuffled order)."
+    order = rng.permutation(n)
+    perm = np.empty(n, int)
+    perm[order] = np.roll(order, 1)
+    return perm
+
+def _swapped_radiomics(fm: FoldModel, cohort: Cohort, ids, perm) -> torch.Tensor:
+    "The hybrid's radiomics columns with the baseline exam's features from patient `perm[i]`, changes recomputed."
+    from liver_pcr.radiomics import radiomics_table, VOLUME_FLOOR_ML
+    tps = list(fm.model.timepoints)
+    t = radiomics_table(cohort, tps, fm.model.sequences, show_progress=False).loc[list(ids)].copy()
+    base = [c for c in t.columns if c.startswith(f'{tps[0]}_')]
+    t[base] = t[base].to_numpy()[perm]
+    for c in t.columns:
+        for tp in tps[1:]:
+            if c.startswith(f'delta_{tp}_'):
+                feat = c[len(f'delta_{tp}_'):]
+                t[c] = t[f'{tp}_{feat}'] - t[f'{tps[0]}_{feat}']
+            elif c.startswith(f'logratio_{tp}_'):
+                feat = c[len(f'logratio_{tp}_'):]
+                v0, v1 = (np.maximum(t[f'{x}_{feat}'], VOLUME_FLOOR_ML) for x in (tps[0], tp))
+                t[c] = np.log(v1/v0)
+    return torch.as_tensor(t.reindex(columns=fm.bundle['radiomics_columns']).to_numpy(), dtype=torch.float32)
+
+def swap_baseline(fm: FoldModel, cohort: Cohort, b: dict, perm) -> dict: # fold model; cohort; its batch; donors
+    "The batch with each patient's baseline exam and baseline markers taken from patient `perm[i]` of the batch."
+    perm = np.asarray(perm)
+    s = dict(b)
+    for k in ('images', 'masks', 'present'):
+        v = b[k].clone()
+        v[:, 0] = b[k][torch.as_tensor(perm), 0]
+        s[k] = v
+    ids, parts, ct = list(b['patient_id']), [], fm.clinical
+    if ct is not None and ct.markers:
+        w = wide_labs(cohort, ids, ct.timepoints, ct.markers)
+        for m in ct.markers:
+            w[(m, ct.timepoints[0])] = w[(m, ct.timepoints[0])].to_numpy()[perm]
+        parts.append(torch.as_tensor(ct.transform(w).to_numpy(), dtype=torch.float32))
+    if fm.bundle.get('radiomics_columns'):
+        parts.append(_swapped_radiomics(fm, cohort, ids, perm))
+    if parts:
+        s['clinical'] = torch.cat(parts, 1)
+    return s
+
+@torch.no_grad()
+def counterfactual_swap(run, cohort: Cohort, seed: int = 0) -> dict: # a cv run of a deep model; the cohort; swap seed
+    "AUC of the run's test predictions, and with every test patient's baseline exam and markers swapped: and the drop."
+    from sklearn.metrics import roc_auc_score
+    rng, rows = np.random.default_rng(seed), []
+    for s in run_splits(run):
+        fm = load_fold(run, s['fold'])
+        if len(fm.model.timepoints) < 2:
+            raise ConfigError(f'{run}: the model reads one timepoint: there is no baseline exam to swap')
+        b = fold_batch(fm, cohort)
+        perm = _derangement(len(b['patient_id']), rng)
+        p = torch.sigmoid(forward(fm.model, b)).numpy()
+        q = torch.sigmoid(forward(fm.model, swap_baseline(fm, cohort, b, perm))).numpy()
+        rows += [dict(patient_id=i, fold=s['fold'], y=int(y), p=a, p_swapped=z)
+                 for i, y, a, z in zip(b['patient_id'], b['y'].tolist(), p, q)]
+    df = pd.DataFrame(rows)
+    a, a_sw = roc_auc_score(df.y, df.p), roc_auc_score(df.y, df.p_swapped)
+    return dict(auc=float(a), auc_swapped=float(a_sw), drop=float(a - a_sw), table=df)
 
 # %% ../nbs/12_interpret.ipynb #01411e94
 @torch.no_grad()
