@@ -81,7 +81,7 @@ summary = pd.DataFrame({'AUC mean': g.auc.mean(), 'AUC SD': g.auc.std(ddof=1), '
                         'gap SD': g.gap.std(ddof=1), 'counterfactual drop': g.counterfactual_drop.mean(),
                         'CV seconds': g.cv_seconds.mean()}).reset_index()
 print(f'\n{len(cohorts)} cohorts; threads {torch.get_num_threads()}; weights {a.weights or "none (random trunk)"}; '
-      f'head {a.head or "the stages\' default"}')
+      f'head {a.head or "the default"}')
 print(summary.to_string(index=False, float_format=lambda v: f'{v:.3f}'))
 if a.out:
     out = Path(a.out)
