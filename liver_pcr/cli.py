@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='generate a synthetic cohort of this many patients into OUT (default: the cached 120-patient cohort)')
     d.add_argument('--sample', action='store_true', help='use the packaged 24-patient sample (a quick look)')
     _training_options(d)
-    d.add_argument('--no-ablation', dest='no_ablation', action='store_true', help='skip the ablations')
+    d.add_argument('--ablation', action='store_true', help='also run the ablations of the relation model (a few more minutes)')
     d.set_defaults(func=_lazy('report', 'cmd_demo'))
 
     v = sub.add_parser('validate', help='check a cohort folder: every problem, or a summary')

@@ -126,7 +126,7 @@ def demo_cohort(out: Path, patients: int | None = None, seed: int = 0, # output 
     return Cohort.load(out/'cohort'), oracle_auc(tt)
 
 def run_demo(out='liver_pcr_demo', preset_name: str = 'fast', patients: int | None = None, seed: int = 0, # output folder; training preset; cohort size
-             n_folds: int = 5, epochs: int | None = None, ablate: bool = True, quiet: bool = False, n_boot: int = 2000,
+             n_folds: int = 5, epochs: int | None = None, ablate: bool = False, quiet: bool = False, n_boot: int = 2000,
              sample: bool = False, weights=None, head: str | None = None) -> Path: # packaged sample?; trunk weights; head
     "The model evolution, the references and the ablations on the embedded data; returns the report's path."
     from liver_pcr.evaluate import compare_runs
@@ -251,5 +251,5 @@ def write_report(out, cohort: Cohort, cmp: pd.DataFrame, abl: pd.DataFrame | Non
 def cmd_demo(args) -> int:
     "`liver-pcr demo`: the main job."
     run_demo(args.out, args.preset, patients=args.patients, seed=args.seed, n_folds=args.folds, epochs=args.epochs,
-             ablate=not args.no_ablation, sample=args.sample, weights=args.weights, head=args.head)
+             ablate=args.ablation, sample=args.sample, weights=args.weights, head=args.head)
     return 0

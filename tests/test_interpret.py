@@ -12,7 +12,7 @@ from liver_pcr.core import LiverPcrError, ConfigError, run_main, sample_cohort_p
 from liver_pcr.interpret import (METHODS, ablation, attribute, attribution_in_lesion, cmd_explain, explain_to, fold_batch,
                                  fold_of, forward, fusion_weights, gradcam_layer, lesion_summary, load_fold, load_reference,
                                  reference_features, run_splits, shap_clinical_branch, shap_reference, plot_waterfall, plot_beeswarm)
-from liver_pcr.models import ModelConfig, PCRModel
+from liver_pcr.models import ModelConfig, PCRModel, STAGES, neural
 from liver_pcr.preprocess import PreprocessConfig
 from liver_pcr.train import TrainConfig, run_cv
 
@@ -40,7 +40,7 @@ def sample():
 def runs(sample, tmp_path_factory):
     "A relation run and a clinical-reference run on the sample cohort, same folds."
     d = tmp_path_factory.mktemp('runs')
-    run_cv(sample, 'relation', d/'relation', **TINY)
+    run_cv(sample, neural(STAGES['relation']), d/'relation', **TINY)
     run_cv(sample, 'clinical', d/'clinical', **TINY)
     return d
 
@@ -113,7 +113,7 @@ def synth_run(tmp_path_factory):
     d = tmp_path_factory.mktemp('synth')
     make_cohort(d/'cohort', SynthConfig(n_patients=40, shape=(48, 48, 8), spacing=(6., 6., 8.)), show_progress=False)
     c = Cohort.load(d/'cohort')
-    run_cv(c, 'relation', d/'run', **{**TINY, 'train_cfg': TrainConfig(epochs=4, min_epochs=4, patience=4)})
+    run_cv(c, neural(STAGES['relation']), d/'run', **{**TINY, 'train_cfg': TrainConfig(epochs=4, min_epochs=4, patience=4)})
     return c, d/'run'
 
 
