@@ -6,7 +6,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/train.html.md"""
 
 # %% ../nbs/08_train.ipynb #1a9133c5
 from __future__ import annotations
-import copy, json, math, os, platform, sys, time
+import copy, json, math, os, platform, sys, tempfile, time
 from dataclasses import dataclass, field, replace, asdict
 from pathlib import Path
 import numpy as np, pandas as pd
