@@ -34,7 +34,8 @@ def _training_options(p, folds_help: str | None = 'cross-validation folds (defau
     p.add_argument('--head', choices=['linear', 'neural'],
                    help="how images are read: 'linear' (frozen trunk features, penalised logistic regression; "
                         "the stages' default) or 'neural' (end to end, as the 2024 study)")
-    p.add_argument('--weights', help='trunk weights file: liver-pcr pretrain output, torchvision ResNet18, a state dict')
+    p.add_argument('--weights', help="trunk weights file (liver-pcr pretrain output, torchvision's ResNet18, "
+                                     "a state dict), or 'imagenet' for torchvision's file in torch's hub cache")
 
 def build_parser() -> argparse.ArgumentParser:
     "The `liver-pcr` argument parser."

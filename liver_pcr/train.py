@@ -20,9 +20,9 @@ from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neu
 from .probe import fit_linear_fold, predict_linear
 
 # %% auto #0
-__all__ = ['PRESETS', 'DEEP_MODELS', 'REFERENCE_MODELS', 'TrainConfig', 'preset', 'Learner', 'transformer_state',
-           'transformer_from', 'save_bundle', 'load_bundle', 'model_config', 'versions', 'Context', 'fit_deep_fold',
-           'run_cv', 'run_train', 'predict', 'cmd_cv', 'cmd_train', 'cmd_predict']
+__all__ = ['PRESETS', 'DEEP_MODELS', 'REFERENCE_MODELS', 'IMAGENET_FILE', 'TrainConfig', 'preset', 'Learner', 'transformer_state',
+           'transformer_from', 'save_bundle', 'load_bundle', 'model_config', 'imagenet_weights', 'versions', 'Context',
+           'fit_deep_fold', 'run_cv', 'run_train', 'predict', 'cmd_cv', 'cmd_train', 'cmd_predict']
 
 # %% ../nbs/08_train.ipynb #7b579d3b
 @dataclass(frozen=True)
@@ -257,10 +257,21 @@ def model_config(model, sequences=None, # a stage / reference name, or a ModelCo
     if sequences:
         cfg = replace(cfg, sequences=tuple(sequences))
     if weights:
-        if not Path(weights).is_file():
+        path = imagenet_weights() if str(weights) == 'imagenet' else Path(weights)
+        if not path.is_file():
             raise ConfigError(f'{weights}: no such weights file')
-        cfg = replace(cfg, weights=str(Path(weights).resolve()))
+        cfg = replace(cfg, weights=str(path.resolve()))
     return cfg
+
+IMAGENET_FILE = 'resnet18-f37072fd.pth'      # torchvision's ImageNet ResNet18 weights
+
+def imagenet_weights() -> Path:
+    "torchvision's ImageNet ResNet18 file in torch's hub cache (`$TORCH_HOME/hub/checkpoints`); never downloaded."
+    path = Path(torch.hub.get_dir())/'checkpoints'/IMAGENET_FILE
+    if not path.is_file():
+        raise ConfigError(f"--weights imagenet: {path} is not there; liver_pcr never downloads weights: "
+                          f"copy {IMAGENET_FILE} there, or pass the file's path")
+    return path
 
 def versions() -> dict:
     import liver_pcr, torchvision, sklearn
