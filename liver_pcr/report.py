@@ -199,7 +199,10 @@ TRIPOD_AI = [
     ('Predictors', 'MRI sequences and timepoints per model stage; AFP and PIVKA-II (log, change, missing indicators)'),
     ('Sample size', 'n and events per model; bootstrap confidence intervals show the uncertainty that follows'),
     ('Missing data', 'missing exams/sequences are masked in the model, never imputed from another image; missing markers: indicator + training mean'),
-    ('Analysis: model building', 'one model family (config), ResNet18 trunk from scratch, early stopping and checkpoint choice on an inner validation split'),
+    ('Analysis: model building', 'one model family (config). Linear head (default): a fixed ResNet18 trunk (seeded random, or weights '
+                                 'from a file) read inside the lesion, an L2-penalised logistic regression with its penalty chosen by '
+                                 'cross-validation within the training fold. Neural head: trained end to end, early stopping and '
+                                 'checkpoint choice on an inner validation split'),
     ('Analysis: validation', 'patient-level stratified k-fold cross-validation; preprocessing statistics fitted on training patients of each fold; a leak check on every split'),
     ('Performance: discrimination', 'AUC from out-of-fold probabilities (one per patient) with a stratified bootstrap 95% CI; DeLong against the baseline'),
     ('Performance: calibration', 'calibration intercept and slope, calibration curve, Brier score'),
