@@ -17,7 +17,7 @@ from .cohort import Cohort
 from .preprocess import PreprocessConfig, preprocess_cohort, Preprocessed
 from .data import (Split, check_no_leak, cohort_splits, make_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment)
 from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neural
-from .probe import fit_linear_fold, predict_linear
+from .probe import fit_linear_fold
 
 # %% auto #0
 __all__ = ['PRESETS', 'DEEP_MODELS', 'REFERENCE_MODELS', 'IMAGENET_FILE', 'TrainConfig', 'preset', 'Learner', 'transformer_state',
