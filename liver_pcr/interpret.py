@@ -100,9 +100,8 @@ def fold_batch(fm: FoldModel, cohort: Cohort, ids=None, # the fold model; the co
     pre = preprocess_cohort(cohort, fm.pre_cfg, show_progress=show_progress)
     rad = None
     if fm.bundle.get('radiomics_columns'):
-        from liver_pcr.radiomics import radiomics_table
-        rad = radiomics_table(cohort, fm.model.timepoints, fm.model.sequences, show_progress=False)
-        rad = rad.reindex(columns=fm.bundle['radiomics_columns'])
+        from liver_pcr.probe import radiomics_inputs
+        rad = radiomics_inputs(cohort, fm.model.timepoints, fm.model.sequences, fm.bundle['radiomics_columns'])
     ds = PatientDataset(pre, cohort, ids, fm.clinical, radiomics=rad)
     b = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
     b.update(timepoints=list(pre.timepoints), sequences=list(pre.sequences), clinical_names=list(clinical_features(fm, cohort, ids[:1]).columns))

@@ -14,8 +14,8 @@ from .core import ConfigError
 
 # %% auto #0
 __all__ = ['LAYERS', 'STAGES', 'CHANNELS', 'ModelConfig', 'neural', 'select_inputs', 'ResNetTrunk', 'adapt_conv1', 'load_weights',
-           'lesion_pool', 'ImageEncoder', 'SequenceFusion', 'ConcatTemporal', 'SingleTemporal', 'RelationModule',
-           'TrunkFeatures', 'linear_blocks', 'LinearHead', 'PCRModel', 'FocalLoss', 'make_loss']
+           'lesion_pool', 'image_masks', 'ImageEncoder', 'SequenceFusion', 'ConcatTemporal', 'SingleTemporal',
+           'RelationModule', 'TrunkFeatures', 'linear_blocks', 'LinearHead', 'PCRModel', 'FocalLoss', 'make_loss']
 
 # %% ../nbs/07_models.ipynb #81ea9f88
 @dataclass(frozen=True)
@@ -195,6 +195,11 @@ def lesion_pool(f: torch.Tensor, mask: torch.Tensor, # maps (N, C, h, w); lesion
     sd = (mean((f - mu[..., None, None])**2, inside) + 1e-6).sqrt()
     return torch.cat([mu, sd, mean(f, rim), f.mean((2, 3))], 1)
 
+def image_masks(masks: torch.Tensor, S: int) -> torch.Tensor: # exam masks (B, T, k, H, W); sequences per exam
+    "The lesion mask of every image, (B, T, S, 1, H, W): the middle slice of its exam's mask."
+    B, T, k, H, W = masks.shape
+    return masks[:, :, k//2:k//2 + 1][:, :, None].expand(B, T, S, 1, H, W)
+
 # %% ../nbs/07_models.ipynb #6b98a622
 class ImageEncoder(nn.Module):
     "(B, T, S, k, H, W) images + (B, T, S) present → (B, T, S, D) features (zeros where missing)."
@@ -223,8 +228,7 @@ class ImageEncoder(nn.Module):
         out = x.new_zeros(B, T, S, self.dim)
         if masks is None:
             masks = x.new_zeros(B, T, k, H, W)
-        km = masks.shape[2]//2
-        m = masks[:, :, km:km + 1][:, :, None].expand(B, T, S, 1, H, W).to(x.dtype)
+        m = image_masks(masks, S).to(x.dtype)
         if self.shared:
             p = present
             if p.any():
@@ -324,8 +328,7 @@ class TrunkFeatures(nn.Module):
         out = x.new_zeros(B, T, S, self.dim)
         if not present.any():
             return out
-        km = masks.shape[2]//2
-        m = masks[:, :, km:km + 1][:, :, None].expand(B, T, S, 1, H, W)   # the middle slice's mask
+        m = image_masks(masks, S)
         f = self.trunks[0].maps(x[present], self.layer)
         out[present] = lesion_pool(f, m[present]) if self.pool == 'lesion' else f.mean((2, 3))
         return out

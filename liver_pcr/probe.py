@@ -14,7 +14,8 @@ from .data import Split, check_no_leak, ClinicalTransformer, wide_labs, PatientD
 from .models import PCRModel
 
 # %% auto #0
-__all__ = ['C_GRID', 'standardise', 'fit_logistic', 'linear_inputs', 'fit_head', 'fit_linear_fold', 'predict_linear']
+__all__ = ['C_GRID', 'standardise', 'fit_logistic', 'linear_inputs', 'fit_head', 'radiomics_inputs', 'fit_linear_fold',
+           'predict_linear']
 
 # %% ../nbs/07a_probe.ipynb #ddc863da
 def standardise(X: np.ndarray, miss: np.ndarray, # training values (n, P); their missing flags (n, P)
@@ -104,6 +105,11 @@ def _radiomics(cohort, pre, ids) -> pd.DataFrame:
     tab = radiomics_table(cohort, pre.timepoints, pre.sequences, show_progress=False)
     seen = tab.loc[list(ids)].notna().any()
     return tab.loc[:, seen.values]
+
+def radiomics_inputs(cohort, timepoints, sequences, columns) -> pd.DataFrame: # the cohort; the model's inputs; saved columns
+    "A fitted hybrid's radiomics input for every patient of `cohort`: the saved columns, in order."
+    from liver_pcr.radiomics import radiomics_table
+    return radiomics_table(cohort, timepoints, sequences, show_progress=False).reindex(columns=columns)
 
 def fit_linear_fold(ctx, split: Split, fold_dir: Path): # the run's context; the split; the fold's folder
     "Fit a linear-head model on one split: inner-validation and test probabilities, a log row, the model."

@@ -17,7 +17,7 @@ from .cohort import Cohort
 from .preprocess import PreprocessConfig, preprocess_cohort, Preprocessed
 from .data import (Split, check_no_leak, cohort_splits, make_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment)
 from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neural
-from .probe import fit_linear_fold
+from .probe import fit_linear_fold, radiomics_inputs
 
 # %% auto #0
 __all__ = ['PRESETS', 'DEEP_MODELS', 'REFERENCE_MODELS', 'IMAGENET_FILE', 'TrainConfig', 'preset', 'Learner', 'transformer_state',
@@ -453,9 +453,7 @@ def predict(run, cohort=None, check: bool = True, show_progress: bool = True) ->
             pre = preprocess_cohort(c, pc, show_progress=show_progress)
             rad = None
             if b.get('radiomics_columns'):
-                from liver_pcr.radiomics import radiomics_table
-                rad = radiomics_table(c, model.timepoints, model.sequences, show_progress=False)
-                rad = rad.reindex(columns=b['radiomics_columns'])
+                rad = radiomics_inputs(c, model.timepoints, model.sequences, b['radiomics_columns'])
             ds = PatientDataset(pre, c, c.ids, transformer_from(b['clinical']), radiomics=rad)
             L = Learner(model, ds, ds, nn.BCEWithLogitsLoss(), TrainConfig())
             ps.append(L.predict(ds))
