@@ -14,10 +14,11 @@ from .core import LiverPcrError, ConfigError, atomic_path, write_text, check_out
 from .cohort import Cohort
 from .models import ModelConfig, STAGES, neural
 from .train import run_cv, versions, _json
+from .course import course_cohort
 
 # %% auto #0
 __all__ = ['DEMO_MODELS', 'REFERENCES', 'DEMO_PATIENTS', 'TRIPOD_AI', 'ablations', 'ablation_table', 'run_ablation', 'cmd_ablate',
-           'demo_cohort', 'run_demo', 'course_dir', 'course_cohort', 'course_run', 'write_report', 'cmd_demo']
+           'demo_cohort', 'run_demo', 'write_report', 'cmd_demo']
 
 # %% ../nbs/13_report.ipynb #8aeac91e
 def ablations(cohort: Cohort, base: ModelConfig = STAGES['relation']) -> dict[str, ModelConfig]: # the cohort; the full model
@@ -159,37 +160,6 @@ def run_demo(out='liver_pcr_demo', preset_name: str = 'fast', patients: int | No
                          '\nFor a cohort of realistic size: liver-pcr demo (120 patients, a few minutes on 2 CPU cores).', quiet)
     _say(f'\nreport: {rep.resolve()}  ({times["total"]/60:.1f} min)', quiet)
     return rep
-
-# %% ../nbs/13_report.ipynb #0b68647d
-_TINY_DIR = None
-def course_dir() -> Path:
-    "Where the course keeps its cohort and runs."
-    global _TINY_DIR
-    from liver_pcr.core import cache_dir
-    if is_tiny():
-        if _TINY_DIR is None: _TINY_DIR = Path(tempfile.mkdtemp(prefix='liver_pcr_course-'))
-        return _TINY_DIR
-    return cache_dir()/'course'
-
-def course_cohort(n_patients: int = 120, seed: int = 0) -> tuple[Cohort, pd.DataFrame]: # size and seed of the synthetic cohort
-    "The course's cohort and its truth table (the packaged sample under the test run)."
-    from liver_pcr.synth import SynthConfig, make_cohort, truth_table
-    if is_tiny():
-        c = Cohort.load(sample_cohort_path()); return c, truth_table(SynthConfig(n_patients=len(c), seed=0))
-    d, cfg = course_dir()/f'cohort{n_patients}-seed{seed}', SynthConfig(n_patients=n_patients, seed=seed)
-    if not (d/'patients.csv').exists(): make_cohort(d, cfg, n_jobs=2, overwrite=d.exists())
-    return Cohort.load(d), truth_table(cfg)
-
-def course_run(model, n_folds: int = 5, seed: int = 0, **kw) -> Path: # a model name or ModelConfig; folds; seed
-    "Cross-validate `model` on the course cohort (reusing a finished run); return the run folder."
-    c, _ = course_cohort()
-    name = model if isinstance(model, str) else model.name
-    out, folds = course_dir()/'runs'/name, n_folds if not is_tiny() else 3
-    try: run_cv(c, model, out, n_folds=folds, seed=seed, **kw)          # finished folds are reused
-    except ConfigError as e:
-        if 'another configuration' not in str(e): raise
-        import shutil; shutil.rmtree(out); run_cv(c, model, out, n_folds=folds, seed=seed, **kw)
-    return out
 
 # %% ../nbs/13_report.ipynb #b01606ec
 TRIPOD_AI = [
