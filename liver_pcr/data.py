@@ -15,8 +15,8 @@ from .cohort import Cohort
 from .preprocess import Preprocessed, PreprocessConfig, preprocess_cohort
 
 # %% auto #0
-__all__ = ['Split', 'check_no_leak', 'make_splits', 'cohort_splits', 'wide_labs', 'ClinicalTransformer', 'Augment',
-           'augment_exams', 'augment_exam', 'PatientDataset']
+__all__ = ['Split', 'check_no_leak', 'make_splits', 'cohort_splits', 'wide_labs', 'ClinicalTransformer', 'transformer_state',
+           'transformer_from', 'Augment', 'augment_exams', 'augment_exam', 'PatientDataset']
 
 # %% ../nbs/06_data.ipynb #001800dd
 @dataclass(frozen=True)
@@ -106,6 +106,29 @@ class ClinicalTransformer:
         v = np.stack([[z[f'log_{m}_{t}'].values for m in self.markers] for t in self.timepoints]).transpose(2, 0, 1)
         r = self._raw(wide); miss = np.stack([[r[f'log_{m}_{t}'].isna().values for m in self.markers] for t in self.timepoints]).transpose(2, 0, 1)
         return v.astype(np.float32), miss
+
+# %% ../nbs/06_data.ipynb #7adb8a87
+def transformer_state(
+    ct: ClinicalTransformer | None,  # a fitted transformer, or None
+) -> dict | None:
+    "The fitted statistics of `ct` as JSON-ready numbers."
+    if ct is None:
+        return None
+    return dict(markers=ct.markers, timepoints=ct.timepoints, mean=ct.mean_.to_dict(),
+                std=ct.std_.to_dict(), columns=ct.columns_)
+
+
+def transformer_from(
+    state: dict | None,  # what `transformer_state` gave
+) -> ClinicalTransformer | None:
+    "The fitted transformer back from its numbers."
+    if state is None:
+        return None
+    ct = ClinicalTransformer(state['markers'], state['timepoints'])
+    ct.mean_ = pd.Series(state['mean'], dtype=float)
+    ct.std_ = pd.Series(state['std'], dtype=float)
+    ct.columns_ = state['columns']
+    return ct
 
 # %% ../nbs/06_data.ipynb #f75f621e
 @dataclass(frozen=True)

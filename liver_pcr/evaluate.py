@@ -14,13 +14,15 @@ import numpy as np, pandas as pd
 from scipy import stats
 from scipy.special import expit, logit
 from .core import LiverPcrError, ConfigError, atomic_path, write_text
+from .runs import Run, load_run, write_toy_run, few
+
 
 # %% auto #0
 __all__ = ['DeLong', 'METRICS', 'Calibration', 'binormal', 'true_auc', 'auc', 'bootstrap_indices', 'bootstrap_ci',
            'bootstrap_auc_ci', 'delong_test', 'delong_vs_chance', 'youden_threshold', 'threshold_metrics', 'brier',
            'calibration_intercept_slope', 'wilson_ci', 'calibration_curve', 'lowess', 'net_benefit', 'roc_points',
-           'roc_band', 'plot_roc', 'plot_calibration', 'plot_decision_curve', 'write_toy_run', 'Run', 'load_run',
-           'summarize_predictions', 'markdown_table', 'compare_runs', 'cmd_compare']
+           'roc_band', 'plot_roc', 'plot_calibration', 'plot_decision_curve', 'summarize_predictions', 'markdown_table',
+           'compare_runs', 'cmd_compare']
 
 # %% ../nbs/09_evaluate.ipynb #d7fe1da4
 def _yp(y, p, # outcomes (0/1) and predictions, one per patient
@@ -333,98 +335,6 @@ def plot_decision_curve(runs: dict, # {name: (y, p)}, on the same patients
     ax.legend(loc='upper right', fontsize='small')
     return fig
 
-# %% ../nbs/09_evaluate.ipynb #594622bd
-def write_toy_run(path, y, p, # the run folder, outcomes and out-of-fold probabilities
-                  model: str | None = None, # `model` in config.json
-                  n_folds: int = 5, thresholds=None, # one threshold per fold, or None for no thresholds.csv
-                  patient_ids=None) -> Path:
-    "Write a run folder from `(y, p)`: patients are dealt to folds in turn."
-    path = Path(path); n = len(y)
-    ids = [f'P{i:03d}' for i in range(n)] if patient_ids is None else list(patient_ids)
-    pr = pd.DataFrame(dict(patient_id=ids, fold=np.arange(n) % n_folds, y_true=np.asarray(y, int), p=np.asarray(p, float)))
-    with atomic_path(path / 'predictions.csv') as tmp: pr.to_csv(tmp, index=False)
-    if thresholds is not None:
-        with atomic_path(path / 'thresholds.csv') as tmp: pd.DataFrame(dict(fold=range(n_folds), threshold=thresholds)).to_csv(tmp, index=False)
-    write_text(path / 'config.json', json.dumps({'model': model} if model else {}))
-    write_text(path / 'metrics.json', json.dumps({'auc': auc(y, p)}))
-    return path
-
-# %% ../nbs/09_evaluate.ipynb #00020695
-def _few(xs, k: int = 5) -> str:
-    xs = list(xs)
-    return ', '.join(map(str, xs[:k])) + (f', … ({len(xs)} in all)' if len(xs) > k else '')
-
-def _read_csv(f: Path, cols: list[str]) -> pd.DataFrame:
-    if not f.is_file(): raise LiverPcrError(f"{f}: not found")
-    try: df = pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[''])   # as written, converted by the checks
-    except Exception as e: raise LiverPcrError(f"{f}: cannot be read as CSV ({e})")
-    miss = [c for c in cols if c not in df.columns]
-    if miss: raise LiverPcrError(f"{f}: missing column(s) {_few(map(repr, miss))} (it has {_few(map(repr, df.columns))})")
-    return df
-
-def _bad_rows(f, df, mask, col, what) -> list[str]:
-    "One problem line for the rows of `df` where `mask` holds (line numbers as in the file)."
-    i = np.flatnonzero(np.asarray(mask))
-    if not len(i): return []
-    key = df.patient_id if 'patient_id' in df else df.fold
-    return [f"{f}: column '{col}': {what} at " + _few(f'line {j + 2} ({key.iloc[j]}: {col} = {df[col].iloc[j]})' for j in i)]
-
-# %% ../nbs/09_evaluate.ipynb #85f63868
-def _check_predictions(f: Path) -> pd.DataFrame:
-    df = _read_csv(f, ['patient_id', 'fold', 'y_true', 'p'])
-    p, yv = pd.to_numeric(df.p, errors='coerce'), pd.to_numeric(df.y_true, errors='coerce')
-    probs = (_bad_rows(f, df, df.patient_id.isna(), 'patient_id', 'missing patient_id')
-             + _bad_rows(f, df, df.fold.isna(), 'fold', 'missing fold')
-             + _bad_rows(f, df, ~yv.isin([0, 1]), 'y_true', 'y_true not 0/1')
-             + _bad_rows(f, df, p.isna(), 'p', 'missing or non-numeric p')
-             + _bad_rows(f, df, (p < 0) | (p > 1), 'p', 'p outside [0, 1]'))
-    dup = df.patient_id[df.patient_id.duplicated() & df.patient_id.notna()]
-    if len(dup): probs.append(f"{f}: column 'patient_id': duplicate patient_id {_few(pd.unique(dup))}")
-    if len(df) == 0: probs.append(f"{f}: no patients")
-    if probs: raise LiverPcrError(probs)
-    return df.assign(y_true=yv.astype(int), p=p.astype(float))[['patient_id', 'fold', 'y_true', 'p']]
-
-# %% ../nbs/09_evaluate.ipynb #fbc72228
-def _check_thresholds(f: Path, folds) -> pd.DataFrame | None:
-    if not f.exists(): return None
-    df = _read_csv(f, ['fold', 'threshold'])
-    t = pd.to_numeric(df.threshold, errors='coerce')
-    probs = _bad_rows(f, df, t.isna() | (t < 0) | (t > 1), 'threshold', 'threshold missing or outside [0, 1]')
-    dup = df.fold[df.fold.duplicated()]
-    if len(dup): probs.append(f"{f}: column 'fold': more than one threshold for fold(s) {_few(pd.unique(dup))}")
-    missing = sorted(set(folds) - set(df.fold))
-    if missing: probs.append(f"{f}: no threshold for fold(s) {_few(missing)} of predictions.csv")
-    if probs: raise LiverPcrError(probs)
-    return df.assign(threshold=t.astype(float))[['fold', 'threshold']]
-
-def _read_json(f: Path) -> dict:
-    if not f.exists(): return {}
-    try: d = json.loads(f.read_text())
-    except (ValueError, OSError) as e: raise LiverPcrError(f"{f}: not valid JSON ({e})")
-    if not isinstance(d, dict): raise LiverPcrError(f"{f}: expected a JSON object, got {type(d).__name__}")
-    return d
-
-# %% ../nbs/09_evaluate.ipynb #138899a3
-@dataclass(frozen=True, eq=False)
-class Run:
-    "One run folder: out-of-fold predictions, per-fold thresholds (if any), config and metrics."
-    path: Path
-    predictions: pd.DataFrame # patient_id, fold, y_true, p
-    thresholds: pd.DataFrame | None = None # fold, threshold
-    config: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    @property
-    def name(self) -> str: return str(self.config.get('model') or self.path.name)
-    def __repr__(self): return f"Run({self.name!r}: {len(self.predictions)} patients, {self.predictions.y_true.sum()} with pCR, {self.path})"
-
-def load_run(path) -> Run: # a run folder
-    "Read and check a run folder (`predictions.csv`, optional `thresholds.csv`, `config.json`, `metrics.json`)."
-    path = Path(path).expanduser()
-    if not path.is_dir(): raise LiverPcrError(f"{path}: not a run folder (no such directory)")
-    pr = _check_predictions(path / 'predictions.csv')
-    return Run(path, pr, _check_thresholds(path / 'thresholds.csv', pr.fold.unique()),
-               _read_json(path / 'config.json'), _read_json(path / 'metrics.json'))
-
 # %% ../nbs/09_evaluate.ipynb #214468d5
 def _fold_thresholds(df, thresholds):
     "Each patient's threshold, the threshold per fold, and where they came from."
@@ -436,7 +346,7 @@ def _fold_thresholds(df, thresholds):
         m = dict(zip(thresholds.fold, thresholds.threshold)) if isinstance(thresholds, pd.DataFrame) else dict(thresholds)
         m = {str(k): float(v) for k, v in m.items()}
         missing = [f for f in folds if f not in m]
-        if missing: raise LiverPcrError(f"no threshold for fold(s) {_few(missing)}")
+        if missing: raise LiverPcrError(f"no threshold for fold(s) {few(missing)}")
         t, src = {f: m[f] for f in folds}, 'per fold'
     return df.fold.astype(str).map(t).to_numpy(float), t, src
 
@@ -465,10 +375,10 @@ def _same_patients(runs: list[Run]):
         a, b = sorted(set(r0.index) - set(ri.index)), sorted(set(ri.index) - set(r0.index))
         if a or b:
             probs.append(f"{r.path} and {ref.path} are on different patients: {len(a)} only in {ref.path.name} "
-                         f"({_few(a)}), {len(b)} only in {r.path.name} ({_few(b)})")
+                         f"({few(a)}), {len(b)} only in {r.path.name} ({few(b)})")
             continue
         diff = r0.index[r0 != ri.loc[r0.index]]
-        if len(diff): probs.append(f"{r.path} and {ref.path} disagree on y_true for {len(diff)} patient(s) ({_few(diff)})")
+        if len(diff): probs.append(f"{r.path} and {ref.path} disagree on y_true for {len(diff)} patient(s) ({few(diff)})")
     if probs: raise LiverPcrError(probs)
 
 def _names(runs: list[Run]) -> list[str]:

@@ -18,7 +18,9 @@ from .cohort import Cohort
 from .preprocess import PreprocessConfig, preprocess_cohort
 from .data import PatientDataset, wide_labs
 from .models import PCRModel, SequenceFusion, RelationModule, LAYERS
-from .train import load_bundle, transformer_from
+from .train import load_bundle, transformer_from, pre_config, model_from
+from .runs import RunFolder
+from .references import ReferenceFitter, ReferenceModel
 
 # %% auto #0
 __all__ = ['METHODS', 'run_splits', 'run_model', 'fold_of', 'FoldModel', 'load_fold', 'clinical_features', 'fold_batch',
@@ -30,26 +32,32 @@ __all__ = ['METHODS', 'run_splits', 'run_model', 'fold_of', 'FoldModel', 'load_f
            'explain_patient', 'ExplainViewer', 'view_explanations', 'explain_to', 'cmd_explain']
 
 # %% ../nbs/12_interpret.ipynb #03d26d56
-def run_splits(run) -> list[dict]: # a run folder of liver-pcr cv or train
+def run_splits(
+    run,  # a run folder of liver-pcr cv or train
+) -> list[dict]:
     "The run's folds (`fold`, `train`, `val`, `test` ids); a train run is one fold `None` without test patients."
-    run = Path(run); f = run/'config.json'
-    if not f.exists(): raise LiverPcrError(f'{run}: no config.json — not a run folder of liver-pcr cv or train')
-    cfg = json.loads(f.read_text())
-    if 'splits' in cfg: return cfg['splits']
-    return [dict(fold=None, train=cfg.get('train', []), val=cfg.get('val', []), test=[])]
+    return RunFolder(run).splits()
+
 
 def run_model(run) -> str:
     "The model a run trained: a stage name ('relation', …) or a reference ('clinical', 'radiomics')."
-    return json.loads((Path(run)/'config.json').read_text())['model']
+    return RunFolder(run).model_name()
 
-def fold_of(run, patient: str) -> int | None: # a run folder; a patient id
+
+def fold_of(
+    run,  # a run folder
+    patient: str,  # a patient id
+) -> int | None:
     "The fold whose TEST patients include `patient` (None for a train run); `LiverPcrError` if there is none."
     sp = run_splits(run)
-    if len(sp) == 1 and sp[0]['fold'] is None: return None
+    if len(sp) == 1 and sp[0]['fold'] is None:
+        return None
     for s in sp:
-        if patient in s['test']: return s['fold']
+        if patient in s['test']:
+            return s['fold']
+    n = sum(len(s['test']) for s in sp)
     raise LiverPcrError(f"patient {patient!r} is not a test patient of any fold of run {run} "
-                        f"({sum(len(s['test']) for s in sp)} test patients in {len(sp)} folds); only out-of-fold explanations are made")
+                        f"({n} test patients in {len(sp)} folds); only out-of-fold explanations are made")
 
 # %% ../nbs/12_interpret.ipynb #3153aa29
 @dataclass
@@ -64,8 +72,7 @@ class FoldModel:
     @property
     def pre_cfg(self) -> PreprocessConfig:
         "The preprocessing the model was trained on, for the inputs it uses."
-        b = self.bundle['preprocess_config']
-        return PreprocessConfig(**{**b, 'timepoints': tuple(self.model.timepoints), 'sequences': tuple(self.model.sequences), 'clip': tuple(b['clip'])})
+        return pre_config(self.bundle, self.model)
     @property
     def clinical(self):
         "The fold's clinical transformer (fitted on its training patients), or None."
@@ -75,14 +82,20 @@ class FoldModel:
         return (f"FoldModel({self.name}, fold {self.fold}: {len(s['train'])} train / {len(s['val'])} val / {len(s['test'])} test; "
                 f"timepoints {self.model.timepoints}, sequences {self.model.sequences})")
 
-def load_fold(run, fold: int | None = None) -> FoldModel: # a run folder; the fold (None: a train run's model.pt)
+def load_fold(
+    run,  # a run folder
+    fold: int | None = None,  # the fold (None: a train run's model)
+) -> FoldModel:
     "The trained deep model of `fold`."
-    run = Path(run); sp = {s['fold']: s for s in run_splits(run)}
-    if fold not in sp: raise LiverPcrError(f'{run}: no fold {fold} (it has {sorted(k for k in sp if k is not None) or "none"})')
-    f = run/'model.pt' if fold is None else run/f'fold{fold}'/'model.pt'
-    if not f.exists(): raise LiverPcrError(f'{f}: no trained deep model (is {run} a run of a deep model, and is fold {fold} done?)')
-    m, b = load_bundle(f)
-    return FoldModel(m, b, fold, sp[fold], run, run_model(run))
+    rf = RunFolder(run)
+    sp = {s['fold']: s for s in rf.splits()}
+    if fold not in sp:
+        have = sorted(k for k in sp if k is not None) or 'none'
+        raise LiverPcrError(f'{rf.path}: no fold {fold} (it has {have})')
+    meta, tensors = rf.load_model(fold)
+    if meta.get('kind') != 'deep':
+        raise LiverPcrError(f'{rf.path}: fold {fold} holds a {meta.get("reference", meta.get("kind"))} reference, not a deep model')
+    return FoldModel(model_from(meta, tensors), meta, fold, sp[fold], rf.path, rf.model_name())
 
 # %% ../nbs/12_interpret.ipynb #8caed6a2
 def clinical_features(fm: FoldModel, cohort: Cohort, ids) -> pd.DataFrame:
@@ -406,18 +419,25 @@ def plot_fusion(relation: pd.DataFrame | None, attention: pd.DataFrame | None, t
     return fig
 
 # %% ../nbs/12_interpret.ipynb #06594c99
-def load_reference(run, fold: int | None) -> dict:
-    "The fitted clinical reference of a fold (`fold*/model.pkl`, or `model.pkl` of a train run)."
-    f = Path(run)/'model.pkl' if fold is None else Path(run)/f'fold{fold}'/'model.pkl'
-    if not f.exists(): raise LiverPcrError(f'{f}: no fitted reference (is {run} a run of the clinical reference?)')
-    st = pickle.loads(f.read_bytes())
-    if st.get('kind') != 'clinical': raise LiverPcrError(f"{f}: a {st.get('kind')!r} reference; SHAP on the markers needs the 'clinical' reference")
-    return st
+def load_reference(
+    run,  # a run of the clinical reference
+    fold: int | None,  # the fold (None: a train run)
+) -> ReferenceModel:
+    "The fitted clinical reference of a fold."
+    meta, _ = RunFolder(run).load_model(fold)
+    if meta.get('kind') != 'reference' or meta.get('reference') != 'clinical':
+        what = meta.get('reference') or meta.get('kind')
+        raise LiverPcrError(f"{run}: a {what!r} model; SHAP on the markers needs the 'clinical' reference")
+    return ReferenceFitter.load(meta)
 
-def reference_features(st: dict, cohort: Cohort, ids) -> pd.DataFrame:
+
+def reference_features(
+    st: ReferenceModel,  # a fitted clinical reference
+    cohort: Cohort,  # the cohort
+    ids,  # patients
+) -> pd.DataFrame:
     "The clinical reference's input for `ids` (float64)."
-    ct = st['ct']
-    return ct.transform(wide_labs(cohort, list(ids), ct.timepoints, ct.markers)).reindex(columns=st['columns']).astype(float)
+    return st.features(cohort, ids).astype(float)
 
 # %% ../nbs/12_interpret.ipynb #d4012d06
 def marker_display(ct, cohort: Cohort, ids, names) -> np.ndarray: # a clinical transformer; the cohort; patients; feature names
@@ -428,17 +448,17 @@ def marker_display(ct, cohort: Cohort, ids, names) -> np.ndarray: # a clinical t
         cols |= {f'dlog_{m}_{t}': (w[(m, t)]/w[(m, ct.timepoints[0])]).values for m in ct.markers for t in ct.timepoints[1:]}
     return np.stack([cols.get(n, np.full(len(w), np.nan)) for n in names], 1)
 
-def shap_reference_fold(st: dict, cohort: Cohort, background_ids, ids): # a fitted clinical reference; its training ids; ids to explain
+def shap_reference_fold(st: ReferenceModel, cohort: Cohort, background_ids, ids): # a fitted clinical reference; its training ids; ids to explain
     "Exact SHAP values (log-odds) of the clinical reference for `ids`, background: `background_ids`."
     import shap
-    prep, lr = st['pipeline'][:-1], st['pipeline'][-1]
     X, Xb = reference_features(st, cohort, ids), reference_features(st, cohort, background_ids)
-    Z, Zb = prep.transform(X), prep.transform(Xb)
-    names = [str(n) for n in prep.get_feature_names_out()]
+    Z, Zb = st.scaled(X), st.scaled(Xb)
+    names = st.feature_names
+    lr = (np.asarray(st.coef), st.intercept)
     ex = shap.LinearExplainer(lr, shap.maskers.Independent(Zb, max_samples=max(len(Zb), 100)))
     sv = ex(Z)
     shown = np.array([n.startswith(('log_', 'dlog_')) for n in names])       # raw values for markers, else what the scaler gets
-    disp = np.where(shown, marker_display(st['ct'], cohort, ids, names), prep[:-1].transform(X))
+    disp = np.where(shown, marker_display(st.ct, cohort, ids, names), st.design(X))
     return shap.Explanation(sv.values, base_values=np.full(len(Z), float(np.ravel(ex.expected_value)[0])), data=Z,
                             display_data=disp, feature_names=names, instance_names=list(ids))
 

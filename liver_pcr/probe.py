@@ -12,6 +12,8 @@ import numpy as np, pandas as pd, torch
 from .core import ConfigError, set_seed
 from .data import Split, check_no_leak, ClinicalTransformer, wide_labs, PatientDataset
 from .models import PCRModel
+from .runs import FoldResult
+
 
 # %% auto #0
 __all__ = ['C_GRID', 'standardise', 'fit_logistic', 'linear_inputs', 'fit_head', 'radiomics_inputs', 'fit_linear_fold',
@@ -130,8 +132,8 @@ def fit_linear_fold(ctx, split: Split, fold_dir: Path): # the run's context; the
     pt = predict_linear(model, te)
     log = [dict(fold=split.fold, C=rec['C'], inner_log_loss=round(rec['inner_loss'], 4),
                 n_features=rec['n_features'], n_fit=len(fit_ids))]
-    return pv, pt, log, dict(model=model, models=[model], ct=ct,
-                             radiomics_columns=None if rad is None else list(rad.columns))
+    cols = None if rad is None else list(rad.columns)
+    return FoldResult(pv, pt, log, [model], dict(ct=ct, radiomics_columns=cols))
 
 @torch.no_grad()
 def predict_linear(model: PCRModel, ds) -> np.ndarray:

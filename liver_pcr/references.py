@@ -6,17 +6,20 @@ Docs: https://liver-pcr.github.io/liver_pcr/references.html.md"""
 
 # %% ../nbs/11_references.ipynb #c795b75e
 from __future__ import annotations
-import pickle
+from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np, pandas as pd
-from .core import LiverPcrError, ConfigError, atomic_path
+from scipy.special import expit
+from .core import ConfigError
 from .cohort import Cohort
-from .data import Split, check_no_leak, ClinicalTransformer, wide_labs
+from .data import Split, check_no_leak, ClinicalTransformer, wide_labs, transformer_state, transformer_from
+from .runs import FoldResult, RunFolder
 
 # %% auto #0
-__all__ = ['C_GRID', 'fit_reference', 'predict_state', 'fit_reference_fold', 'predict_reference']
+__all__ = ['REFERENCE_MODELS', 'C_GRID', 'fit_reference', 'predict_state', 'ReferenceModel', 'ReferenceFitter']
 
 # %% ../nbs/11_references.ipynb #fd81bdcb
+REFERENCE_MODELS = ('clinical', 'radiomics')
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 def _features(kind: str, cohort: Cohort, ids, state: dict) -> pd.DataFrame:
@@ -64,18 +67,102 @@ def predict_state(st: dict, cohort: Cohort, ids) -> np.ndarray:
     return st['pipeline'].predict_proba(_features(st['kind'], cohort, ids, st))[:, 1]
 
 # %% ../nbs/11_references.ipynb #0c48853d
-def fit_reference_fold(ctx, split: Split, fold_dir: Path):
-    "Fit a reference on one split; save it; return inner-validation and test probabilities, a log row and the state."
-    c = ctx.cohort
-    check_no_leak(split.train, split.val, split.test)
-    st = fit_reference(ctx.model, c, split.train, split.val)
-    with atomic_path(Path(fold_dir)/'model.pkl') as f: f.write_bytes(pickle.dumps(st))
-    pv, pt = predict_state(st, c, split.val), predict_state(st, c, split.test)
-    return pv, pt, [dict(fold=split.fold, C=st['C'], n_features=len(st['columns']))], dict(state=st)
+@dataclass
+class ReferenceModel:
+    "A fitted reference as numbers: feature spec, imputer, scaler and logistic-regression coefficients."
 
-def predict_reference(path, cohort: Cohort) -> np.ndarray: # a saved model.pkl; the cohort to predict
-    "Probabilities of a saved reference for every patient of `cohort`."
-    st = pickle.loads(Path(path).read_bytes())
-    miss = [t for t in st['timepoints'] if t not in cohort.timepoints] + [s for s in st['sequences'] if st['kind'] == 'radiomics' and s not in cohort.sequences]
-    if miss: raise ConfigError(f'{cohort.root}: lacks {miss}, which the {st["kind"]} reference was trained on')
-    return predict_state(st, cohort, cohort.ids)
+    reference: str  # 'clinical' or 'radiomics'
+    timepoints: list
+    sequences: list
+    columns: list  # the raw feature columns, in order
+    C: float  # the chosen regularisation strength
+    medians: list  # the imputer's value per column
+    indicators: list  # columns that get a missing indicator (missing in training)
+    mean: list  # the scaler's mean per design column
+    scale: list  # and scale
+    coef: list  # logistic-regression coefficients per design column
+    intercept: float
+    clinical: dict | None = None  # the clinical transformer's statistics ('clinical')
+
+    @classmethod
+    def from_state(cls, st: dict) -> ReferenceModel:
+        "The numbers of a state fitted by `fit_reference`."
+        imp, sc, lr = st['pipeline'][0], st['pipeline'][1], st['pipeline'][-1]
+        cols = list(st['columns'])
+        ind = [cols[j] for j in imp.indicator_.features_] if imp.indicator_ is not None else []
+        return cls(st['kind'], list(st['timepoints']), list(st['sequences']), cols, float(st['C']),
+                   imp.statistics_.tolist(), ind, sc.mean_.tolist(), sc.scale_.tolist(),
+                   lr.coef_[0].tolist(), float(lr.intercept_[0]), transformer_state(st.get('ct')))
+
+    @property
+    def ct(self) -> ClinicalTransformer | None:
+        return transformer_from(self.clinical)
+
+    @property
+    def feature_names(self) -> list[str]:
+        "Names of the design columns (as scikit-learn's `get_feature_names_out`)."
+        return list(self.columns) + [f'missingindicator_{c}' for c in self.indicators]
+
+    def features(self, cohort: Cohort, ids) -> pd.DataFrame:
+        "The raw feature table for `ids`."
+        st = dict(ct=self.ct, timepoints=self.timepoints, sequences=self.sequences, columns=self.columns)
+        return _features(self.reference, cohort, list(ids), st)
+
+    def design(self, X: pd.DataFrame) -> np.ndarray:
+        "Imputed features and missing indicators (what the scaler gets)."
+        x = X.reindex(columns=self.columns).to_numpy()
+        x = x if x.dtype.kind == 'f' else x.astype(float)  # float32 stays float32, as in scikit-learn
+        miss = np.isnan(x)
+        filled = np.where(miss, np.asarray(self.medians, dtype=x.dtype)[None], x)
+        idx = [self.columns.index(c) for c in self.indicators]
+        return np.hstack([filled, miss[:, idx].astype(x.dtype)])
+
+    def scaled(self, X: pd.DataFrame) -> np.ndarray:
+        "The standardised design matrix (what the logistic regression gets)."
+        z = self.design(X)
+        z -= np.asarray(self.mean)
+        z /= np.asarray(self.scale)
+        return z
+
+    def decision(self, X: pd.DataFrame) -> np.ndarray:
+        "The log-odds of pCR (in the dtype of the features, as scikit-learn computes it)."
+        z = self.scaled(X)
+        return z @ np.asarray(self.coef, dtype=z.dtype) + np.asarray(self.intercept, dtype=z.dtype)
+
+    def predict(self, cohort: Cohort, show_progress: bool = True) -> np.ndarray:
+        "Probabilities of pCR for every patient of `cohort`."
+        miss = [t for t in self.timepoints if t not in cohort.timepoints]
+        if self.reference == 'radiomics':
+            miss += [s for s in self.sequences if s not in cohort.sequences]
+        if miss:
+            raise ConfigError(f'{cohort.root}: lacks {miss}, which the {self.reference} reference was trained on')
+        if not cohort.ids:
+            return np.zeros(0)
+        return expit(self.decision(self.features(cohort, cohort.ids)))
+
+# %% ../nbs/11_references.ipynb #8b7a0154
+class ReferenceFitter:
+    "Fits, saves and loads a reference: the fitter protocol of `liver_pcr.runs`."
+
+    def __init__(self, ctx):  # the run's context (cohort, model name)
+        self.ctx = ctx
+
+    def fit(self, split: Split, fold_dir: Path | None = None) -> FoldResult:
+        "Fit on the split's training patients, C chosen on its validation patients."
+        c = self.ctx.cohort
+        check_no_leak(split.train, split.val, split.test)
+        st = fit_reference(self.ctx.model, c, split.train, split.val)
+        pv, pt = predict_state(st, c, split.val), predict_state(st, c, split.test)
+        log = [dict(fold=split.fold, C=st['C'], n_features=len(st['columns']))]
+        return FoldResult(pv, pt, log, [ReferenceModel.from_state(st)])
+
+    def save(self, res: FoldResult, run: RunFolder, fold, threshold: float) -> None:
+        "Save the fitted reference as numbers in `model.json`."
+        meta = dict(kind='reference', threshold=float(threshold), **asdict(res.models[0]))
+        run.save_model(fold, meta)
+
+    @staticmethod
+    def load(meta: dict, tensors=None) -> ReferenceModel:
+        "A saved reference, ready to predict."
+        keep = {k: v for k, v in meta.items() if k not in ('kind', 'threshold', 'format', 'tensors')}
+        return ReferenceModel(**keep)

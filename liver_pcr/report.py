@@ -13,7 +13,8 @@ import numpy as np, pandas as pd
 from .core import LiverPcrError, ConfigError, atomic_path, write_text, check_out_path, progress, sample_cohort_path, is_tiny
 from .cohort import Cohort
 from .models import ModelConfig, STAGES, neural
-from .train import run_cv, versions, _json
+from .train import run_cv, versions
+from .runs import to_json
 from .course import course_cohort
 
 # %% auto #0
@@ -213,7 +214,7 @@ def write_report(out, cohort: Cohort, cmp: pd.DataFrame, abl: pd.DataFrame | Non
                   _table(abl[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']])]
     parts += ['<h2>Cohort</h2><pre>' + e(cohort.summary()) + '</pre>',
               '<h2>What this report covers (TRIPOD+AI-style)</h2><table class="t">' + ''.join(f'<tr><td><b>{e(k)}</b></td><td>{e(v)}</td></tr>' for k, v in TRIPOD_AI) + '</table>',
-              '<h2>Configuration and versions</h2><pre>' + e(_json(dict(preset=preset_name, n_folds=n_folds, seed=seed, runs=list(cmp.run), versions=versions(),
+              '<h2>Configuration and versions</h2><pre>' + e(to_json(dict(preset=preset_name, n_folds=n_folds, seed=seed, runs=list(cmp.run), versions=versions(),
                                                                         seconds={k: round(v, 1) for k, v in (times or {}).items()}))) + '</pre>']
     css = ('body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table.t{border-collapse:collapse;margin:1em 0}'
            'table.t td,table.t th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}.warn{background:#fff4d6;padding:8px;border-radius:4px}'

@@ -6,23 +6,28 @@ Docs: https://liver-pcr.github.io/liver_pcr/train.html.md"""
 
 # %% ../nbs/08_train.ipynb #1a9133c5
 from __future__ import annotations
-import copy, json, math, os, platform, sys, tempfile, time
-from dataclasses import dataclass, field, replace, asdict
+import copy, math, platform, tempfile, time
+from dataclasses import dataclass, replace, asdict
 from pathlib import Path
 import numpy as np, pandas as pd
 import torch, torch.nn as nn
-from .core import (LiverPcrError, ConfigError, CohortError, set_seed, get_device, progress, atomic_path, write_text,
-                            check_out_path, is_tiny, data_root)
+from .core import ConfigError, set_seed, get_device, progress, atomic_path, check_out_path, is_tiny
 from .cohort import Cohort
 from .preprocess import PreprocessConfig, preprocess_cohort, Preprocessed
-from .data import (Split, check_no_leak, cohort_splits, make_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment)
+from .data import (Split, check_no_leak, cohort_splits, ClinicalTransformer, wide_labs,
+                            PatientDataset, Augment, transformer_state, transformer_from)
 from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neural
 from .probe import fit_linear_fold, radiomics_inputs
+from .runs import (RunFolder, FoldResult, to_json, load_model_file, save_checkpoint,
+                            load_checkpoint)
+from .references import REFERENCE_MODELS, ReferenceFitter
+from .evaluate import youden_threshold, summarize_predictions
 
 # %% auto #0
-__all__ = ['PRESETS', 'DEEP_MODELS', 'REFERENCE_MODELS', 'IMAGENET_FILE', 'TrainConfig', 'preset', 'Learner', 'transformer_state',
-           'transformer_from', 'save_bundle', 'load_bundle', 'model_config', 'imagenet_weights', 'versions', 'Context',
-           'fit_deep_fold', 'run_cv', 'run_train', 'predict', 'cmd_cv', 'cmd_train', 'cmd_predict']
+__all__ = ['PRESETS', 'DEEP_MODELS', 'IMAGENET_FILE', 'LOADERS', 'TrainConfig', 'preset', 'Learner', 'bundle_meta',
+           'model_tensors', 'model_from', 'load_bundle', 'pre_config', 'model_config', 'imagenet_weights', 'versions',
+           'Context', 'fit_deep_fold', 'DeepPredictor', 'DeepFitter', 'load_models', 'fitter_for', 'run_cv',
+           'run_train', 'predict', 'cmd_cv', 'cmd_train', 'cmd_predict']
 
 # %% ../nbs/08_train.ipynb #7b579d3b
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ def _save(self: Learner, force: bool = False):
     "Write the resumable checkpoint (at most every `checkpoint_seconds`, and always when `force`)."
     if self.workdir is None: return
     if not force and time.time() - getattr(self, '_saved_at', 0.0) < self.cfg.checkpoint_seconds: return
-    with atomic_path(self.workdir/'last.pt') as tmp: torch.save(self._state(), tmp)
+    save_checkpoint(self.workdir/'last.pt', self._state())
     self._saved_at = time.time()
 
 @patch
@@ -136,7 +141,9 @@ def _resume(self: Learner) -> bool:
     "Load the last checkpoint of `workdir`, if any."
     f = self.workdir/'last.pt' if self.workdir else None
     if not f or not f.exists(): return False
-    s = torch.load(f, map_location=self.device, weights_only=False)
+    s = load_checkpoint(f, self.device)
+    if s is None:
+        return False
     self.model.load_state_dict(s['model']); self.opt.load_state_dict(s['opt'])
     if self.ema is not None:
         self.ema.load_state_dict(s['ema'])
@@ -204,43 +211,67 @@ def finish(self: Learner):
     return self
 
 # %% ../nbs/08_train.ipynb #a1d3536a
-def transformer_state(ct: ClinicalTransformer | None) -> dict | None:
-    if ct is None: return None
-    return dict(markers=ct.markers, timepoints=ct.timepoints, mean=ct.mean_.to_dict(), std=ct.std_.to_dict(), columns=ct.columns_)
+def bundle_meta(
+    model: PCRModel,  # a trained model
+    pre_cfg: PreprocessConfig,  # the preprocessing it was trained on
+    timepoints,  # the cohort's timepoints it saw
+    sequences,  # and sequences
+    ct: ClinicalTransformer | None,  # the fold's fitted clinical transformer
+    threshold: float,  # the fold's decision threshold
+    radiomics_columns=None,  # the hybrid's radiomics columns, in order
+) -> dict:
+    "Everything but the tensors that is needed to use a trained model on new patients, as JSON-ready values."
+    return dict(kind='deep', model_config=asdict(model.cfg), preprocess_config=asdict(pre_cfg),
+                timepoints=list(timepoints), sequences=list(sequences), n_clinical=model.n_clinical,
+                n_radiomics=model.n_radiomics, radiomics_columns=radiomics_columns,
+                clinical=transformer_state(ct), threshold=float(threshold))
 
-def transformer_from(state: dict | None) -> ClinicalTransformer | None:
-    if state is None: return None
-    ct = ClinicalTransformer(state['markers'], state['timepoints'])
-    ct.mean_, ct.std_, ct.columns_ = pd.Series(state['mean'], dtype=float), pd.Series(state['std'], dtype=float), state['columns']
-    return ct
 
-def save_bundle(path, model: PCRModel, pre_cfg: PreprocessConfig, timepoints, sequences, ct, threshold: float,
-                radiomics_columns=None): # the hybrid's radiomics columns, in order
-    "Save a trained model with its configs, inputs, clinical statistics and threshold (atomically)."
+def model_tensors(model: PCRModel) -> dict:
+    "The model's tensors to save (half precision for the neural head; a fitted linear head stays exact)."
     sd = model.state_dict()
-    if model.cfg.head == 'neural':                    # half the size on disk; a fitted linear head stays exact
+    if model.cfg.head == 'neural':
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    b = dict(kind='deep', state_dict=sd, model_config=asdict(model.cfg), preprocess_config=asdict(pre_cfg),
-             timepoints=list(timepoints), sequences=list(sequences), n_clinical=model.n_clinical,
-             n_radiomics=model.n_radiomics, radiomics_columns=radiomics_columns,
-             clinical=transformer_state(ct), threshold=float(threshold))
-    with atomic_path(path) as tmp: torch.save(b, tmp)
+    return sd
 
-def load_bundle(path) -> tuple[PCRModel, dict]:
-    "A saved model (in eval mode) and its bundle."
-    b = torch.load(path, map_location='cpu', weights_only=False)
-    mc = b['model_config']
-    mc = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in mc.items()})
-    mc = replace(mc, pretrained=False, weights=None)      # the saved state dict holds the trunk
-    kw = dict(k=b['preprocess_config']['k'], n_clinical=b['n_clinical'], n_radiomics=b.get('n_radiomics', 0))
-    m = PCRModel(mc, b['timepoints'], b['sequences'], **kw)
-    m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in b['state_dict'].items()})
+
+def model_from(
+    meta: dict,  # what `bundle_meta` gave
+    tensors: dict,  # the saved tensors
+) -> PCRModel:
+    "The trained model (eval mode, fed only the inputs it uses) back from its description and tensors."
+    mc = {k: tuple(v) if isinstance(v, list) else v for k, v in meta['model_config'].items()}
+    mc = replace(ModelConfig(**mc), pretrained=False, weights=None)  # the tensors hold the trunk
+    kw = dict(k=meta['preprocess_config']['k'], n_clinical=meta['n_clinical'],
+              n_radiomics=meta.get('n_radiomics', 0))
+    m = PCRModel(mc, meta['timepoints'], meta['sequences'], **kw)
+    m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     used = PCRModel(mc, m.timepoints, m.sequences, **kw)
-    used.load_state_dict(m.state_dict()); used.eval()            # the same weights, fed only the inputs it uses
-    return used, b
+    used.load_state_dict(m.state_dict())
+    return used.eval()
+
+
+def load_bundle(
+    path,  # a fold's model file (`model.json` or `model.pt`)
+) -> tuple[PCRModel, dict]:
+    "A saved model (in eval mode) and its description."
+    meta, tensors = load_model_file(path)
+    if meta.get('kind') != 'deep':
+        raise ConfigError(f"{path}: a {meta.get('kind')!r} model, not a deep one")
+    return model_from(meta, tensors), meta
+
+
+def pre_config(
+    meta: dict,  # a deep model's description
+    model: PCRModel,  # the model (its inputs)
+) -> PreprocessConfig:
+    "The preprocessing a saved model was trained on, for the inputs it uses."
+    b = meta['preprocess_config']
+    return PreprocessConfig(**{**b, 'timepoints': tuple(model.timepoints),
+                               'sequences': tuple(model.sequences), 'clip': tuple(b['clip'])})
 
 # %% ../nbs/08_train.ipynb #f8673a8e
-DEEP_MODELS, REFERENCE_MODELS = tuple(STAGES), ('clinical', 'radiomics')
+DEEP_MODELS = tuple(STAGES)
 
 def model_config(model, sequences=None, # a stage / reference name, or a ModelConfig; sequences to use
                  weights=None, head: str | None = None) -> ModelConfig | str: # trunk weights file; 'linear'/'neural'
@@ -278,185 +309,263 @@ def versions() -> dict:
     return dict(liver_pcr=liver_pcr.__version__, python=platform.python_version(), torch=torch.__version__,
                 torchvision=torchvision.__version__, numpy=np.__version__, pandas=pd.__version__, sklearn=sklearn.__version__)
 
-def _json(obj) -> str:
-    def d(o):
-        if isinstance(o, (np.integer,)): return int(o)
-        if isinstance(o, (np.floating,)): return float(o)
-        if isinstance(o, (np.ndarray, tuple)): return list(o)
-        if isinstance(o, Path): return str(o)
-        return str(o)
-    return json.dumps(obj, indent=1, default=d, allow_nan=True)
 
 # %% ../nbs/08_train.ipynb #66e29714
 @dataclass
 class Context:
     "What every fold of a run shares."
     cohort: Cohort
-    model: ModelConfig | str
+    model: ModelConfig | str  # a deep model's configuration, or a reference's name
     pre_cfg: PreprocessConfig
     train_cfg: TrainConfig
     seed: int
     pre: Preprocessed | None = None
     show_progress: bool = True
 
-def fit_deep_fold(ctx: Context, split: Split, fold_dir: Path):
-    "Train the deep model(s) of one split; return inner-validation and test probabilities (averaged over the ensemble), the log and the models."
+    @property
+    def name(self) -> str:
+        "The model's name."
+        return self.model if self.model in REFERENCE_MODELS else self.model.name
+
+    @property
+    def model_config(self) -> dict | None:
+        "A deep model's configuration as a dict (None for a reference)."
+        return None if self.model in REFERENCE_MODELS else asdict(self.model)
+
+
+def fit_deep_fold(ctx: Context, split: Split, fold_dir: Path) -> FoldResult:
+    "Train the deep model(s) of one split end to end; inner-validation and test probabilities are averaged over the ensemble."
     c, pre, mcfg, tc = ctx.cohort, ctx.pre, ctx.model, ctx.train_cfg
     check_no_leak(split.train, split.val, split.test)
-    ct = ClinicalTransformer(c.markers, pre.timepoints).fit(wide_labs(c, split.train, pre.timepoints)) if mcfg.use_labs and c.markers else None
+    ct = None
+    if mcfg.use_labs and c.markers:
+        ct = ClinicalTransformer(c.markers, pre.timepoints).fit(wide_labs(c, split.train, pre.timepoints))
     va, te = PatientDataset(pre, c, split.val, ct), PatientDataset(pre, c, split.test, ct)
     pv, pt, log, models = [], [], [], []
-    for e in range(max(tc.ensemble, 1)):                 # members differ only by their seed
+    for e in range(max(tc.ensemble, 1)):  # members differ only by their seed
         seed = ctx.seed + split.fold + 1000*e
-        tr = PatientDataset(pre, c, split.train, ct, augment=Augment(drop_input=tc.drop_input) if tc.augment else None, seed=seed)
+        aug = Augment(drop_input=tc.drop_input) if tc.augment else None
+        tr = PatientDataset(pre, c, split.train, ct, augment=aug, seed=seed)
         set_seed(seed)
         model = PCRModel(mcfg, pre.timepoints, pre.sequences, k=pre.cfg.k, n_clinical=tr.clin.shape[1])
-        L = Learner(model, tr, va, make_loss(mcfg, tr.y), tc, seed=seed, workdir=fold_dir if e == 0 else fold_dir/f'member{e}',
-                    balanced=mcfg.balanced_sampler, tag={'fold': split.fold, 'member': e}).fit(show_progress=ctx.show_progress)
-        pv.append(L.predict(va)); pt.append(L.predict(te)); log += L.log; models.append(L.model)
-        if e and (fold_dir/f'member{e}'/'last.pt').exists(): (fold_dir/f'member{e}'/'last.pt').unlink()
-    return np.mean(pv, 0), np.mean(pt, 0), log, dict(model=models[0], models=models, ct=ct)
-
-def _save_models(folder: Path, art: dict, ctx: Context, threshold: float):
-    "Save every member of a fold's ensemble: model.pt, model-1.pt, ..."
-    for e, m in enumerate(art['models']):
-        save_bundle(folder/('model.pt' if e == 0 else f'model-{e}.pt'), m, ctx.pre_cfg, ctx.pre.timepoints,
-                    ctx.pre.sequences, art['ct'], threshold, art.get('radiomics_columns'))
+        L = Learner(model, tr, va, make_loss(mcfg, tr.y), tc, seed=seed,
+                    workdir=fold_dir if e == 0 else fold_dir/f'member{e}',
+                    balanced=mcfg.balanced_sampler, tag={'fold': split.fold, 'member': e})
+        L.fit(show_progress=ctx.show_progress)
+        pv.append(L.predict(va))
+        pt.append(L.predict(te))
+        log += L.log
+        models.append(L.model)
+    return FoldResult(np.mean(pv, 0), np.mean(pt, 0), log, models, dict(ct=ct))
 
 # %% ../nbs/08_train.ipynb #15aab7cc
 def _threshold(y, p) -> float:
     "Youden's threshold on the inner-validation predictions (0.5 when they hold a single class)."
-    from liver_pcr.evaluate import youden_threshold
     y = np.asarray(y)
     return float(youden_threshold(y, p)) if 0 < y.sum() < len(y) else 0.5
 
-def _fitter(model):
-    if isinstance(model, str):
-        from liver_pcr.references import fit_reference_fold
-        return fit_reference_fold
-    return fit_linear_fold if model.head == 'linear' else fit_deep_fold
+
+@dataclass
+class DeepPredictor:
+    "A trained deep model of a run, ready to predict any cohort that has its inputs."
+    model: PCRModel
+    meta: dict
+
+    def predict(self, cohort: Cohort, show_progress: bool = True) -> np.ndarray:
+        "Probabilities of pCR for every patient of `cohort`."
+        pre = preprocess_cohort(cohort, pre_config(self.meta, self.model), show_progress=show_progress)
+        rad = None
+        if self.meta.get('radiomics_columns'):
+            tps, seqs = self.model.timepoints, self.model.sequences
+            rad = radiomics_inputs(cohort, tps, seqs, self.meta['radiomics_columns'])
+        ds = PatientDataset(pre, cohort, cohort.ids, transformer_from(self.meta['clinical']), radiomics=rad)
+        return Learner(self.model, ds, ds, nn.BCEWithLogitsLoss(), TrainConfig()).predict(ds)
+
+
+class DeepFitter:
+    "Fits (either head), saves and loads the deep models of a run: the fitter protocol of `liver_pcr.runs`."
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def fit(self, split: Split, fold_dir: Path) -> FoldResult:
+        "Fit one split (`fold_dir` keeps the resumable checkpoint)."
+        fit = fit_linear_fold if self.ctx.model.head == 'linear' else fit_deep_fold
+        return fit(self.ctx, split, fold_dir)
+
+    def save(self, res: FoldResult, run: RunFolder, fold, threshold: float) -> None:
+        "Save every member of the fold's ensemble: `model.json` + `model.pt`, `model-1.*`, …"
+        ctx = self.ctx
+        for e, m in enumerate(res.models):
+            meta = bundle_meta(m, ctx.pre_cfg, ctx.pre.timepoints, ctx.pre.sequences,
+                               res.extra.get('ct'), threshold, res.extra.get('radiomics_columns'))
+            run.save_model(fold, meta, model_tensors(m), member=e)
+
+    @staticmethod
+    def load(meta: dict, tensors: dict) -> DeepPredictor:
+        "A saved member, ready to predict."
+        return DeepPredictor(model_from(meta, tensors), meta)
+
+
+LOADERS = {'deep': DeepFitter.load, 'reference': ReferenceFitter.load}
+
+
+def load_models(
+    run: RunFolder,  # the run
+    fold,  # one of its folds (None: a train run)
+) -> list:
+    "The saved models of a fold (every ensemble member), ready to predict."
+    out = []
+    for e in run.members(fold) or [0]:  # none: `load_model` says why (missing, or an older format)
+        meta, tensors = run.load_model(fold, e)
+        if meta.get('kind') not in LOADERS:
+            raise ConfigError(f"{run.fold_dir(fold)}: unknown model kind {meta.get('kind')!r}")
+        out.append(LOADERS[meta['kind']](meta, tensors))
+    return out
+
+
+def fitter_for(ctx: Context):
+    "The fitter of the context's model: a reference's, or the deep models'."
+    return ReferenceFitter(ctx) if ctx.model in REFERENCE_MODELS else DeepFitter(ctx)
+
 
 def _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check, show_progress,
-             overwrite=True, weights=None, head=None):
+             weights=None, head=None):
     "Load and check the cohort, resolve the configs, preprocess (deep models)."
     c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
-    if out is not None: check_out_path(out, cohort=c.root)
-    if check: c.check(deep=True, show_progress=show_progress)
+    if out is not None:
+        check_out_path(out, cohort=c.root)
+    if check:
+        c.check(deep=True, show_progress=show_progress)
     p, t = preset(preset_name, epochs)
-    pre_cfg, train_cfg, mcfg = pre_cfg or p, train_cfg or t, model_config(model, sequences, weights, head)
-    ctx = Context(c, mcfg, pre_cfg, train_cfg, seed, show_progress=show_progress)
-    if isinstance(mcfg, ModelConfig):
-        tps, seqs = c.timepoints, c.sequences
-        select_inputs(mcfg, tps, seqs)                       # a clear error before any work if inputs are missing
-        ctx.pre = preprocess_cohort(c, pre_cfg, show_progress=show_progress)
+    mcfg = model_config(model, sequences, weights, head)
+    ctx = Context(c, mcfg, pre_cfg or p, train_cfg or t, seed, show_progress=show_progress)
+    if mcfg not in REFERENCE_MODELS:
+        select_inputs(mcfg, c.timepoints, c.sequences)  # a clear error before any work if inputs are missing
+        ctx.pre = preprocess_cohort(c, ctx.pre_cfg, show_progress=show_progress)
     return ctx
 
+
 def _config_record(ctx: Context, **extra) -> dict:
-    m = ctx.model
-    return dict(model=m if isinstance(m, str) else m.name, model_config=None if isinstance(m, str) else asdict(m),
-                preprocess_config=asdict(ctx.pre_cfg), train_config=asdict(ctx.train_cfg), seed=ctx.seed,
-                cohort=dict(path=str(ctx.cohort.root.resolve()), name=ctx.cohort.name, fingerprint=ctx.cohort.fingerprint()),
-                versions=versions(), **extra)
+    cohort = dict(path=str(ctx.cohort.root.resolve()), name=ctx.cohort.name, fingerprint=ctx.cohort.fingerprint())
+    return dict(model=ctx.name, model_config=ctx.model_config, preprocess_config=asdict(ctx.pre_cfg),
+                train_config=asdict(ctx.train_cfg), seed=ctx.seed, cohort=cohort, versions=versions(), **extra)
 
 # %% ../nbs/08_train.ipynb #bca69c79
-def run_cv(cohort=None, model='relation', out=None, # cohort folder (or Cohort; default: the packaged sample); model name or ModelConfig; run folder
-           n_folds: int = 5, seed: int = 0, preset_name: str = 'fast', epochs: int | None = None,
-           sequences=None, pre_cfg: PreprocessConfig | None = None, train_cfg: TrainConfig | None = None,
-           check: bool = True, show_progress: bool = True, n_boot: int = 2000,
-           save_models: bool = True, # keep each fold's trained model (fold{k}/model.pt)?
-           weights=None, head: str | None = None) -> dict: # trunk weights file; 'linear' or 'neural' head
-    "Cross-validate a model; write predictions, metrics, thresholds, config, log and fold checkpoints to `out`."
-    from liver_pcr.evaluate import summarize_predictions
+def run_cv(
+    cohort=None,  # cohort folder (or Cohort; default: the packaged sample)
+    model='relation',  # model name or ModelConfig
+    out=None,  # run folder (default: a new temporary folder)
+    n_folds: int = 5,  # folds (the cohort's fold column wins)
+    seed: int = 0,  # splits and training
+    preset_name: str = 'fast',  # 'fast' or 'full'
+    epochs: int | None = None,  # override the preset's epochs (neural head)
+    sequences=None,  # sequences the model uses (default: the stage's)
+    pre_cfg: PreprocessConfig | None = None,  # override the preset's preprocessing
+    train_cfg: TrainConfig | None = None,  # override the preset's training
+    check: bool = True,  # validate the cohort first
+    show_progress: bool = True,  # progress bars
+    n_boot: int = 2000,  # bootstrap resamples of the metrics
+    save_models: bool = True,  # keep each fold's trained model (fold{k}/model.*)?
+    weights=None,  # trunk weights file
+    head: str | None = None,  # 'linear' or 'neural' head
+) -> dict:
+    "Cross-validate a model; write predictions, metrics, thresholds, config, log and fold models to `out`."
     t0 = time.time()
-    ctx = _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check, show_progress,
-                   weights=weights, head=head)
+    ctx = _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check,
+                   show_progress, weights=weights, head=head)
     c = ctx.cohort
     splits = cohort_splits(c, n_folds, seed)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix='liver_pcr_run-'))
-    out.mkdir(parents=True, exist_ok=True)
-    rec = _config_record(ctx, n_folds=len(splits), folds_source='cohort fold column' if c.folds is not None else 'stratified by label',
-                         splits=[dict(fold=s.fold, train=list(s.train), val=list(s.val), test=list(s.test)) for s in splits])
-    old = out/'config.json'
-    if old.exists():
-        prev = json.loads(old.read_text())
-        if {k: prev.get(k) for k in ('model_config', 'preprocess_config', 'train_config', 'seed', 'cohort', 'splits')} != \
-           json.loads(_json({k: rec.get(k) for k in ('model_config', 'preprocess_config', 'train_config', 'seed', 'cohort', 'splits')})):
-            raise ConfigError(f'{out}: holds a run with another configuration or cohort; choose another --out')
-    write_text(out/'config.json', _json(rec))
-    fit, rows, thr, logs, fit_s = _fitter(ctx.model), [], [], [], 0.0
+    rf = RunFolder(out)
+    source = 'cohort fold column' if c.folds is not None else 'stratified by label'
+    sp = [dict(fold=s.fold, train=list(s.train), val=list(s.val), test=list(s.test)) for s in splits]
+    rec = _config_record(ctx, n_folds=len(splits), folds_source=source, splits=sp)
+    rf.start(rec)
+    fitter, rows, thr, logs, fit_s = fitter_for(ctx), [], [], [], 0.0
     for s in progress(splits, desc=f'{rec["model"]}: folds', disable=not show_progress or None):
-        fd = out/f'fold{s.fold}'; fd.mkdir(exist_ok=True)
-        if (fd/'done.json').exists():
-            done = json.loads((fd/'done.json').read_text())
-        else:
-            t_fit = time.time(); pv, pt, log, art = fit(ctx, s, fd); t_fit = time.time() - t_fit
-            t = _threshold([c[i].label for i in s.val], pv)
-            if isinstance(ctx.model, ModelConfig) and save_models: _save_models(fd, art, ctx, t)
-            done = dict(threshold=t, test=dict(zip(s.test, map(float, pt))), val=dict(zip(s.val, map(float, pv))), log=log, seconds=round(t_fit, 1))
-            write_text(fd/'done.json', _json(done))
-            if (fd/'last.pt').exists(): (fd/'last.pt').unlink()       # the fold is done: its resume checkpoint is no longer needed
-        thr.append(dict(fold=s.fold, threshold=done['threshold'])); logs += done['log']; fit_s += done.get('seconds', 0.0)
+        done = rf.done(s.fold)
+        if done is None:
+            t_fit = time.time()
+            res = fitter.fit(s, rf.fold_dir(s.fold, make=True))
+            t_fit = time.time() - t_fit
+            t = _threshold([c[i].label for i in s.val], res.val)
+            if save_models:
+                fitter.save(res, rf, s.fold, t)
+            done = dict(threshold=t, test=dict(zip(s.test, map(float, res.test))),
+                        val=dict(zip(s.val, map(float, res.val))), log=res.log, seconds=round(t_fit, 1))
+            rf.write_done(s.fold, done)  # the fold is done: its resume checkpoints go
+        thr.append(dict(fold=s.fold, threshold=done['threshold']))
+        logs += done['log']
+        fit_s += done.get('seconds', 0.0)
         rows += [dict(patient_id=i, fold=s.fold, y_true=int(c[i].label), p=done['test'][i]) for i in s.test]
     preds, thresholds = pd.DataFrame(rows), pd.DataFrame(thr)
-    with atomic_path(out/'predictions.csv') as f: preds.to_csv(f, index=False)
-    with atomic_path(out/'thresholds.csv') as f: thresholds.to_csv(f, index=False)
-    with atomic_path(out/'log.csv') as f: pd.DataFrame(logs).to_csv(f, index=False)
+    rf.write_table('predictions', preds)
+    rf.write_table('thresholds', thresholds)
+    rf.write_table('log', pd.DataFrame(logs))
     m = summarize_predictions(preds, thresholds, n_boot=n_boot, seed=seed)
     m = dict(model=rec['model'], **m, fit_seconds=round(fit_s, 1), wall_seconds=round(time.time() - t0, 1))
-    write_text(out/'metrics.json', _json(m))
+    rf.write_metrics(m)
     return m
 
 # %% ../nbs/08_train.ipynb #a2ff5593
-def run_train(cohort=None, model='relation', out=None, seed: int = 0, preset_name: str = 'fast', epochs: int | None = None,
-              sequences=None, pre_cfg=None, train_cfg=None, val_frac: float = 0.2, check: bool = True, show_progress: bool = True,
-              weights=None, head: str | None = None) -> dict: # trunk weights file; 'linear' or 'neural' head
+def run_train(
+    cohort=None,  # cohort folder (or Cohort)
+    model='relation',  # model name or ModelConfig
+    out=None,  # run folder
+    seed: int = 0,  # split and training seed
+    preset_name: str = 'fast',  # 'fast' or 'full'
+    epochs: int | None = None,  # override the preset's epochs (neural head)
+    sequences=None,  # sequences the model uses (default: the stage's)
+    pre_cfg=None,  # override the preset's preprocessing
+    train_cfg=None,  # override the preset's training
+    val_frac: float = 0.2,  # share of patients for the inner validation split
+    check: bool = True,  # validate the cohort first
+    show_progress: bool = True,  # progress bars
+    weights=None,  # trunk weights file
+    head: str | None = None,  # 'linear' or 'neural' head
+) -> dict:
     "Train on all labelled patients (inner validation for early stopping and threshold); save the model to `out`."
     from sklearn.model_selection import train_test_split
-    ctx = _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check, show_progress,
-                   weights=weights, head=head)
-    c, out = ctx.cohort, Path(out)
+
+    ctx = _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check,
+                   show_progress, weights=weights, head=head)
+    c, rf = ctx.cohort, RunFolder(out)
     y = c.labels.dropna().astype(int)
-    if min(y.sum(), (1 - y).sum()) < 2: raise ConfigError(f'{c.root}: too few labelled patients of one class ({int(y.sum())} pCR, {int((1 - y).sum())} non-pCR)')
-    tr, va = train_test_split(list(y.index), test_size=max(2, round(val_frac*len(y))), stratify=y.values, random_state=seed)
+    if min(y.sum(), (1 - y).sum()) < 2:
+        raise ConfigError(f'{c.root}: too few labelled patients of one class '
+                          f'({int(y.sum())} pCR, {int((1 - y).sum())} non-pCR)')
+    n_val = max(2, round(val_frac*len(y)))
+    tr, va = train_test_split(list(y.index), test_size=n_val, stratify=y.values, random_state=seed)
     s = Split(0, tuple(sorted(tr)), tuple(sorted(va)), ())
-    out.mkdir(parents=True, exist_ok=True)
-    pv, _, log, art = _fitter(ctx.model)(ctx, s, out)
-    t = _threshold([c[i].label for i in va], pv)
-    if isinstance(ctx.model, ModelConfig): _save_models(out, art, ctx, t)
-    if (out/'last.pt').exists(): (out/'last.pt').unlink()
+    fitter = fitter_for(ctx)
+    res = fitter.fit(s, rf.fold_dir(None, make=True))
+    t = _threshold([c[i].label for i in va], res.val)
+    fitter.save(res, rf, None, t)
+    rf.drop_checkpoint(None)
     rec = _config_record(ctx, kind='train', train=list(s.train), val=list(s.val))
-    write_text(out/'config.json', _json(rec))
-    with atomic_path(out/'log.csv') as f: pd.DataFrame(log).to_csv(f, index=False)
+    rf.start(rec)
+    rf.write_table('log', pd.DataFrame(res.log))
     m = dict(model=rec['model'], n_train=len(tr), n_val=len(va), threshold=t,
-             inner_val_auc=_auc([c[i].label for i in va], pv), note='inner-validation AUC: used for early stopping, not a performance estimate')
-    write_text(out/'metrics.json', _json(m))
+             inner_val_auc=_auc([c[i].label for i in va], res.val),
+             note='inner-validation AUC: used for early stopping, not a performance estimate')
+    rf.write_metrics(m)
     return m
 
 # %% ../nbs/08_train.ipynb #2e8df7b8
-def predict(run, cohort=None, check: bool = True, show_progress: bool = True) -> pd.DataFrame: # a train or cv run folder; the cohort
+def predict(
+    run,  # a train or cv run folder
+    cohort=None,  # the cohort (folder or Cohort)
+    check: bool = True,  # validate the cohort first
+    show_progress: bool = True,  # progress bars
+) -> pd.DataFrame:
     "Probabilities of pCR for every patient of `cohort` (mean over the run's models): `patient_id, p`."
-    run = Path(run)
-    bundles = sorted(run.glob('model*.pt')) or sorted(run.glob('fold*/model*.pt'))
-    refs = sorted(run.glob('model.pkl')) or sorted(run.glob('fold*/model.pkl'))
-    if not bundles and not refs: raise LiverPcrError(f'{run}: no trained model (model.pt or fold*/model.pt) — is this a run folder of liver-pcr train or cv?')
+    rf = RunFolder(run)
+    folds = rf.model_folds()
     c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
-    if check: c.check(deep=True, show_progress=show_progress)
-    if refs:
-        from liver_pcr.references import predict_reference
-        ps = [predict_reference(f, c) for f in refs]
-    else:
-        ps = []
-        for f in bundles:
-            model, b = load_bundle(f)
-            pc = PreprocessConfig(**{**b['preprocess_config'], 'timepoints': tuple(model.timepoints), 'sequences': tuple(model.sequences),
-                                     'clip': tuple(b['preprocess_config']['clip'])})
-            pre = preprocess_cohort(c, pc, show_progress=show_progress)
-            rad = None
-            if b.get('radiomics_columns'):
-                rad = radiomics_inputs(c, model.timepoints, model.sequences, b['radiomics_columns'])
-            ds = PatientDataset(pre, c, c.ids, transformer_from(b['clinical']), radiomics=rad)
-            L = Learner(model, ds, ds, nn.BCEWithLogitsLoss(), TrainConfig())
-            ps.append(L.predict(ds))
+    if check:
+        c.check(deep=True, show_progress=show_progress)
+    ps = [m.predict(c, show_progress=show_progress) for f in folds for m in load_models(rf, f)]
     return pd.DataFrame({'patient_id': c.ids, 'p': np.mean(ps, axis=0)})
 
 # %% ../nbs/08_train.ipynb #be852bcc
