@@ -6,17 +6,18 @@ Docs: https://liver-pcr.github.io/liver_pcr/preprocess.html.md"""
 
 # %% ../nbs/05_preprocess.ipynb #1ba3c68e
 from __future__ import annotations
-import json, hashlib, os, shutil, tempfile
-from dataclasses import dataclass, asdict, field, replace
+import json, hashlib, os, shutil, sys, tempfile, uuid
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
-import numpy as np, pandas as pd
+import numpy as np
 from scipy import ndimage
-from .core import LiverPcrError, ConfigError, CohortError, cache_dir, progress
+from .core import (LiverPcrError, ConfigError, CohortError, cache_dir, check_out_path,
+                            progress)
 from .cohort import Cohort, Patient, load_volume, Volume
 
 # %% auto #0
-__all__ = ['PreprocessConfig', 'body_mask', 'normalise', 'ROI', 'find_roi', 'sample', 'exam_mask', 'preprocess_exam',
-           'preprocess_patient', 'Preprocessed', 'resolve', 'preprocess_cohort']
+__all__ = ['CACHE_FORMAT', 'PreprocessConfig', 'body_mask', 'normalise', 'ROI', 'find_roi', 'sample', 'exam_mask',
+           'preprocess_exam', 'preprocess_patient', 'Preprocessed', 'resolve', 'CacheError', 'preprocess_cohort']
 
 # %% ../nbs/05_preprocess.ipynb #f4bd597f
 @dataclass(frozen=True)
@@ -29,24 +30,32 @@ class PreprocessConfig:
     k: int = 3                             # adjacent slices stacked as channels (2.5-D)
     clip: tuple = (0.5, 99.5)              # intensity percentiles clipped before the z-score
     def __post_init__(self):
-        if self.roi_px < 8 or self.roi_mm <= 0: raise ConfigError(f'ROI of {self.roi_px} px / {self.roi_mm} mm is too small')
-        if self.k < 1: raise ConfigError('k must be at least 1')
+        if self.roi_px < 8 or self.roi_mm <= 0:
+            raise ConfigError(f'ROI of {self.roi_px} px / {self.roi_mm} mm is too small')
+        if self.k < 1:
+            raise ConfigError('k must be at least 1')
     @property
     def spacing(self) -> float: return self.roi_mm/self.roi_px
-    def key(self) -> str: return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=list).encode()).hexdigest()[:12]
+    def key(self) -> str:
+        "A short hash of the configuration: part of the cache entry's name."
+        text = json.dumps(asdict(self), sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 # %% ../nbs/05_preprocess.ipynb #681af327
 def body_mask(data: np.ndarray, frac: float = 0.1) -> np.ndarray: # a volume; threshold as a share of its 99th percentile
     "Voxels inside the body: above a low threshold, holes filled slice by slice."
     m = data > frac*np.percentile(data, 99)
-    if not m.any(): return np.ones_like(m)
+    if not m.any():
+        return np.ones_like(m)
     return np.stack([ndimage.binary_fill_holes(m[..., z]) for z in range(m.shape[2])], -1)
 
 def normalise(data: np.ndarray, clip=(0.5, 99.5)) -> tuple[np.ndarray, float]: # a volume; percentiles to clip at
     "Clip and z-score inside the body; return the normalised volume and the value of the clipped floor (used outside the image)."
-    body = body_mask(data); v = data[body]
+    body = body_mask(data)
+    v = data[body]
     lo, hi = np.percentile(v, clip)
-    v = np.clip(v, lo, hi); mu, sd = float(v.mean()), float(v.std()) or 1.0
+    v = np.clip(v, lo, hi)
+    mu, sd = float(v.mean()), float(v.std()) or 1.0
     return ((np.clip(data, lo, hi) - mu)/sd).astype(np.float32), float((lo - mu)/sd)
 
 # %% ../nbs/05_preprocess.ipynb #e8d3e328
@@ -74,7 +83,8 @@ def find_roi(mask: Volume | None, ref: Volume, cfg: PreprocessConfig) -> ROI: # 
     grid = mask if mask is not None else ref
     nz, k = grid.shape[2], cfg.k
     if mask is not None and (mask.data > 0).any():
-        area = (mask.data > 0).sum((0, 1)); z = int(np.argmax(area))
+        area = (mask.data > 0).sum((0, 1))
+        z = int(np.argmax(area))
         sl = np.clip(np.arange(z - (k - 1)//2, z - (k - 1)//2 + k), 0, nz - 1)
         ij = np.argwhere(mask.data[..., sl] > 0)[:, :2].mean(0)
         centre = (grid.affine @ np.array([ij[0], ij[1], z, 1.]))[:3]
@@ -97,12 +107,14 @@ def sample(vol: np.ndarray, affine: np.ndarray, roi: ROI, order: int = 1, cval: 
 def exam_mask(patient: Patient, tp: str, sequences) -> Volume | None:
     "The union of an exam's lesion masks, on the grid of the first one (None without masks)."
     paths = list(dict.fromkeys(patient.exams[tp][s].mask for s in sequences if patient.has(tp, s) and patient.exams[tp][s].mask))
-    if not paths: return None
+    if not paths:
+        return None
     ref = load_volume(paths[0])
     union = ref.data > 0
     for p in paths[1:]:
         m = load_volume(p)
-        if m.shape == ref.shape and np.allclose(m.affine, ref.affine, atol=1e-3): union |= m.data > 0
+        if m.shape == ref.shape and np.allclose(m.affine, ref.affine, atol=1e-3):
+            union |= m.data > 0
         else:   # another grid: bring it onto the first mask's grid through world coordinates
             ijk = np.indices(ref.shape).reshape(3, -1)
             w = ref.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
@@ -117,15 +129,18 @@ def preprocess_exam(patient: Patient, tp: str, sequences, cfg: PreprocessConfig)
     imgs, present = np.zeros((S, k, n, n), np.float32), np.zeros(S, bool)
     mroi = np.zeros((k, n, n), np.uint8)
     avail = [s for s in sequences if patient.has(tp, s)]
-    if not avail: return imgs, mroi, present
+    if not avail:
+        return imgs, mroi, present
     vols = {s: patient.volume(tp, s) for s in avail}
     mask = exam_mask(patient, tp, avail)
     roi = find_roi(mask, vols[avail[0]], cfg)
     for i, s in enumerate(sequences):
-        if s not in vols: continue
+        if s not in vols:
+            continue
         norm, floor = normalise(vols[s].data, cfg.clip)
         imgs[i], present[i] = sample(norm, vols[s].affine, roi, 1, floor), True
-    if mask is not None: mroi = (sample(mask.data, mask.affine, roi, order=0) > 0.5).astype(np.uint8)
+    if mask is not None:
+        mroi = (sample(mask.data, mask.affine, roi, order=0) > 0.5).astype(np.uint8)
     return imgs, mroi, present
 
 def preprocess_patient(patient: Patient, timepoints, sequences, cfg: PreprocessConfig):
@@ -152,54 +167,191 @@ class Preprocessed:
         "Row positions of the patients `ids`."
         pos = {p: i for i, p in enumerate(self.ids)}
         missing = [i for i in ids if i not in pos]
-        if missing: raise CohortError(f'{len(missing)} patient(s) not in the preprocessed cohort: {missing[:5]}')
+        if missing:
+            n = len(missing)
+            raise CohortError(f'{n} patient(s) not in the preprocessed cohort: {missing[:5]}')
         return np.array([pos[i] for i in ids], dtype=int)
     def __repr__(self):
         return (f'Preprocessed({len(self)} patients, timepoints {self.timepoints}, sequences {self.sequences}, '
                 f'k={self.cfg.k}, {self.cfg.roi_px}px/{self.cfg.roi_mm}mm; {self.path})')
 
 # %% ../nbs/05_preprocess.ipynb #cac301cf
-def resolve(cohort: Cohort, cfg: PreprocessConfig) -> PreprocessConfig:
+def resolve(cohort: Cohort, # the cohort to preprocess
+            cfg: PreprocessConfig, # the configuration asked for
+           ) -> PreprocessConfig:
     "Fill in the cohort's timepoints/sequences and check that the requested ones exist."
     tps, seqs = tuple(cfg.timepoints or cohort.timepoints), tuple(cfg.sequences or cohort.sequences)
-    probs = [f"timepoint {t!r} is not in cohort {cohort.name!r} (it has {', '.join(cohort.timepoints)})" for t in tps if t not in cohort.timepoints]
-    probs += [f"sequence {s!r} is not in cohort {cohort.name!r} (it has {', '.join(cohort.sequences)})" for s in seqs if s not in cohort.sequences]
-    if probs: raise ConfigError(probs)
+    has_t, has_s = ', '.join(cohort.timepoints), ', '.join(cohort.sequences)
+    probs = [f"timepoint {t!r} is not in cohort {cohort.name!r} (it has {has_t})"
+             for t in tps if t not in cohort.timepoints]
+    probs += [f"sequence {s!r} is not in cohort {cohort.name!r} (it has {has_s})"
+              for s in seqs if s not in cohort.sequences]
+    if probs:
+        raise ConfigError(probs)
     return replace(cfg, timepoints=tps, sequences=seqs)
 
-def _one(args):
+# %% ../nbs/05_preprocess.ipynb #25854519
+CACHE_FORMAT = 2                               # layout of a cache entry; 1 was the unversioned one
+_ARRAYS = ('images', 'masks', 'present')       # the arrays of an entry, one .npy file each
+_META = dict(ids=list, timepoints=list, sequences=list, arrays=dict)   # what meta.json must hold
+
+class CacheError(LiverPcrError):
+    "A preprocessing cache entry that cannot be read back as it was written."
+    def __init__(self, entry, # the entry folder
+                 problem: str, # what is wrong with it, in a few words
+                ):
+        self.entry, self.problem = Path(entry), ' '.join(str(problem).split())
+        super().__init__(f'preprocessing cache entry {entry} is damaged ({self.problem})')
+
+# %% ../nbs/05_preprocess.ipynb #48c15ab1
+def _write_entry(d: Path, # the entry folder to create
+                 arrays: dict, # name -> array, saved as name.npy
+                 **meta, # what else meta.json records (ids, timepoints, sequences, ...)
+                ) -> Path:
+    "Write an entry atomically: arrays as .npy, then meta.json with each file's shape, dtype, size."
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix='.building-'))
+    try:
+        rec = {}
+        for k, a in arrays.items():
+            np.save(tmp/f'{k}.npy', a)
+            size = (tmp/f'{k}.npy').stat().st_size
+            rec[k] = dict(shape=list(a.shape), dtype=a.dtype.str, bytes=size)
+        text = json.dumps(dict(meta, format=CACHE_FORMAT, arrays=rec), default=list)
+        (tmp/'meta.json').write_text(text)
+        try:
+            os.replace(tmp, d)              # one step: no reader ever sees a half-written entry
+        except OSError:
+            pass                            # another process finished the same entry first
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return d
+
+# %% ../nbs/05_preprocess.ipynb #528438b0
+def _read_meta(d: Path, # an entry folder
+              ) -> dict:
+    "The entry's meta.json, checked complete; `CacheError` if it is missing, unreadable or old."
+    try:
+        meta = json.loads((d/'meta.json').read_text())
+    except FileNotFoundError:
+        raise CacheError(d, 'meta.json is missing') from None
+    except (OSError, ValueError) as e:
+        raise CacheError(d, f'meta.json is unreadable: {type(e).__name__}: {e}') from None
+    if not isinstance(meta, dict):
+        raise CacheError(d, f'meta.json holds a {type(meta).__name__}, not an object')
+    if 'format' not in meta:
+        raise CacheError(d, 'meta.json has no format version: an entry of an older liver_pcr')
+    if meta['format'] != CACHE_FORMAT:
+        raise CacheError(d, f"meta.json has format {meta['format']!r}, expected {CACHE_FORMAT}")
+    bad = [k for k, t in _META.items() if not isinstance(meta.get(k), t)]
+    bad += [f'arrays.{k}' for k in _ARRAYS if 'arrays' not in bad and k not in meta['arrays']]
+    if bad:
+        raise CacheError(d, f"meta.json has no valid {', '.join(bad)}")
+    return meta
+
+# %% ../nbs/05_preprocess.ipynb #dd699d0f
+def _open_array(d: Path, # an entry folder
+                name: str, # which array: 'images', 'masks' or 'present'
+                spec: dict, # its record in meta.json: shape, dtype, bytes
+               ) -> np.memmap:
+    "Memory-map one array of an entry, checked against its record; `CacheError` if it differs."
+    f = d/f'{name}.npy'
+    try:
+        shape, dtype, size = tuple(spec['shape']), np.dtype(spec['dtype']), int(spec['bytes'])
+    except (KeyError, TypeError, ValueError):
+        raise CacheError(d, f'meta.json has no valid record of {f.name}') from None
+    if not f.is_file():
+        raise CacheError(d, f'{f.name} is missing')
+    if f.stat().st_size != size:
+        raise CacheError(d, f'{f.name}: {f.stat().st_size} bytes, expected {size}')
+    try:
+        a = np.load(f, mmap_mode='r')
+    except (OSError, ValueError, EOFError) as e:
+        raise CacheError(d, f'{f.name} is unreadable: {type(e).__name__}: {e}') from None
+    if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype:
+        got = f'{a.dtype} {a.shape}' if isinstance(a, np.ndarray) else type(a).__name__
+        raise CacheError(d, f'{f.name}: {got}, expected {dtype} {shape}')
+    return a
+
+# %% ../nbs/05_preprocess.ipynb #4041692d
+def _load_cached(d: Path, # an entry folder
+                 cfg: PreprocessConfig, # the configuration it was built with
+                ) -> Preprocessed:
+    "Read a cache entry back, memory-mapped, after checking it whole; `CacheError` if it is not."
+    meta = _read_meta(d)
+    arr = {k: _open_array(d, k, meta['arrays'][k]) for k in _ARRAYS}
+    n = len(meta['ids'])
+    if any(a.shape[:1] != (n,) for a in arr.values()):
+        shapes = ', '.join(f'{k} {a.shape}' for k, a in arr.items())
+        raise CacheError(d, f'meta.json lists {n} patients, the arrays are {shapes}')
+    return Preprocessed(d, meta['ids'], meta['timepoints'], meta['sequences'], cfg, **arr)
+
+# %% ../nbs/05_preprocess.ipynb #c6fc2553
+def _discard_entry(d: Path, # a damaged entry folder
+                   root: Path, # the cache root it must sit directly in
+                  ):
+    "Remove the cache entry `d`, and nothing outside the cache root `root`."
+    if d.parent.resolve() != Path(root).resolve() or d.name[:1] in ('', '.'):
+        raise LiverPcrError(f'{d}: not an entry of the cache {root}; refusing to remove it')
+    trash = Path(root)/f'.damaged-{uuid.uuid4().hex}'
+    try:
+        os.rename(d, trash)
+    except FileNotFoundError:
+        return                              # another process removed it first
+    except OSError as e:
+        raise LiverPcrError(f'{d}: a damaged cache entry that cannot be removed ({e})') from None
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink()
+
+# %% ../nbs/05_preprocess.ipynb #43d9da62
+def _one(args): # a patient and the resolved configuration
+    "One patient's arrays: a job of `_build_entry`, one worker process each when parallel."
     p, cfg = args
     return preprocess_patient(p, cfg.timepoints, cfg.sequences, cfg)
 
-def _load_cached(d: Path, cfg: PreprocessConfig) -> Preprocessed:
-    meta = json.loads((d/'meta.json').read_text())
-    arr = {k: np.load(d/f'{k}.npy', mmap_mode='r') for k in ('images', 'masks', 'present')}
-    return Preprocessed(d, meta['ids'], meta['timepoints'], meta['sequences'], cfg, **arr)
+# %% ../nbs/05_preprocess.ipynb #938ee758
+def _build_entry(cohort: Cohort, # the cohort
+                 cfg: PreprocessConfig, # its resolved configuration
+                 d: Path, # the entry folder to create
+                 n_jobs: int = 1, # worker processes
+                 show_progress: bool = True, # show a progress bar
+                ) -> Path:
+    "Preprocess every patient of `cohort` into the cache entry `d`."
+    pts = list(cohort)
+    jobs = [(p, cfg) for p in pts]
+    bar = dict(total=len(jobs), desc=f'preprocessing {cohort.name}',
+               disable=not show_progress or None)
+    if n_jobs > 1:
+        import multiprocessing as mp
+        with mp.get_context('fork').Pool(n_jobs) as pool:
+            res = list(progress(pool.imap(_one, jobs), **bar))
+    else:
+        res = [_one(j) for j in progress(jobs, **bar)]
+    arrays = {k: np.stack([r[i] for r in res]) for i, k in enumerate(_ARRAYS)}
+    return _write_entry(d, arrays, ids=[p.id for p in pts], timepoints=cfg.timepoints,
+                        sequences=cfg.sequences, config=asdict(cfg), cohort=str(cohort.root),
+                        fingerprint=cohort.fingerprint())
 
 # %% ../nbs/05_preprocess.ipynb #67d9ef69
-def preprocess_cohort(cohort: Cohort, cfg: PreprocessConfig = PreprocessConfig(), # the cohort; how to preprocess
-                      cache=None,                      # cache root (default: cache_dir()/'preprocessed')
-                      n_jobs: int = 1, show_progress: bool = True) -> Preprocessed:
-    "Preprocess every patient of `cohort` into the cache (or reuse the cached result)."
-    from liver_pcr.core import check_out_path
+def preprocess_cohort(cohort: Cohort, # the cohort
+                      cfg: PreprocessConfig = PreprocessConfig(), # how to preprocess
+                      cache=None, # cache root (default: cache_dir()/'preprocessed')
+                      n_jobs: int = 1, # worker processes
+                      show_progress: bool = True, # show a progress bar
+                     ) -> Preprocessed:
+    "Preprocess every patient of `cohort` into the cache (or reuse its cached entry, if whole)."
     cfg = resolve(cohort, cfg)
     root = Path(cache) if cache else cache_dir()/'preprocessed'
     check_out_path(root, cohort=cohort.root)
-    d = root/f"{''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in cohort.name)[:40]}-{cohort.fingerprint()}-{cfg.key()}"
-    if (d/'meta.json').exists(): return _load_cached(d, cfg)
-    root.mkdir(parents=True, exist_ok=True)
-    pts, jobs = list(cohort), [(p, cfg) for p in cohort]
-    bar = dict(total=len(jobs), desc=f'preprocessing {cohort.name}', disable=not show_progress or None)
-    if n_jobs > 1:
-        import multiprocessing as mp
-        with mp.get_context('fork').Pool(n_jobs) as pool: res = list(progress(pool.imap(_one, jobs), **bar))
-    else: res = [_one(j) for j in progress(jobs, **bar)]
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix='.building-'))
-    try:
-        for k, a in zip(('images', 'masks', 'present'), (np.stack([r[i] for r in res]) for i in range(3))): np.save(tmp/f'{k}.npy', a)
-        (tmp/'meta.json').write_text(json.dumps(dict(ids=[p.id for p in pts], timepoints=list(cfg.timepoints), sequences=list(cfg.sequences),
-                                                     config=asdict(cfg), cohort=str(cohort.root), fingerprint=cohort.fingerprint()), default=list))
-        try: os.replace(tmp, d)
-        except OSError: shutil.rmtree(tmp, ignore_errors=True)   # another process finished the same cache first
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+    name = ''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in cohort.name)[:40]
+    d = root/f'{name}-{cohort.fingerprint()}-{cfg.key()}'
+    if d.exists() or d.is_symlink():
+        try:
+            return _load_cached(d, cfg)
+        except CacheError as e:
+            print(f'warning: {e}; rebuilding it', file=sys.stderr)
+            _discard_entry(d, root)
+    _build_entry(cohort, cfg, d, n_jobs, show_progress)
     return _load_cached(d, cfg)
