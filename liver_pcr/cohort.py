@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastcore.basics import patch
-from .core import CohortError, LiverPcrError, progress, sample_cohort_path, data_root
+from .core import CohortError, LiverPcrError, progress, sample_cohort_path, data_root, read_table, read_json_object
 
 # %% auto #0
-__all__ = ['NIFTI_RE', 'ID_RE', 'MANIFEST_COLS', 'Problem', 'natural_key', 'sort_timepoints', 'Volume', 'load_volume', 'ImageRef',
-           'Patient', 'axial', 'lesion_slice', 'Cohort', 'save_nifti', 'CohortWriter', 'cmd_validate']
+__all__ = ['NAME_RE', 'ID_RE', 'STUDY_SEQUENCES', 'NIFTI_RE', 'MANIFEST_COLS', 'Problem', 'natural_key', 'ordered_names',
+           'sort_timepoints', 'Volume', 'load_volume', 'ImageRef', 'Patient', 'axial', 'lesion_slice', 'Cohort',
+           'save_nifti', 'CohortWriter', 'cmd_validate']
 
 # %% ../nbs/01_cohort.ipynb #151a6f0d
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class Problem:
     def __str__(self): return ': '.join(s for s in (self.file, self.where, self.what) if s)
 
 # %% ../nbs/01_cohort.ipynb #4b8674e1
+NAME_RE = re.compile(r'^[A-Za-z0-9_.-]+$')   # a patient id, timepoint or sequence: it becomes a file name
+ID_RE = NAME_RE                               # the older name, kept importable
+STUDY_SEQUENCES = ('T1', 'T1V', 'T2', 'DWI', 'ADC', 'AP', 'PVP')  # the original study's MRI sequences (a cohort may name others)
+
 _BEFORE = {'baseline', 'base', 'pre', 'start', 'screening', 'before', 'bef'}
 _AFTER = {'post', 'end', 'after', 'aft', 'final', 'presurgery', 'preop'}
 _LATER = {'followup', 'follow-up', 'follow_up', 'fu'}
@@ -34,6 +39,10 @@ _LATER = {'followup', 'follow-up', 'follow_up', 'fu'}
 def natural_key(s: str):
     "Key for a natural sort: 't2' < 't10'."
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r'(\d+)', str(s))]
+
+def ordered_names(found, first=()) -> list:
+    "The names in `found`, in the order of `first`, then the others in natural order."
+    return [v for v in dict.fromkeys(first) if v in found] + sorted(set(found) - set(first), key=natural_key)
 
 def sort_timepoints(names) -> list[str]:
     "Order timepoint names: before-words first, after-words last, natural order within."
@@ -87,22 +96,15 @@ class ImageRef:
         return None if self.mask is None else load_volume(self.mask, canonical, dtype=np.float32)
 
 # %% ../nbs/01_cohort.ipynb #2a0a7a94
-ID_RE = re.compile(r'^[A-Za-z0-9_.-]+$')
-_MISSING = {'', 'na', 'nan', 'n/a', 'null', 'none'}
-
-def _read_csv(root: Path, name: str, problems: list) -> pd.DataFrame | None:
-    "Read `root/name` as strings; record a problem (and return None) if it can't be parsed."
-    import warnings
+def _table_or_problem(root: Path, name: str, problems: list) -> pd.DataFrame | None:
+    "`root/name` read by `read_table`; what makes it unusable is recorded as a problem (and None returned)."
     try:
-        with warnings.catch_warnings(record=True) as w:   # index_col=False: a trailing comma never shifts the columns
-            warnings.simplefilter('always', pd.errors.ParserWarning)
-            df = pd.read_csv(root/name, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
-    except Exception as e:
-        problems.append(Problem(name, '', f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})')); return None
-    if any(issubclass(x.category, pd.errors.ParserWarning) for x in w):
-        problems.append(Problem(name, '', 'some rows have more values than the header has columns'))
-    df.columns = [str(c).strip() for c in df.columns]
-    return df.apply(lambda c: c.str.strip())
+        return read_table(root/name, warn=lambda why: problems.append(Problem(name, '', why)))
+    except LiverPcrError as e:
+        problems.append(Problem(name, '', e.why))
+
+# %% ../nbs/01_cohort.ipynb #bb761740
+_MISSING = {'', 'na', 'nan', 'n/a', 'null', 'none'}
 
 def _number(v: str) -> float | None:
     "A float from a CSV cell; nan for missing, None if not a number."
@@ -118,11 +120,11 @@ def _read_meta(root: Path, problems: list) -> dict:
     "Read and check `cohort.json` (optional)."
     p = root/'cohort.json'
     if not p.exists(): return {}
-    try: meta = json.loads(p.read_text())
-    except Exception as e:
-        problems.append(Problem('cohort.json', '', f'invalid JSON ({e})')); return {}
-    if not isinstance(meta, dict):
-        problems.append(Problem('cohort.json', '', 'must be a JSON object')); return {}
+    try:
+        meta = read_json_object(p)
+    except LiverPcrError as e:
+        problems.append(Problem('cohort.json', '', e.why))
+        return {}
     for k in ('timepoints', 'sequences'):
         v = meta.get(k)
         if v is None: continue
@@ -139,7 +141,7 @@ def _read_patients(root: Path, label: str, problems: list) -> pd.DataFrame | Non
     "Read and check `patients.csv`: ids, labels (1/0/empty), folds."
     if not (root/'patients.csv').exists():
         problems.append(Problem('patients.csv', '', 'missing (a cohort needs patients.csv)')); return None
-    df = _read_csv(root, 'patients.csv', problems)
+    df = _table_or_problem(root, 'patients.csv', problems)
     if df is None: return None
     for col in ('patient_id', label):
         if col not in df.columns: problems.append(Problem('patients.csv', f'column {col!r}', 'missing (required)'))
@@ -148,7 +150,7 @@ def _read_patients(root: Path, label: str, problems: list) -> pd.DataFrame | Non
     seen = {}
     for i, pid in enumerate(df['patient_id']):
         if not pid: problems.append(Problem('patients.csv', _line(i), 'empty patient_id'))
-        elif not ID_RE.match(pid): problems.append(Problem('patients.csv', _line(i), f'malformed patient_id {pid!r} (allowed: letters, digits, _ . -)'))
+        elif not NAME_RE.match(pid): problems.append(Problem('patients.csv', _line(i), f'malformed patient_id {pid!r} (allowed: letters, digits, _ . -)'))
         elif pid in seen: problems.append(Problem('patients.csv', _line(i), f'duplicate patient_id {pid!r} (also {_line(seen[pid])})'))
         else: seen[pid] = i
     y = pd.Series(np.nan, index=df.index)
@@ -174,7 +176,7 @@ def _read_labs(root: Path, ids: set, timepoints: list | None, problems: list) ->
     "Read and check `labs.csv` (optional): one row per patient and timepoint, numeric markers."
     cols = ['patient_id', 'timepoint']
     if not (root/'labs.csv').exists(): return pd.DataFrame(columns=cols)
-    df = _read_csv(root, 'labs.csv', problems)
+    df = _table_or_problem(root, 'labs.csv', problems)
     if df is None: return pd.DataFrame(columns=cols)
     miss = [c for c in cols if c not in df.columns]
     if miss:
@@ -207,11 +209,12 @@ def _safe_rel(root: Path, rel: str) -> Path | None:
     if norm == '..' or norm.startswith('../') or norm.startswith('/'): return None
     return root/norm
 
+# %% ../nbs/01_cohort.ipynb #7040e762
 MANIFEST_COLS = ['patient_id', 'timepoint', 'sequence', 'image', 'mask']
 
 def _read_manifest(root: Path, problems: list) -> pd.DataFrame:
     "Read and check `images.csv`: one row per image volume."
-    df = _read_csv(root, 'images.csv', problems)
+    df = _table_or_problem(root, 'images.csv', problems)
     if df is None: return pd.DataFrame(columns=MANIFEST_COLS)
     miss = [c for c in MANIFEST_COLS[:4] if c not in df.columns]
     for c in miss: problems.append(Problem('images.csv', f'column {c!r}', 'missing (required)'))
@@ -324,6 +327,7 @@ def lesion_slice(mask: np.ndarray | None, nz: int) -> int:
     if mask is None or not mask.any(): return nz // 2
     return int(np.argmax((mask > 0).sum((0, 1))))
 
+# %% ../nbs/01_cohort.ipynb #573c5df0
 @patch
 def plot(self: Patient, sequences=None, timepoints=None, # which to show (default: all)
                   size: float = 2.2):
@@ -348,10 +352,6 @@ def plot(self: Patient, sequences=None, timepoints=None, # which to show (defaul
     return fig
 
 # %% ../nbs/01_cohort.ipynb #ee13c38a
-def _ordered(found, reference) -> list:
-    "The names in `found`, in the order of `reference`, then the others in natural order."
-    return [v for v in reference if v in found] + sorted(set(found) - set(reference), key=natural_key)
-
 class Cohort:
     "A cohort folder read according to the cohort format."
     def __init__(self, root, meta, table, labs, manifest, problems):
@@ -396,7 +396,7 @@ class Cohort:
             exams = {}
             for m in (byp[pid].itertuples() if pid in byp else []):
                 exams.setdefault(m.timepoint, {})[m.sequence] = ImageRef(m.image, m.mask if isinstance(m.mask, Path) else None)
-            exams = {tp: {s: exams[tp][s] for s in _ordered(exams[tp], self.sequences)} for tp in _ordered(exams, self.timepoints)}
+            exams = {tp: {s: exams[tp][s] for s in ordered_names(exams[tp], self.sequences)} for tp in ordered_names(exams, self.timepoints)}
             fold = r.get('_fold'); fold = None if fold is None or pd.isna(fold) else int(fold)
             pts[pid] = Patient(pid, float(r['_y']), fold, {c: r[c] for c in covs}, labp.get(pid, pd.DataFrame(columns=self.markers)), exams)
         return pts
@@ -450,6 +450,7 @@ def _check_volume(root: Path, path: Path, what: str, problems: list):
         problems.append(Problem(rel, '', f'{what} has {int((~np.isfinite(data)).sum())} non-finite voxels'))
     return data.shape, img.affine, data
 
+# %% ../nbs/01_cohort.ipynb #0581dc8c
 @patch
 def validate(self: Cohort, deep: bool = True, # also open every volume and mask?
              show_progress: bool = True) -> list[Problem]:
@@ -474,6 +475,7 @@ def validate(self: Cohort, deep: bool = True, # also open every volume and mask?
         if not np.any(m[2]): problems.append(Problem(rel, f'patient {pid}, {tp}', 'empty mask (no lesion voxel)'))
     return list(dict.fromkeys(problems))
 
+# %% ../nbs/01_cohort.ipynb #91d8aa7e
 @patch
 def check(self: Cohort, deep: bool = True, show_progress: bool = True) -> 'Cohort':
     "Raise `CohortError` listing every problem; return the cohort if there is none."
@@ -485,9 +487,10 @@ def check(self: Cohort, deep: bool = True, show_progress: bool = True) -> 'Cohor
 @patch
 def coverage(self: Cohort) -> pd.DataFrame:
     "Patients with an image, per timepoint (rows) and sequence (columns)."
-    tps = _ordered(set(self.manifest.timepoint), self.timepoints); seqs = _ordered(set(self.manifest.sequence), self.sequences)
+    tps = ordered_names(set(self.manifest.timepoint), self.timepoints); seqs = ordered_names(set(self.manifest.sequence), self.sequences)
     return pd.DataFrame([[sum(p.has(tp, s) for p in self) for s in seqs] for tp in tps], index=pd.Index(tps, name='timepoint'), columns=seqs)
 
+# %% ../nbs/01_cohort.ipynb #5f6a4d9e
 @patch
 def lab_missingness(self: Cohort) -> pd.DataFrame:
     "Share of patients without a value, per timepoint (rows) and marker (columns)."
@@ -495,6 +498,7 @@ def lab_missingness(self: Cohort) -> pd.DataFrame:
     vals = {tp: [sum(math.isnan(p.lab(tp, m)) for p in self) / max(len(self), 1) for m in self.markers] for tp in self.timepoints}
     return pd.DataFrame.from_dict(vals, orient='index', columns=self.markers).rename_axis('timepoint').round(3)
 
+# %% ../nbs/01_cohort.ipynb #8e97693a
 @patch
 def summary(self: Cohort) -> str:
     "A readable summary: patients, labels, coverage, lab missingness."

@@ -6,13 +6,14 @@ Docs: https://liver-pcr.github.io/liver_pcr/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #d4a396d3
 from __future__ import annotations
-import os, sys, random, tempfile, shutil, contextlib, traceback, importlib.resources
+import os, sys, json, random, tempfile, shutil, contextlib, traceback, importlib.resources
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
 __all__ = ['LiverPcrError', 'CohortError', 'ConfigError', 'set_seed', 'get_device', 'sample_cohort_path', 'data_root',
-           'cache_dir', 'atomic_path', 'write_text', 'is_inside', 'check_out_path', 'progress', 'is_tiny', 'run_main']
+           'cache_dir', 'atomic_path', 'write_text', 'read_table', 'read_json_object', 'is_inside', 'check_out_path',
+           'progress', 'is_tiny', 'run_main']
 
 # %% ../nbs/00_core.ipynb #ff771b53
 class LiverPcrError(Exception):
@@ -88,6 +89,60 @@ def write_text(path, text: str): # the file and what goes in it
     "Write `text` to `path` atomically."
     with atomic_path(path) as tmp: Path(tmp).write_text(text)
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #c4a08a29
+def _file_error(path, why: str) -> LiverPcrError:
+    "The error for a file that cannot be used: `'{path}: {why}'`, the reason kept as `.why`."
+    e = LiverPcrError(f'{path}: {why}')
+    e.path, e.why = Path(path), why
+    return e
+
+
+def read_table(
+    path,  # a CSV file
+    required=(),  # the columns it must have
+    what: str | None = None,  # what the file is, for messages: 'clinical' gives "no such clinical file"
+    na: bool = False,  # empty cells as missing (NaN) rather than ''
+    warn=None,  # called with the reason when rows have more values than the header (None: raise)
+):
+    "A CSV file as a table of stripped strings; `LiverPcrError` naming the file if it cannot be used."
+    import warnings, pandas as pd
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise _file_error(path, f'no such {what} file' if what else 'no such file')
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # index_col=False: a trailing comma never shifts the columns
+            warnings.simplefilter('always', pd.errors.ParserWarning)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
+    except Exception as e:
+        raise _file_error(path, f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})') from None
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        if warn is None:
+            raise _file_error(path, 'some rows have more values than the header has columns')
+        warn('some rows have more values than the header has columns')
+    df.columns = [str(c).strip() for c in df.columns]
+    df = df.apply(lambda c: c.str.strip())
+    if miss := [c for c in required if c not in df.columns]:
+        have = ', '.join(map(repr, df.columns))
+        raise _file_error(path, f"missing column(s) {', '.join(map(repr, miss))} (it has {have})")
+    return df.mask(df == '') if na else df
+
+# %% ../nbs/00_core.ipynb #faf4b2fc
+def read_json_object(
+    path,  # a JSON file
+    what: str | None = None,  # what the file is, for messages: 'folds' gives "no such folds file"
+) -> dict:
+    "The JSON object in `path`; `LiverPcrError` naming the file if it is missing, not JSON or not an object."
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise _file_error(path, f'no such {what} file' if what else 'no such file')
+    try:
+        obj = json.loads(path.read_text())
+    except Exception as e:
+        raise _file_error(path, f'invalid JSON ({e})') from None
+    if not isinstance(obj, dict):
+        raise _file_error(path, 'must be a JSON object')
+    return obj
 
 # %% ../nbs/00_core.ipynb #0ba96f0c
 def is_inside(path, folder) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace, asdict
 from pathlib import Path
 import numpy as np, pandas as pd
 from .core import ConfigError, LiverPcrError, progress, check_out_path, atomic_path
-from .cohort import CohortWriter, Cohort
+from .cohort import CohortWriter, Cohort, STUDY_SEQUENCES
 
 # %% auto #0
 __all__ = ['SEQUENCES', 'CONTRAST', 'W_NECROSIS', 'W_CELLULARITY', 'W_MARKERS', 'SHARED', 'SynthConfig', 'viable_signal',
@@ -19,7 +19,7 @@ __all__ = ['SEQUENCES', 'CONTRAST', 'W_NECROSIS', 'W_CELLULARITY', 'W_MARKERS', 
            'cmd_synth']
 
 # %% ../nbs/02_synth.ipynb #a05c9a05
-SEQUENCES = ('T1', 'T2', 'DWI', 'ADC', 'AP', 'PVP', 'T1V')
+SEQUENCES = STUDY_SEQUENCES   # the sequences the generator can draw: the original study's
 @dataclass(frozen=True)
 class SynthConfig:
     "What to generate. Sizes in voxels and mm."
@@ -56,7 +56,7 @@ CONTRAST = pd.DataFrame({
     'vein':    [0.10, 0.10, 0.05, 0.90, 0.30, 0.90, 0.90],
     'bone':    [0.40, 0.35, 0.10, 0.20, 0.25, 0.30, 0.30],
     'necrosis':[0.20, 0.85, 0.12, 0.95, 0.08, 0.10, 0.10],
-}, index=list(SEQUENCES)).T
+}, index=['T1', 'T2', 'DWI', 'ADC', 'AP', 'PVP', 'T1V']).T[list(SEQUENCES)]   # the columns as written, then in SEQUENCES order
 
 def viable_signal(seq: str, cell: float, enh: float) -> float: # sequence; cellularity and enhancement in [0, 1]
     "Signal of viable tumour in sequence `seq`."
