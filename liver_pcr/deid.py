@@ -15,35 +15,72 @@ __all__ = ['MIN_SALT', 'PHI_TAGS', 'PHI_COLUMN', 'pseudonym', 'phi_values', 'red
 # %% ../nbs/04a_deid.ipynb #8144eb90
 MIN_SALT = 8
 
-def pseudonym(patient_id: str, salt: str, # the hospital's PatientID; a secret salt
-              n: int = 12) -> str:
+
+def pseudonym(
+    patient_id: str,  # the hospital's PatientID
+    salt: str,  # a secret salt
+    n: int = 12,
+) -> str:
     "A reproducible pseudonym: 'P' and the first `n` hex digits of sha256(salt + PatientID)."
-    if not salt or len(salt) < MIN_SALT: raise ConfigError(f'the salt must be a secret of at least {MIN_SALT} characters')
+    if not salt or len(salt) < MIN_SALT:
+        raise ConfigError(f'the salt must be a secret of at least {MIN_SALT} characters')
     return 'P' + hashlib.sha256((salt + patient_id).encode('utf-8')).hexdigest()[:n]
 
 # %% ../nbs/04a_deid.ipynb #38da49da
-PHI_TAGS = ('PatientName', 'PatientID', 'OtherPatientIDs', 'OtherPatientNames', 'PatientBirthDate', 'PatientBirthName',
-             'PatientMotherBirthName', 'PatientAddress', 'PatientTelephoneNumbers', 'AccessionNumber', 'InstitutionName',
-             'InstitutionAddress', 'InstitutionalDepartmentName', 'ReferringPhysicianName', 'PerformingPhysicianName',
-             'NameOfPhysiciansReadingStudy', 'OperatorsName', 'RequestingPhysician', 'StationName', 'StudyID', 'IssuerOfPatientID',
-             'StudyDate', 'SeriesDate', 'AcquisitionDate', 'ContentDate', 'DeviceSerialNumber')
+PHI_TAGS = (
+    'PatientName',
+    'PatientID',
+    'OtherPatientIDs',
+    'OtherPatientNames',
+    'PatientBirthDate',
+    'PatientBirthName',
+    'PatientMotherBirthName',
+    'PatientAddress',
+    'PatientTelephoneNumbers',
+    'AccessionNumber',
+    'InstitutionName',
+    'InstitutionAddress',
+    'InstitutionalDepartmentName',
+    'ReferringPhysicianName',
+    'PerformingPhysicianName',
+    'NameOfPhysiciansReadingStudy',
+    'OperatorsName',
+    'RequestingPhysician',
+    'StationName',
+    'StudyID',
+    'IssuerOfPatientID',
+    'StudyDate',
+    'SeriesDate',
+    'AcquisitionDate',
+    'ContentDate',
+    'DeviceSerialNumber',
+)
+
 
 def phi_values(ds) -> set[str]:
     "Identifying strings in a DICOM header (person names also split into their components)."
     from pydicom.multival import MultiValue
+
     out = set()
     for kw in PHI_TAGS:
-        if kw not in ds: continue
-        el = ds.data_element(kw); vals = el.value if isinstance(el.value, (list, tuple, MultiValue)) else [el.value]
+        if kw not in ds:
+            continue
+        el = ds.data_element(kw)
+        vals = el.value if isinstance(el.value, (list, tuple, MultiValue)) else [el.value]
         for v in vals:
-            s = str(v).strip(); out.add(s)
-            if el.VR == 'PN': out.update(re.split(r'[\^= ,]+', s))
+            s = str(v).strip()
+            out.add(s)
+            if el.VR == 'PN':
+                out.update(re.split(r'[\^= ,]+', s))
     return {s for s in out if len(s) >= 3 and re.search(r'[A-Za-z0-9]', s)}
 
 # %% ../nbs/04a_deid.ipynb #94756728
 def redact(text: str, values) -> str:
     "`text` with every value of `values` (case-insensitive) replaced by `[redacted]`."
-    for v in sorted(values, key=len, reverse=True): text = re.sub(r'(?<![A-Za-z0-9])' + re.escape(v) + r'(?![A-Za-z0-9])', '[redacted]', text, flags=re.I)
+    for v in sorted(values, key=len, reverse=True):
+        text = re.sub(
+            r'(?<![A-Za-z0-9])' + re.escape(v) + r'(?![A-Za-z0-9])', '[redacted]', text, flags=re.I
+        )
     return text
 
 # %% ../nbs/04a_deid.ipynb #038bbcb7

@@ -13,67 +13,108 @@ import numpy as np, pandas as pd
 from .core import LiverPcrError, CohortError, ConfigError, progress, read_table
 from .cohort import natural_key, ordered_names
 from .deid import MIN_SALT, pseudonym, phi_values
-from .import_base import ImportReport, _source, _writer, _finish, _fatal, _walk, _bad_name, _patients_table, _labs_table, _write_masks, _files_label
+from .import_base import ImportReport, _source, _writer, _finish, _fatal, _walk, _bad_name
+from .import_base import _patients_table, _labs_table, _write_masks, _files_label
 
 # %% auto #0
 __all__ = ['LPS', 'write_dicom_series', 'dicom_volume', 'DicomMap', 'read_dicom_map', 'dicom_series', 'import_dicom']
 
 # %% ../nbs/04c_dicom.ipynb #126d5d62
-LPS = np.diag([-1.0, -1.0, 1.0, 1.0])   # RAS <-> LPS (DICOM's patient coordinates)
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (DICOM's patient coordinates)
 
-def write_dicom_series(folder, data, affine, # the folder; voxels (x, y, z) as integers; their RAS voxel-to-mm affine
-                       seed: int | None = None, **tags) -> list[Path]: # shuffle the file names with this seed; header values
+
+def write_dicom_series(
+    folder,  # the folder
+    data,  # voxels (x, y, z) as integers
+    affine,  # their RAS voxel-to-mm affine
+    seed: int | None = None,  # shuffle the file names with this seed
+    **tags,  # header values
+) -> list[Path]:
     "Write `data` as a single-frame MR DICOM series built from pydicom's `MR_small.dcm` (a test helper)."
     import copy, pydicom
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
-    data = np.asarray(data); lps = LPS @ np.asarray(affine, float)
-    sp = np.sqrt((lps[:3, :3]**2).sum(0)); d = lps[:3, :3]/sp
-    if abs(abs(np.dot(np.cross(d[:, 0], d[:, 1]), d[:, 2])) - 1) > 1e-6: raise ValueError('the affine is sheared: a DICOM series needs orthogonal axes')
+
+    data = np.asarray(data)
+    lps = LPS @ np.asarray(affine, float)
+    sp = np.sqrt((lps[:3, :3] ** 2).sum(0))
+    d = lps[:3, :3] / sp
+    if abs(abs(np.dot(np.cross(d[:, 0], d[:, 1]), d[:, 2])) - 1) > 1e-6:
+        raise ValueError('the affine is sheared: a DICOM series needs orthogonal axes')
     origin, step = lps[:3, 3], lps[:3, 2]
-    if np.dot(np.cross(d[:, 0], d[:, 1]), d[:, 2]) < 0: data, origin, step = data[:, :, ::-1], origin + (data.shape[2] - 1)*step, -step
+    if np.dot(np.cross(d[:, 0], d[:, 1]), d[:, 2]) < 0:
+        data, origin, step = data[:, :, ::-1], origin + (data.shape[2] - 1) * step, -step
     tmpl = pydicom.dcmread(get_testdata_file('MR_small.dcm'))
-    for k in ('SmallestImagePixelValue', 'LargestImagePixelValue'): tmpl.pop(k, None)
-    tags = {'StudyInstanceUID': generate_uid(), 'SeriesInstanceUID': generate_uid(), 'FrameOfReferenceUID': generate_uid()} | tags
-    nz = data.shape[2]; names = np.random.default_rng(seed).permutation(nz) if seed is not None else np.arange(nz)
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True); paths = []
+    for k in ('SmallestImagePixelValue', 'LargestImagePixelValue'):
+        tmpl.pop(k, None)
+    tags = {
+        'StudyInstanceUID': generate_uid(),
+        'SeriesInstanceUID': generate_uid(),
+        'FrameOfReferenceUID': generate_uid(),
+    } | tags
+    nz = data.shape[2]
+    names = np.random.default_rng(seed).permutation(nz) if seed is not None else np.arange(nz)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
     for k in range(nz):
         ds = copy.deepcopy(tmpl)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-        ds.PixelSpacing = [f'{sp[1]:.6g}', f'{sp[0]:.6g}']; ds.SliceThickness = f'{sp[2]:.6g}'
+        ds.PixelSpacing = [f'{sp[1]:.6g}', f'{sp[0]:.6g}']
+        ds.SliceThickness = f'{sp[2]:.6g}'
         ds.ImageOrientationPatient = [f'{v:.6f}' for v in (*d[:, 0], *d[:, 1])]
-        ds.ImagePositionPatient = [f'{v:.4f}' for v in origin + k*step]
+        ds.ImagePositionPatient = [f'{v:.4f}' for v in origin + k * step]
         ds.InstanceNumber = k + 1
         ds.PixelData = np.ascontiguousarray(np.rint(data[:, :, k].T)).astype('<i2').tobytes()
-        for kw, v in tags.items(): setattr(ds, kw, v)
-        paths.append(folder/f'IM{names[k]:04d}.dcm'); ds.save_as(paths[-1])
+        for kw, v in tags.items():
+            setattr(ds, kw, v)
+        paths.append(folder / f'IM{names[k]:04d}.dcm')
+        ds.save_as(paths[-1])
     return paths
 
 # %% ../nbs/04c_dicom.ipynb #6893772d
 def _dcm_error(name, msg) -> CohortError:
-    e = CohortError(f'{name}: {msg}'); e.file, e.what = name, msg; return e
+    e = CohortError(f'{name}: {msg}')
+    e.file, e.what = name, msg
+    return e
+
 
 def _floats(ds, kw, n, name):
     try:
         v = [float(x) for x in ds[kw].value]
-        if len(v) != n: raise ValueError
+        if len(v) != n:
+            raise ValueError
         return np.array(v)
-    except Exception: raise _dcm_error(name, f'{kw} missing or malformed (truncated file?)') from None
+    except Exception:
+        raise _dcm_error(name, f'{kw} missing or malformed (truncated file?)') from None
+
 
 def _read_dicom_slice(path, name):
     "One single-frame DICOM file: its header and pixels (after rescale)."
     import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             ds = pydicom.dcmread(str(path), force=True)
-            if int(ds.get('NumberOfFrames', 1) or 1) > 1: raise _dcm_error(name, 'multi-frame (enhanced) DICOM is not supported: convert it with dcm2niix and use `import nifti`')
-            if int(ds.get('SamplesPerPixel', 1) or 1) != 1: raise _dcm_error(name, 'colour DICOM (SamplesPerPixel > 1) is not an MR volume')
+            if int(ds.get('NumberOfFrames', 1) or 1) > 1:
+                raise _dcm_error(
+                    name,
+                    'multi-frame (enhanced) DICOM is not supported: convert it with dcm2niix and use `import nifti`',
+                )
+            if int(ds.get('SamplesPerPixel', 1) or 1) != 1:
+                raise _dcm_error(name, 'colour DICOM (SamplesPerPixel > 1) is not an MR volume')
             px = ds.pixel_array
-    except CohortError: raise
-    except Exception as e: raise _dcm_error(name, f'unreadable or truncated DICOM ({type(e).__name__}: {str(e).splitlines()[0][:160]})') from None
-    if px.shape != (int(ds.Rows), int(ds.Columns)): raise _dcm_error(name, f'pixel data {px.shape} do not match Rows x Columns')
+    except CohortError:
+        raise
+    except Exception as e:
+        raise _dcm_error(
+            name,
+            f'unreadable or truncated DICOM ({type(e).__name__}: {str(e).splitlines()[0][:160]})',
+        ) from None
+    if px.shape != (int(ds.Rows), int(ds.Columns)):
+        raise _dcm_error(name, f'pixel data {px.shape} do not match Rows x Columns')
     slope, icpt = float(ds.get('RescaleSlope', 1) or 1), float(ds.get('RescaleIntercept', 0) or 0)
     return ds, px, (slope, icpt)
 
@@ -81,26 +122,64 @@ def _read_dicom_slice(path, name):
 def _same_grid(sl: list, iop: list, psp: list, names: list):
     "Every slice has the first slice's orientation, pixel grid and pixel spacing (else `CohortError` naming the odd file)."
     for k in range(1, len(sl)):
-        if np.abs(iop[k] - iop[0]).max() > 1e-4: raise _dcm_error(names[k], f'orientation {iop[k].round(4).tolist()} differs from {iop[0].round(4).tolist()} ({names[0]})')
-        if sl[k][1].shape != sl[0][1].shape: raise _dcm_error(names[k], f'{sl[k][1].shape} pixels, but {sl[0][1].shape} in {names[0]}')
-        if np.abs(psp[k] - psp[0]).max() > 1e-4: raise _dcm_error(names[k], f'pixel spacing {psp[k].tolist()} differs from {psp[0].tolist()} ({names[0]})')
+        if np.abs(iop[k] - iop[0]).max() > 1e-4:
+            raise _dcm_error(
+                names[k],
+                f'orientation {iop[k].round(4).tolist()} differs from {iop[0].round(4).tolist()} ({names[0]})',
+            )
+        if sl[k][1].shape != sl[0][1].shape:
+            raise _dcm_error(
+                names[k], f'{sl[k][1].shape} pixels, but {sl[0][1].shape} in {names[0]}'
+            )
+        if np.abs(psp[k] - psp[0]).max() > 1e-4:
+            raise _dcm_error(
+                names[k],
+                f'pixel spacing {psp[k].tolist()} differs from {psp[0].tolist()} ({names[0]})',
+            )
+
 
 def _slice_order(iop, ipp: np.ndarray, names: list, ds0) -> tuple:
     "Slice order along the normal, slice spacing and the row/column/normal directions; `CohortError` if the slices do not make one even stack."
-    row, col = iop[:3]/np.linalg.norm(iop[:3]), iop[3:]/np.linalg.norm(iop[3:])
-    if abs(np.dot(row, col)) > 1e-3: raise _dcm_error(names[0], 'ImageOrientationPatient rows and columns are not orthogonal')
-    nrm = np.cross(row, col); pos = ipp @ nrm; order = np.argsort(pos, kind='stable'); gaps = np.diff(pos[order])
-    if not len(gaps): return order, float(ds0.get('SpacingBetweenSlices') or ds0.get('SliceThickness') or 1.0), (row, col, nrm)
+    row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+    if abs(np.dot(row, col)) > 1e-3:
+        raise _dcm_error(names[0], 'ImageOrientationPatient rows and columns are not orthogonal')
+    nrm = np.cross(row, col)
+    pos = ipp @ nrm
+    order = np.argsort(pos, kind='stable')
+    gaps = np.diff(pos[order])
+    if not len(gaps):
+        return (
+            order,
+            float(ds0.get('SpacingBetweenSlices') or ds0.get('SliceThickness') or 1.0),
+            (row, col, nrm),
+        )
     dz = float(np.median(gaps))
     for g, a, b in zip(gaps, order[:-1], order[1:]):
-        if g < 1e-3: raise _dcm_error(names[b], f'same slice position as {names[a]} (several volumes in one series — echoes, phases? — are not supported)')
-        if abs(g - dz) > max(1e-2, 1e-2*dz): raise _dcm_error(names[b], f'slice spacing {g:.3f} mm to {names[a]} differs from {dz:.3f} mm (a missing or extra slice?)')
-    off = np.linalg.norm(ipp[order] - ipp[order[0]] - np.outer(pos[order] - pos[order[0]], nrm), axis=1)
-    if off.max() > max(1e-2, 1e-2*dz): raise _dcm_error(names[order[int(np.argmax(off))]], 'slices are not stacked along the slice normal (gantry tilt or mixed stacks)')
+        if g < 1e-3:
+            raise _dcm_error(
+                names[b],
+                f'same slice position as {names[a]} (several volumes in one series — echoes, phases? — are not supported)',
+            )
+        if abs(g - dz) > max(1e-2, 1e-2 * dz):
+            raise _dcm_error(
+                names[b],
+                f'slice spacing {g:.3f} mm to {names[a]} differs from {dz:.3f} mm (a missing or extra slice?)',
+            )
+    off = np.linalg.norm(
+        ipp[order] - ipp[order[0]] - np.outer(pos[order] - pos[order[0]], nrm), axis=1
+    )
+    if off.max() > max(1e-2, 1e-2 * dz):
+        raise _dcm_error(
+            names[order[int(np.argmax(off))]],
+            'slices are not stacked along the slice normal (gantry tilt or mixed stacks)',
+        )
     return order, dz, (row, col, nrm)
 
 # %% ../nbs/04c_dicom.ipynb #728af4dd
-def dicom_volume(files, names=None) -> tuple[np.ndarray, np.ndarray]: # the files of one series; how to name them in errors
+def dicom_volume(
+    files,  # the files of one series
+    names=None,  # how to name them in errors
+) -> tuple[np.ndarray, np.ndarray]:
     "Read a single-frame DICOM series into voxels (column, row, slice) and a RAS affine; `CohortError` naming the file at fault."
     names = [str(f) for f in files] if names is None else list(names)
     sl = [_read_dicom_slice(f, n) for f, n in zip(files, names)]
@@ -110,112 +189,261 @@ def dicom_volume(files, names=None) -> tuple[np.ndarray, np.ndarray]: # the file
     _same_grid(sl, iop, psp, names)
     order, dz, (row, col, nrm) = _slice_order(iop[0], ipp, names, sl[0][0])
     exact = all(s == (1.0, 0.0) for _, _, s in sl)
-    data = np.stack([(px if exact else px.astype(np.float32)*s[0] + s[1]).T for (_, px, s) in (sl[i] for i in order)], axis=2)
+    data = np.stack(
+        [
+            (px if exact else px.astype(np.float32) * s[0] + s[1]).T
+            for (_, px, s) in (sl[i] for i in order)
+        ],
+        axis=2,
+    )
     (dr, dc), lps = psp[0], np.eye(4)
-    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row*dc, col*dr, nrm*dz, ipp[order[0]]
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * dc, col * dr, nrm * dz, ipp[order[0]]
     return (data if exact else data.astype(np.float32)), LPS @ lps
 
 # %% ../nbs/04c_dicom.ipynb #9db99ec7
-_MAP_KEYS = ('patients', 'timepoints', 'sequences', 'ignore', 'series', 'masks', 'clinical', 'labs', 'salt')
+_MAP_KEYS = (
+    'patients',
+    'timepoints',
+    'sequences',
+    'ignore',
+    'series',
+    'masks',
+    'clinical',
+    'labs',
+    'salt',
+)
+
 
 @dataclass
 class DicomMap:
     "How DICOM series become (patient, timepoint, sequence); read from a mapping file by `read_dicom_map`."
-    patients: dict | str | None = None   # {PatientID: pseudonym}, 'keep' (ids already pseudonymous), or None (salted hash)
-    timepoints: list | dict | None = None # names in study-date order, or {StudyInstanceUID or StudyDate: name}
-    sequences: dict = field(default_factory=dict)  # {sequence: [compiled regex, ...]}, matched on SeriesDescription
-    ignore: list = field(default_factory=list)     # compiled regexes of descriptions to skip silently
-    series: dict = field(default_factory=dict)     # {SeriesInstanceUID: 'skip' or {'patient'?, 'timepoint'?, 'sequence'?, 'mask'?}}
-    masks: dict = field(default_factory=dict)      # {patient: {timepoint: Path or {sequence: Path}}}
+
+    patients: dict | str | None = (
+        None  # {PatientID: pseudonym}, 'keep' (ids already pseudonymous), or None (salted hash)
+    )
+    timepoints: list | dict | None = (
+        None  # names in study-date order, or {StudyInstanceUID or StudyDate: name}
+    )
+    sequences: dict = field(
+        default_factory=dict
+    )  # {sequence: [compiled regex, ...]}, matched on SeriesDescription
+    ignore: list = field(default_factory=list)  # compiled regexes of descriptions to skip silently
+    series: dict = field(
+        default_factory=dict
+    )  # {SeriesInstanceUID: 'skip' or {'patient'?, 'timepoint'?, 'sequence'?, 'mask'?}}
+    masks: dict = field(default_factory=dict)  # {patient: {timepoint: Path or {sequence: Path}}}
     clinical: Path | None = None
     labs: Path | None = None
     salt: str | None = None
-    def __repr__(self):   # compact, and never shows the salt
-        pat = 'salted hash of the PatientID' if self.patients is None else self.patients if isinstance(self.patients, str) else f'table of {len(self.patients)}'
-        tps = f'{self.timepoints} by study date' if isinstance(self.timepoints, list) else f'table of {len(self.timepoints or {})} studies'
-        parts = [f'patients: {pat}', f'timepoints: {tps}', 'sequences: ' + ', '.join(f"{s} <- {' | '.join(r.pattern for r in rx)}" for s, rx in self.sequences.items())]
-        if self.ignore: parts.append('ignore: ' + ' | '.join(r.pattern for r in self.ignore))
-        if self.series: parts.append(f'series overrides: {len(self.series)}')
-        if self.masks: parts.append(f'masks: {sum(len(v) for v in self.masks.values())} exam(s)')
-        return 'DicomMap(' + '; '.join(parts + [f'{k}: {getattr(self, k).name}' for k in ('clinical', 'labs') if getattr(self, k)]) + ')'
+
+    def __repr__(self):  # compact, and never shows the salt
+        pat = (
+            'salted hash of the PatientID'
+            if self.patients is None
+            else self.patients
+            if isinstance(self.patients, str)
+            else f'table of {len(self.patients)}'
+        )
+        tps = (
+            f'{self.timepoints} by study date'
+            if isinstance(self.timepoints, list)
+            else f'table of {len(self.timepoints or {})} studies'
+        )
+        parts = [
+            f'patients: {pat}',
+            f'timepoints: {tps}',
+            'sequences: '
+            + ', '.join(
+                f"{s} <- {' | '.join(r.pattern for r in rx)}" for s, rx in self.sequences.items()
+            ),
+        ]
+        if self.ignore:
+            parts.append('ignore: ' + ' | '.join(r.pattern for r in self.ignore))
+        if self.series:
+            parts.append(f'series overrides: {len(self.series)}')
+        if self.masks:
+            parts.append(f'masks: {sum(len(v) for v in self.masks.values())} exam(s)')
+        return (
+            'DicomMap('
+            + '; '.join(
+                parts
+                + [
+                    f'{k}: {getattr(self, k).name}'
+                    for k in ('clinical', 'labs')
+                    if getattr(self, k)
+                ]
+            )
+            + ')'
+        )
 
 # %% ../nbs/04c_dicom.ipynb #39b5a8b3
 def _strs(o):
     "Every scalar of a parsed JSON/YAML document as a string (ids and dates keep their exact spelling)."
-    if isinstance(o, dict): return {str(k): _strs(v) for k, v in o.items()}
-    if isinstance(o, list): return [_strs(v) for v in o]
+    if isinstance(o, dict):
+        return {str(k): _strs(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_strs(v) for v in o]
     return o if o is None or isinstance(o, str) else str(o)
 
 # %% ../nbs/04c_dicom.ipynb #391679e6
 def _map_who_when(raw: dict, m: DicomMap, errs: list):
     "Read `patients` and `timepoints` into `m`; collect errors."
     p = raw.get('patients')
-    if isinstance(p, dict): errs += [f'patients: pseudonym of {k!r}: {b}' for k, v in p.items() if (b := _bad_name(v, 'patient id'))]
-    elif p not in (None, 'keep'): errs.append("patients: give a table {PatientID: pseudonym} or 'keep'")
+    if isinstance(p, dict):
+        errs += [
+            f'patients: pseudonym of {k!r}: {b}'
+            for k, v in p.items()
+            if (b := _bad_name(v, 'patient id'))
+        ]
+    elif p not in (None, 'keep'):
+        errs.append("patients: give a table {PatientID: pseudonym} or 'keep'")
     m.patients = p if isinstance(p, dict) or p in (None, 'keep') else None
     t = raw.get('timepoints')
     if isinstance(t, (list, dict)) and t:
         vals = t if isinstance(t, list) else list(t.values())
         errs += [f'timepoints: {b}' for v in vals if (b := _bad_name(v, 'timepoint'))]
-        if isinstance(t, list) and len(set(t)) != len(t): errs.append(f'timepoints: duplicate names in {t}')
-        m.timepoints = t if isinstance(t, list) else {k.replace('-', '') if re.fullmatch(r'\d{4}-\d\d-\d\d', k) else k: v for k, v in t.items()}
-    elif t is not None: errs.append('timepoints: give a list of names or a table {StudyInstanceUID or StudyDate: name}')
+        if isinstance(t, list) and len(set(t)) != len(t):
+            errs.append(f'timepoints: duplicate names in {t}')
+        m.timepoints = (
+            t
+            if isinstance(t, list)
+            else {
+                k.replace('-', '') if re.fullmatch(r'\d{4}-\d\d-\d\d', k) else k: v
+                for k, v in t.items()
+            }
+        )
+    elif t is not None:
+        errs.append(
+            'timepoints: give a list of names or a table {StudyInstanceUID or StudyDate: name}'
+        )
 
 # %% ../nbs/04c_dicom.ipynb #73935bd0
 def _map_what(raw: dict, root: Path, m: DicomMap, errs: list):
     "Read `sequences`, `ignore` and `series` into `m`; collect errors."
     s = raw.get('sequences') or {}
-    if not isinstance(s, dict): errs.append('sequences: give a table {sequence: regex or [regex, ...]}'); s = {}
+    if not isinstance(s, dict):
+        errs.append('sequences: give a table {sequence: regex or [regex, ...]}')
+        s = {}
     for name, rxs in s.items():
-        if (b := _bad_name(name, 'sequence')): errs.append(f'sequences: {b}'); continue
-        try: m.sequences[name] = [re.compile(r, re.I) for r in ([rxs] if isinstance(rxs, str) else rxs or [])]
-        except (re.error, TypeError) as e: errs.append(f'sequences: {name}: bad regex ({e})')
-    try: m.ignore = [re.compile(r, re.I) for r in ([raw['ignore']] if isinstance(raw.get('ignore'), str) else raw.get('ignore') or [])]
-    except (re.error, TypeError) as e: errs.append(f'ignore: bad regex ({e})')
+        if b := _bad_name(name, 'sequence'):
+            errs.append(f'sequences: {b}')
+            continue
+        try:
+            m.sequences[name] = [
+                re.compile(r, re.I) for r in ([rxs] if isinstance(rxs, str) else rxs or [])
+            ]
+        except (re.error, TypeError) as e:
+            errs.append(f'sequences: {name}: bad regex ({e})')
+    try:
+        m.ignore = [
+            re.compile(r, re.I)
+            for r in (
+                [raw['ignore']] if isinstance(raw.get('ignore'), str) else raw.get('ignore') or []
+            )
+        ]
+    except (re.error, TypeError) as e:
+        errs.append(f'ignore: bad regex ({e})')
     for uid, v in (raw.get('series') or {}).items():
         v = {'sequence': v} if isinstance(v, str) and v != 'skip' else v
-        if v != 'skip' and not (isinstance(v, dict) and set(v) <= {'patient', 'timepoint', 'sequence', 'mask'}):
-            errs.append(f'series {uid}: give skip, a sequence, or {{patient, timepoint, sequence, mask}}'); continue
-        for k, what in (('patient', 'patient id'), ('timepoint', 'timepoint'), ('sequence', 'sequence')):
-            if isinstance(v, dict) and v.get(k) and (b := _bad_name(v[k], what)): errs.append(f'series {uid}: {b}')
-        m.series[uid] = v | {'mask': root/v['mask']} if isinstance(v, dict) and v.get('mask') else v
+        if v != 'skip' and not (
+            isinstance(v, dict) and set(v) <= {'patient', 'timepoint', 'sequence', 'mask'}
+        ):
+            errs.append(
+                f'series {uid}: give skip, a sequence, or {{patient, timepoint, sequence, mask}}'
+            )
+            continue
+        for k, what in (
+            ('patient', 'patient id'),
+            ('timepoint', 'timepoint'),
+            ('sequence', 'sequence'),
+        ):
+            if isinstance(v, dict) and v.get(k) and (b := _bad_name(v[k], what)):
+                errs.append(f'series {uid}: {b}')
+        m.series[uid] = (
+            v | {'mask': root / v['mask']} if isinstance(v, dict) and v.get('mask') else v
+        )
 
 # %% ../nbs/04c_dicom.ipynb #2bad0c29
 def _parse_map(raw: dict, root: Path, errs: list) -> DicomMap:
     "Check a parsed YAML/JSON mapping document; collect every error in `errs`."
     m = DicomMap()
-    errs += [f'unknown key {k!r} (known: {", ".join(_MAP_KEYS)})' for k in raw if k not in _MAP_KEYS]
-    _map_who_when(raw, m, errs); _map_what(raw, root, m, errs)
+    errs += [
+        f'unknown key {k!r} (known: {", ".join(_MAP_KEYS)})' for k in raw if k not in _MAP_KEYS
+    ]
+    _map_who_when(raw, m, errs)
+    _map_what(raw, root, m, errs)
     for pat, exams in (raw.get('masks') or {}).items():
-        ok = isinstance(exams, dict) and all(isinstance(v, str) or isinstance(v, dict) and all(isinstance(f, str) for f in v.values()) for v in exams.values())
-        if not ok: errs.append(f'masks: {pat}: give {{timepoint: path or {{sequence: path}}}}'); continue
-        m.masks[pat] = {tp: (root/v if isinstance(v, str) else {s: root/f for s, f in v.items()}) for tp, v in exams.items()}
+        ok = isinstance(exams, dict) and all(
+            isinstance(v, str)
+            or isinstance(v, dict)
+            and all(isinstance(f, str) for f in v.values())
+            for v in exams.values()
+        )
+        if not ok:
+            errs.append(f'masks: {pat}: give {{timepoint: path or {{sequence: path}}}}')
+            continue
+        m.masks[pat] = {
+            tp: (root / v if isinstance(v, str) else {s: root / f for s, f in v.items()})
+            for tp, v in exams.items()
+        }
     for k in ('clinical', 'labs'):
-        if raw.get(k): setattr(m, k, root/raw[k])
+        if raw.get(k):
+            setattr(m, k, root / raw[k])
     m.salt = raw.get('salt')
-    if m.timepoints is None and not m.series: errs.append('timepoints: missing (a list in study-date order, or a table)')
-    if not m.sequences and not m.series: errs.append('sequences: missing (rules {sequence: regex on SeriesDescription})')
+    if m.timepoints is None and not m.series:
+        errs.append('timepoints: missing (a list in study-date order, or a table)')
+    if not m.sequences and not m.series:
+        errs.append('sequences: missing (rules {sequence: regex on SeriesDescription})')
     return m
 
 # %% ../nbs/04c_dicom.ipynb #465452b6
-def read_dicom_map(path) -> DicomMap: # a YAML, JSON or CSV mapping file
+def read_dicom_map(
+    path,  # a YAML, JSON or CSV mapping file
+) -> DicomMap:
     "Read and check a DICOM mapping file; `ConfigError` listing every problem."
     path = Path(path).expanduser()
-    if not path.is_file(): raise ConfigError(f'{path}: no such mapping file')
+    if not path.is_file():
+        raise ConfigError(f'{path}: no such mapping file')
     root, errs = path.parent, []
     if path.suffix.lower() == '.csv':
         df = read_table(path, what='mapping')
-        miss = [c for c in ('SeriesInstanceUID', 'patient', 'timepoint', 'sequence') if c not in df.columns]
-        if miss: raise ConfigError(f'{path}: missing column(s) {miss} (a CSV map has SeriesInstanceUID, patient, timepoint, sequence[, mask])')
-        raw = {'series': {r['SeriesInstanceUID']: ('skip' if r['sequence'] in ('', 'skip') else
-               {k: r[k] for k in ('patient', 'timepoint', 'sequence', 'mask') if r.get(k)}) for r in df.to_dict('records')}}
+        miss = [
+            c
+            for c in ('SeriesInstanceUID', 'patient', 'timepoint', 'sequence')
+            if c not in df.columns
+        ]
+        if miss:
+            raise ConfigError(
+                f'{path}: missing column(s) {miss} (a CSV map has SeriesInstanceUID, patient, timepoint, sequence[, mask])'
+            )
+        raw = {
+            'series': {
+                r['SeriesInstanceUID']: (
+                    'skip'
+                    if r['sequence'] in ('', 'skip')
+                    else {k: r[k] for k in ('patient', 'timepoint', 'sequence', 'mask') if r.get(k)}
+                )
+                for r in df.to_dict('records')
+            }
+        }
     else:
         import yaml
-        try: raw = yaml.load(path.read_text(), Loader=yaml.BaseLoader) if path.suffix.lower() in ('.yaml', '.yml') else _strs(json.loads(path.read_text()))
-        except Exception as e: raise ConfigError(f'{path}: cannot be parsed ({type(e).__name__}: {str(e).splitlines()[0]})') from None
-        if not isinstance(raw, dict): raise ConfigError(f'{path}: the mapping must be a table (see the schema)')
+
+        try:
+            raw = (
+                yaml.load(path.read_text(), Loader=yaml.BaseLoader)
+                if path.suffix.lower() in ('.yaml', '.yml')
+                else _strs(json.loads(path.read_text()))
+            )
+        except Exception as e:
+            raise ConfigError(
+                f'{path}: cannot be parsed ({type(e).__name__}: {str(e).splitlines()[0]})'
+            ) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f'{path}: the mapping must be a table (see the schema)')
     m = _parse_map(raw, root, errs)
-    if errs: raise ConfigError([f'{path}: {e}' for e in errs])
+    if errs:
+        raise ConfigError([f'{path}: {e}' for e in errs])
     return m
 
 # %% ../nbs/04c_dicom.ipynb #7a26db34
@@ -223,69 +451,153 @@ _NON_IMAGE = {'SEG', 'RTSTRUCT', 'SR', 'PR', 'KO', 'REG', 'RTPLAN', 'RTDOSE', 'D
 
 _SOP_SEG, _SOP_DICOMDIR = '1.2.840.10008.5.1.4.1.1.66.4', '1.2.840.10008.1.3.10'
 
+
 def _header(path):
     "A DICOM header (no pixels); files without the 'DICM' preamble are accepted when they look like images."
     import pydicom
     from pydicom.errors import InvalidDicomError
+
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        try: return pydicom.dcmread(str(path), stop_before_pixels=True)
+        try:
+            return pydicom.dcmread(str(path), stop_before_pixels=True)
         except InvalidDicomError:
-            try: ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-            except Exception: ds = None
-            if ds is None or 'SOPClassUID' not in ds or 'SeriesInstanceUID' not in ds: raise InvalidDicomError('not a DICOM file') from None
+            try:
+                ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+            except Exception:
+                ds = None
+            if ds is None or 'SOPClassUID' not in ds or 'SeriesInstanceUID' not in ds:
+                raise InvalidDicomError('not a DICOM file') from None
             return ds
+
 
 def _scan_dicom(src: Path, report: ImportReport) -> dict:
     "Series found under `src`: SeriesInstanceUID -> what the assignment needs; unusable files reported; PHI collected in `report.redact`."
     from pydicom.errors import InvalidDicomError
+
     series = {}
     for f in progress(_walk(src), desc='scanning DICOM'):
         rel = f.relative_to(src).as_posix()
-        try: ds = _header(f)
-        except InvalidDicomError: report.problem(rel, '', 'not a DICOM file: skipped'); continue
-        except Exception as e: report.problem(rel, '', f'unreadable DICOM ({type(e).__name__}): skipped'); continue
+        try:
+            ds = _header(f)
+        except InvalidDicomError:
+            report.problem(rel, '', 'not a DICOM file: skipped')
+            continue
+        except Exception as e:
+            report.problem(rel, '', f'unreadable DICOM ({type(e).__name__}): skipped')
+            continue
         report.redact |= phi_values(ds)
-        if str(ds.get('SOPClassUID', '')) == _SOP_DICOMDIR: report.note(f'{rel}: DICOMDIR ignored (files are found by walking the folder)'); continue
+        if str(ds.get('SOPClassUID', '')) == _SOP_DICOMDIR:
+            report.note(f'{rel}: DICOMDIR ignored (files are found by walking the folder)')
+            continue
         uid = str(ds.get('SeriesInstanceUID', '') or '')
-        if not uid: report.problem(rel, '', 'no SeriesInstanceUID (truncated file or not an image): skipped'); continue
-        s = series.setdefault(uid, dict(uid=uid, files=[], rels=[], pids=set(), study=str(ds.get('StudyInstanceUID', '') or ''),
-                                         date=str(ds.get('StudyDate', '') or ''), desc=str(ds.get('SeriesDescription', '') or ds.get('ProtocolName', '') or ''),
-                                         number=str(ds.get('SeriesNumber', '') or '?'), modality=str(ds.get('Modality', '') or ''),
-                                         sop=str(ds.get('SOPClassUID', '')), frames=1, burned=False, image='Rows' in ds, sops={}))
+        if not uid:
+            report.problem(
+                rel, '', 'no SeriesInstanceUID (truncated file or not an image): skipped'
+            )
+            continue
+        s = series.setdefault(
+            uid,
+            dict(
+                uid=uid,
+                files=[],
+                rels=[],
+                pids=set(),
+                study=str(ds.get('StudyInstanceUID', '') or ''),
+                date=str(ds.get('StudyDate', '') or ''),
+                desc=str(ds.get('SeriesDescription', '') or ds.get('ProtocolName', '') or ''),
+                number=str(ds.get('SeriesNumber', '') or '?'),
+                modality=str(ds.get('Modality', '') or ''),
+                sop=str(ds.get('SOPClassUID', '')),
+                frames=1,
+                burned=False,
+                image='Rows' in ds,
+                sops={},
+            ),
+        )
         sop = str(ds.get('SOPInstanceUID', '') or '')
-        if sop and sop in s['sops']: report.note(f"{rel}: a copy of {s['sops'][sop]} (same SOPInstanceUID): ignored"); continue
+        if sop and sop in s['sops']:
+            report.note(f"{rel}: a copy of {s['sops'][sop]} (same SOPInstanceUID): ignored")
+            continue
         s['sops'][sop] = rel
-        s['files'].append(f); s['rels'].append(rel); s['pids'].add(str(ds.get('PatientID', '') or ''))
-        s['frames'] = max(s['frames'], int(ds.get('NumberOfFrames', 1) or 1)); s['burned'] |= str(ds.get('BurnedInAnnotation', '')).upper() == 'YES'
+        s['files'].append(f)
+        s['rels'].append(rel)
+        s['pids'].add(str(ds.get('PatientID', '') or ''))
+        s['frames'] = max(s['frames'], int(ds.get('NumberOfFrames', 1) or 1))
+        s['burned'] |= str(ds.get('BurnedInAnnotation', '')).upper() == 'YES'
     return series
 
 # %% ../nbs/04c_dicom.ipynb #5f40e14f
-def dicom_series(src) -> pd.DataFrame: # a folder of DICOM files
+def dicom_series(
+    src,  # a folder of DICOM files
+) -> pd.DataFrame:
     "The series under `src` (with identifying header values: for your eyes, to write a mapping file; never written to a cohort)."
     series = _scan_dicom(Path(src), ImportReport('DICOM'))
-    rows = [dict(PatientID=', '.join(sorted(s['pids'])), StudyDate=s['date'], StudyInstanceUID=s['study'], SeriesNumber=s['number'],
-                 SeriesDescription=s['desc'], Modality=s['modality'], files=len(s['files']), SeriesInstanceUID=s['uid']) for s in series.values()]
-    rows.sort(key=lambda r: (natural_key(r['PatientID']), r['StudyDate'], natural_key(r['SeriesNumber']), r['SeriesDescription']))
-    return pd.DataFrame(rows, columns=['PatientID', 'StudyDate', 'StudyInstanceUID', 'SeriesNumber', 'SeriesDescription', 'Modality', 'files', 'SeriesInstanceUID'])
+    rows = [
+        dict(
+            PatientID=', '.join(sorted(s['pids'])),
+            StudyDate=s['date'],
+            StudyInstanceUID=s['study'],
+            SeriesNumber=s['number'],
+            SeriesDescription=s['desc'],
+            Modality=s['modality'],
+            files=len(s['files']),
+            SeriesInstanceUID=s['uid'],
+        )
+        for s in series.values()
+    ]
+    rows.sort(
+        key=lambda r: (
+            natural_key(r['PatientID']),
+            r['StudyDate'],
+            natural_key(r['SeriesNumber']),
+            r['SeriesDescription'],
+        )
+    )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            'PatientID',
+            'StudyDate',
+            'StudyInstanceUID',
+            'SeriesNumber',
+            'SeriesDescription',
+            'Modality',
+            'files',
+            'SeriesInstanceUID',
+        ],
+    )
 
 # %% ../nbs/04c_dicom.ipynb #c8fd7f40
 def _not_a_volume(s: dict) -> str | None:
     "Why a series cannot be imported as a volume (None if it can)."
     if s['modality'] == 'SEG' or s['sop'] == _SOP_SEG:
         return 'DICOM SEG is not supported: export the segmentation as NIfTI (3D Slicer, ITK-SNAP) and list it under masks in the map'
-    if s['modality'] in _NON_IMAGE or not s['image']: return f"not an image series (modality {s['modality'] or '?'})"
-    if s['frames'] > 1: return 'multi-frame (enhanced) DICOM is not supported: convert it with dcm2niix and use `import nifti`'
-    if s['burned']: return 'BurnedInAnnotation is YES (identifying text in the pixels?)'
-    if len(s['pids']) != 1: return f"{len(s['pids'])} different PatientIDs in one series"
+    if s['modality'] in _NON_IMAGE or not s['image']:
+        return f"not an image series (modality {s['modality'] or '?'})"
+    if s['frames'] > 1:
+        return 'multi-frame (enhanced) DICOM is not supported: convert it with dcm2niix and use `import nifti`'
+    if s['burned']:
+        return 'BurnedInAnnotation is YES (identifying text in the pixels?)'
+    if len(s['pids']) != 1:
+        return f"{len(s['pids'])} different PatientIDs in one series"
+
 
 def _patient_of(raw: str, m: DicomMap, salt: str | None) -> tuple:
     "(patient id, None), or (None, why not) for a PatientID."
-    if not raw: return None, 'no PatientID'
-    if m.patients == 'keep': pid = raw
-    elif isinstance(m.patients, dict) and raw in m.patients: pid = m.patients[raw]
-    elif salt: pid = pseudonym(raw, salt)
-    else: return None, 'patient not in the pseudonym table of the map, and no --salt to hash the PatientID'
+    if not raw:
+        return None, 'no PatientID'
+    if m.patients == 'keep':
+        pid = raw
+    elif isinstance(m.patients, dict) and raw in m.patients:
+        pid = m.patients[raw]
+    elif salt:
+        pid = pseudonym(raw, salt)
+    else:
+        return (
+            None,
+            'patient not in the pseudonym table of the map, and no --salt to hash the PatientID',
+        )
     return (None, b) if (b := _bad_name(pid, 'patient id')) else (pid, None)
 
 # %% ../nbs/04c_dicom.ipynb #39bb175e
@@ -293,50 +605,104 @@ def _timepoint_of(s: dict, dates: list, m: DicomMap) -> tuple:
     "(timepoint, None), or (None, why not) for a series, given its patient's sorted study dates."
     if isinstance(m.timepoints, dict):
         tp = m.timepoints.get(s['study']) or m.timepoints.get(s['date'])
-        return (tp, None) if tp else (None, 'neither its StudyInstanceUID nor its StudyDate is in the timepoints table')
-    if not isinstance(m.timepoints, list): return None, 'no timepoint rule in the map'
-    if not s['date']: return None, 'no StudyDate to order the studies by (give a timepoints table keyed by StudyInstanceUID)'
+        return (
+            (tp, None)
+            if tp
+            else (None, 'neither its StudyInstanceUID nor its StudyDate is in the timepoints table')
+        )
+    if not isinstance(m.timepoints, list):
+        return None, 'no timepoint rule in the map'
+    if not s['date']:
+        return (
+            None,
+            'no StudyDate to order the studies by (give a timepoints table keyed by StudyInstanceUID)',
+        )
     k = dates.index(s['date'])
-    if k >= len(m.timepoints): return None, f'study date #{k + 1} of this patient, but the map names {len(m.timepoints)} timepoints'
+    if k >= len(m.timepoints):
+        return (
+            None,
+            f'study date #{k + 1} of this patient, but the map names {len(m.timepoints)} timepoints',
+        )
     return m.timepoints[k], None
+
 
 def _sequence_of(desc: str, m: DicomMap) -> tuple:
     "(sequence, None), or (None, why not) for a series description."
     hits = [q for q, rxs in m.sequences.items() if any(r.search(desc) for r in rxs)]
-    if not hits: return None, f'no sequence rule matches the description {desc!r}: unassigned'
-    if len(hits) > 1: return None, f"the description {desc!r} matches several sequence rules ({', '.join(hits)}): unassigned"
+    if not hits:
+        return None, f'no sequence rule matches the description {desc!r}: unassigned'
+    if len(hits) > 1:
+        return (
+            None,
+            f"the description {desc!r} matches several sequence rules ({', '.join(hits)}): unassigned",
+        )
     return hits[0], None
 
 # %% ../nbs/04c_dicom.ipynb #e0104a8a
 def _drop_collisions(out: dict, series: dict, report: ImportReport) -> dict:
     "Report (and drop) every series that shares its (patient, timepoint, sequence) with another."
     by = {}
-    for uid, key in out.items(): by.setdefault(key, []).append(uid)
+    for uid, key in out.items():
+        by.setdefault(key, []).append(uid)
     for key, uids in by.items():
-        for u in (uids if len(uids) > 1 else []):
-            report.problem(_files_label(series[u]['rels']), f"series {series[u]['number']} {series[u]['desc']!r}",
-                           f'{len(uids)} series are assigned to patient {key[0]}, {key[1]}/{key[2]}: none imported (refine the rules or list the series under `series:`)')
+        for u in uids if len(uids) > 1 else []:
+            report.problem(
+                _files_label(series[u]['rels']),
+                f"series {series[u]['number']} {series[u]['desc']!r}",
+                f'{len(uids)} series are assigned to patient {key[0]}, {key[1]}/{key[2]}: none imported (refine the rules or list the series under `series:`)',
+            )
             out.pop(u)
     return out
+
 
 def _assign(series: dict, m: DicomMap, salt: str | None, report: ImportReport) -> tuple[dict, dict]:
     "SeriesInstanceUID -> (patient, timepoint, sequence) for the series that can be imported (the others reported), and PatientID -> patient id."
     pid_of, todo, ignored, out = {}, {}, {}, {}
     for uid, s in series.items():
-        ent, fl, wh = m.series.get(uid, {}), _files_label(s['rels']), f"series {s['number']} {s['desc']!r}"
-        if ent == 'skip': report.note(f'{fl}: skipped as the map says'); continue
-        if (why := _not_a_volume(s)): report.problem(fl, wh, why + ': skipped'); continue
-        if not ent and any(r.search(s['desc']) for r in m.ignore): ignored[s['desc']] = ignored.get(s['desc'], 0) + 1; continue
-        raw = next(iter(s['pids'])); pid, why = (ent['patient'], None) if ent.get('patient') else _patient_of(raw, m, salt)
-        if why: report.problem(fl, wh, why + ': skipped'); continue
-        pid_of[raw] = pid; todo[uid] = (pid, ent, fl, f'{wh}, patient {pid}')
-    if ignored: report.note(f"{sum(ignored.values())} series ignored as the map says: " + ', '.join(f'{d!r} ({n})' for d, n in ignored.items()))
+        ent, fl, wh = (
+            m.series.get(uid, {}),
+            _files_label(s['rels']),
+            f"series {s['number']} {s['desc']!r}",
+        )
+        if ent == 'skip':
+            report.note(f'{fl}: skipped as the map says')
+            continue
+        if why := _not_a_volume(s):
+            report.problem(fl, wh, why + ': skipped')
+            continue
+        if not ent and any(r.search(s['desc']) for r in m.ignore):
+            ignored[s['desc']] = ignored.get(s['desc'], 0) + 1
+            continue
+        raw = next(iter(s['pids']))
+        pid, why = (ent['patient'], None) if ent.get('patient') else _patient_of(raw, m, salt)
+        if why:
+            report.problem(fl, wh, why + ': skipped')
+            continue
+        pid_of[raw] = pid
+        todo[uid] = (pid, ent, fl, f'{wh}, patient {pid}')
+    if ignored:
+        report.note(
+            f"{sum(ignored.values())} series ignored as the map says: "
+            + ', '.join(f'{d!r} ({n})' for d, n in ignored.items())
+        )
     dates = {}
-    for uid, (pid, *_) in todo.items(): dates.setdefault(pid, set()).add(series[uid]['date'])
+    for uid, (pid, *_) in todo.items():
+        dates.setdefault(pid, set()).add(series[uid]['date'])
     for uid, (pid, ent, fl, wh) in todo.items():
-        tp, why = (ent['timepoint'], None) if ent.get('timepoint') else _timepoint_of(series[uid], sorted(dates[pid] - {''}), m)
-        if not why: seq, why = (ent['sequence'], None) if ent.get('sequence') else _sequence_of(series[uid]['desc'], m)
-        if why: report.problem(fl, wh, why + ': skipped'); continue
+        tp, why = (
+            (ent['timepoint'], None)
+            if ent.get('timepoint')
+            else _timepoint_of(series[uid], sorted(dates[pid] - {''}), m)
+        )
+        if not why:
+            seq, why = (
+                (ent['sequence'], None)
+                if ent.get('sequence')
+                else _sequence_of(series[uid]['desc'], m)
+            )
+        if why:
+            report.problem(fl, wh, why + ': skipped')
+            continue
         out[uid] = (pid, tp, seq)
     return _drop_collisions(out, series, report), pid_of
 
@@ -344,11 +710,23 @@ def _assign(series: dict, m: DicomMap, salt: str | None, report: ImportReport) -
 def _write_dicom(w, series, assigned, m, report) -> dict:
     "Read and write every assigned series; return (patient, timepoint) -> {sequence: (shape, affine)}."
     grids = {}
-    for uid, (pid, tp, seq) in progress(sorted(assigned.items(), key=lambda kv: tuple(map(natural_key, kv[1]))), desc='reading series'):
-        s = series[uid]; wh = f"series {s['number']} {s['desc']!r}, patient {pid}, {tp}/{seq}"
-        try: data, aff = dicom_volume(s['files'], s['rels'])
-        except CohortError as e: report.problem(getattr(e, 'file', _files_label(s['rels'])), wh, f"{getattr(e, 'what', e)}: series not imported"); continue
-        w.image(pid, tp, seq, data, aff); report.counts['volumes'] = report.counts.get('volumes', 0) + 1
+    for uid, (pid, tp, seq) in progress(
+        sorted(assigned.items(), key=lambda kv: tuple(map(natural_key, kv[1]))),
+        desc='reading series',
+    ):
+        s = series[uid]
+        wh = f"series {s['number']} {s['desc']!r}, patient {pid}, {tp}/{seq}"
+        try:
+            data, aff = dicom_volume(s['files'], s['rels'])
+        except CohortError as e:
+            report.problem(
+                getattr(e, 'file', _files_label(s['rels'])),
+                wh,
+                f"{getattr(e, 'what', e)}: series not imported",
+            )
+            continue
+        w.image(pid, tp, seq, data, aff)
+        report.counts['volumes'] = report.counts.get('volumes', 0) + 1
         grids.setdefault((pid, tp), {})[seq] = (data.shape, aff)
     return grids
 
@@ -356,57 +734,128 @@ def _write_dicom(w, series, assigned, m, report) -> dict:
 def _dicom_masks(w, assigned, grids, m, pid_of, report):
     "Write the masks the map lists (per exam, per sequence, per series)."
     import nibabel as nib
+
     want = {}
     for pat, exams in m.masks.items():
         pid = pid_of.get(pat, pat)
         for tp, v in exams.items():
-            for seq, f in ({None: v} if isinstance(v, Path) else v).items(): want.setdefault((pid, tp), {})[seq] = f
+            for seq, f in ({None: v} if isinstance(v, Path) else v).items():
+                want.setdefault((pid, tp), {})[seq] = f
     for uid, ent in m.series.items():
         if isinstance(ent, dict) and ent.get('mask') and uid in assigned:
-            pid, tp, seq = assigned[uid]; want.setdefault((pid, tp), {})[seq] = ent['mask']
+            pid, tp, seq = assigned[uid]
+            want.setdefault((pid, tp), {})[seq] = ent['mask']
     n = 0
     for (pid, tp), ms in want.items():
         loaded = {}
         for seq, f in ms.items():
             label = f.name
-            if (pid, tp) not in grids: report.problem(label, f'patient {pid}, {tp}', 'mask for an exam that was not imported: not written'); continue
+            if (pid, tp) not in grids:
+                report.problem(
+                    label,
+                    f'patient {pid}, {tp}',
+                    'mask for an exam that was not imported: not written',
+                )
+                continue
             if f.is_file() and (f.suffix.lower() == '.dcm' or f.read_bytes()[128:132] == b'DICM'):
-                report.problem(label, f'patient {pid}, {tp}', 'a DICOM mask (SEG) is not supported: export the segmentation as NIfTI (3D Slicer, ITK-SNAP)'); continue
-            try: loaded[seq] = (label, nib.load(str(f)))
-            except Exception as e: report.problem(label, f'patient {pid}, {tp}', f'unreadable mask ({type(e).__name__}): not written')
-        if loaded: n += _write_masks(w, pid, tp, loaded, grids[(pid, tp)], report)
+                report.problem(
+                    label,
+                    f'patient {pid}, {tp}',
+                    'a DICOM mask (SEG) is not supported: export the segmentation as NIfTI (3D Slicer, ITK-SNAP)',
+                )
+                continue
+            try:
+                loaded[seq] = (label, nib.load(str(f)))
+            except Exception as e:
+                report.problem(
+                    label,
+                    f'patient {pid}, {tp}',
+                    f'unreadable mask ({type(e).__name__}): not written',
+                )
+        if loaded:
+            n += _write_masks(w, pid, tp, loaded, grids[(pid, tp)], report)
     report.counts['masks'] = n
 
 # %% ../nbs/04c_dicom.ipynb #7b57d508
-def import_dicom(src, out, mapping, # a folder of DICOM files (never modified); the cohort folder to create; the mapping file
-                 overwrite: bool = False, salt: str | None = None, # replace OUT?; secret for hashed ids (else the map's `salt`)
-                 name: str | None = None) -> ImportReport: # the cohort's name (default: OUT's folder name)
+def import_dicom(
+    src,  # a folder of DICOM files (never modified)
+    out,  # the cohort folder to create
+    mapping,  # the mapping file
+    overwrite: bool = False,  # replace OUT?
+    salt: str | None = None,  # secret for hashed ids (else the map's `salt`)
+    name: str | None = None,  # the cohort's name (default: OUT's folder name)
+) -> ImportReport:
     "Import DICOM series into a new, de-identified cohort; return the import report."
     src = _source(src, out, overwrite)
     m = read_dicom_map(mapping)
     salt = salt or m.salt
-    if salt and len(salt) < MIN_SALT: raise ConfigError(f'the salt must be a secret of at least {MIN_SALT} characters')
+    if salt and len(salt) < MIN_SALT:
+        raise ConfigError(f'the salt must be a secret of at least {MIN_SALT} characters')
     report = ImportReport('DICOM series')
     series = _scan_dicom(src, report)
-    if not series: raise LiverPcrError(f'{src}: no DICOM series found ({len(report.problems)} file(s) could not be used)')
+    if not series:
+        raise LiverPcrError(
+            f'{src}: no DICOM series found ({len(report.problems)} file(s) could not be used)'
+        )
     assigned, pid_of = _assign(series, m, salt, report)
-    if not assigned: raise _fatal(report, f'{src}: no series could be assigned by the map {mapping}: nothing imported')
+    if not assigned:
+        raise _fatal(
+            report, f'{src}: no series could be assigned by the map {mapping}: nothing imported'
+        )
     with _writer(out, src, overwrite) as w:
         grids = _write_dicom(w, series, assigned, m, report)
-        if not grids: raise _fatal(report, f'{src}: no series could be read: nothing imported')
+        if not grids:
+            raise _fatal(report, f'{src}: no series could be read: nothing imported')
         _dicom_masks(w, assigned, grids, m, pid_of, report)
         ids = {pid for pid, _ in grids}
         to_id = pid_of | {p: p for p in ids}
         clin = read_table(m.clinical, what='clinical') if m.clinical else None
-        if clin is None: report.note('no clinical table in the map: labels (pcr) left empty')
-        pt = _patients_table(ids, clin, report, m.clinical.name if m.clinical else 'clinical', to_id=to_id, show=False)
-        for c in [c for c in pt.columns[2:] if c != 'fold' and pt[c].astype(str).str.lower().isin({v.lower() for v in report.redact}).any()]:
-            report.problem(m.clinical.name, f'column {c!r}', 'holds values found in identifying DICOM header fields: not copied'); pt = pt.drop(columns=c)
-        labs = _labs_table(read_table(m.labs, what='labs'), ids, report, m.labs.name, to_id=to_id, show=False) if m.labs else None
-        tps = ordered_names({tp for _, tp in grids} | (set(labs.timepoint) if labs is not None else set()),
-                       m.timepoints if isinstance(m.timepoints, list) else list((m.timepoints or {}).values()))
+        if clin is None:
+            report.note('no clinical table in the map: labels (pcr) left empty')
+        pt = _patients_table(
+            ids,
+            clin,
+            report,
+            m.clinical.name if m.clinical else 'clinical',
+            to_id=to_id,
+            show=False,
+        )
+        for c in [
+            c
+            for c in pt.columns[2:]
+            if c != 'fold'
+            and pt[c].astype(str).str.lower().isin({v.lower() for v in report.redact}).any()
+        ]:
+            report.problem(
+                m.clinical.name,
+                f'column {c!r}',
+                'holds values found in identifying DICOM header fields: not copied',
+            )
+            pt = pt.drop(columns=c)
+        labs = (
+            _labs_table(
+                read_table(m.labs, what='labs'), ids, report, m.labs.name, to_id=to_id, show=False
+            )
+            if m.labs
+            else None
+        )
+        tps = ordered_names(
+            {tp for _, tp in grids} | (set(labs.timepoint) if labs is not None else set()),
+            m.timepoints if isinstance(m.timepoints, list) else list((m.timepoints or {}).values()),
+        )
         seqs = ordered_names({s for g in grids.values() for s in g}, m.sequences)
         report.redact -= ids | set(tps) | set(seqs)
-        _finish(w, report, pt, labs, dict(name=name or Path(out).name, timepoints=tps, sequences=seqs, label='pcr',
-                description='imported from DICOM by liver_pcr.importers (pseudonymous ids; no header text)'))
+        _finish(
+            w,
+            report,
+            pt,
+            labs,
+            dict(
+                name=name or Path(out).name,
+                timepoints=tps,
+                sequences=seqs,
+                label='pcr',
+                description='imported from DICOM by liver_pcr.importers (pseudonymous ids; no header text)',
+            ),
+        )
     return report

@@ -21,36 +21,66 @@ __all__ = ['ImportReport', 'fit_mask']
 @dataclass
 class ImportReport:
     "What an import wrote, what it could not use and why."
-    source: str                                    # what was imported, e.g. 'DICOM series'
-    problems: list = field(default_factory=list)   # `Problem`s: inputs skipped or inconsistent (file relative to SRC)
-    notes: list = field(default_factory=list)      # remarks that need no action
-    counts: dict = field(default_factory=dict)     # what was written: patients, volumes, masks
-    out: Path | None = None                        # the cohort folder written
+
+    source: str  # what was imported, e.g. 'DICOM series'
+    problems: list = field(
+        default_factory=list
+    )  # `Problem`s: inputs skipped or inconsistent (file relative to SRC)
+    notes: list = field(default_factory=list)  # remarks that need no action
+    counts: dict = field(default_factory=dict)  # what was written: patients, volumes, masks
+    out: Path | None = None  # the cohort folder written
     redact: set = field(default_factory=set, repr=False)  # identifying strings never to show
-    def problem(self, file, where, what): self.problems.append(Problem(str(file), str(where), str(what)))
-    def note(self, what): self.notes.append(str(what))
+
+    def problem(self, file, where, what):
+        self.problems.append(Problem(str(file), str(where), str(what)))
+
+    def note(self, what):
+        self.notes.append(str(what))
+
     @property
-    def exit_code(self) -> int: return 1 if self.problems else 0
+    def exit_code(self) -> int:
+        return 1 if self.problems else 0
+
     @property
-    def status(self) -> str: return f'imported with {len(self.problems)} problem(s)' if self.problems else 'imported with no problem'
+    def status(self) -> str:
+        return (
+            f'imported with {len(self.problems)} problem(s)'
+            if self.problems
+            else 'imported with no problem'
+        )
+
     def text(self) -> str:
         "The report as text: what was written, notes, problems, and the status line."
         c = self.counts
-        lines = [f"import of {self.source}" + (f" into {self.out.name}" if self.out else ''),
-                 f"wrote {c.get('patients', 0)} patient(s), {c.get('volumes', 0)} volume(s), {c.get('masks', 0)} mask(s)"]
+        lines = [
+            f"import of {self.source}" + (f" into {self.out.name}" if self.out else ''),
+            f"wrote {c.get('patients', 0)} patient(s), {c.get('volumes', 0)} volume(s), {c.get('masks', 0)} mask(s)",
+        ]
         lines += [f'note: {n}' for n in self.notes]
-        if self.problems: lines += [f'{len(self.problems)} problem(s) (these inputs were skipped or are inconsistent):'] + [f'  {p}' for p in self.problems]
+        if self.problems:
+            lines += [
+                f'{len(self.problems)} problem(s) (these inputs were skipped or are inconsistent):'
+            ] + [f'  {p}' for p in self.problems]
         return redact('\n'.join(lines + [self.status]), self.redact)
-    def __str__(self): return self.text()
+
+    def __str__(self):
+        return self.text()
 
 # %% ../nbs/04b_import_base.ipynb #2e5d9fd6
 def _source(src, out, overwrite: bool) -> Path:
     "Check the source folder and the output path; return the source."
     src = Path(src).expanduser()
-    if not src.is_dir(): raise ConfigError(f'{src}: no such folder')
+    if not src.is_dir():
+        raise ConfigError(f'{src}: no such folder')
     o = Path(out).expanduser()
-    if is_inside(o, src): raise ConfigError(f'{o}: is inside the source folder {src} (an import never writes into its source)')
-    if is_inside(src, o): raise ConfigError(f'{o}: contains the source folder {src} (refusing to write over the source)')
+    if is_inside(o, src):
+        raise ConfigError(
+            f'{o}: is inside the source folder {src} (an import never writes into its source)'
+        )
+    if is_inside(src, o):
+        raise ConfigError(
+            f'{o}: contains the source folder {src} (refusing to write over the source)'
+        )
     check_out_path(o, overwrite=overwrite)
     return src
 
@@ -61,31 +91,46 @@ def _writer(out, src, overwrite: bool):
     out = Path(out).expanduser().absolute()
     made = [p for p in out.parents if not p.exists()]
     w = CohortWriter(out, overwrite=overwrite, source=src)
-    try: yield w
+    try:
+        yield w
     except BaseException:
         w.abort()
         for p in made:
-            with contextlib.suppress(OSError): p.rmdir()
+            with contextlib.suppress(OSError):
+                p.rmdir()
         raise
     w.commit()
 
 # %% ../nbs/04b_import_base.ipynb #3aa561a1
-def _finish(w: CohortWriter, report: ImportReport, patients: pd.DataFrame, labs: pd.DataFrame | None, meta: dict):
+def _finish(
+    w: CohortWriter,
+    report: ImportReport,
+    patients: pd.DataFrame,
+    labs: pd.DataFrame | None,
+    meta: dict,
+):
     "Write the tables, cohort.json and the report; check the result reads back without a problem."
     w.table('patients.csv', patients)
-    if labs is not None and len(labs): w.table('labs.csv', labs)
+    if labs is not None and len(labs):
+        w.table('labs.csv', labs)
     w.meta(**meta)
     report.out = w.out
     report.counts['patients'] = len(patients)
     w.file('import_report.txt', report.text() + '\n')
     probs = Cohort.read(w.tmp).validate(deep=False)
-    if probs: raise LiverPcrError(['the imported cohort does not validate (a bug in liver_pcr.importers):'] + [str(p) for p in probs])
+    if probs:
+        raise LiverPcrError(
+            ['the imported cohort does not validate (a bug in liver_pcr.importers):']
+            + [str(p) for p in probs]
+        )
 
 # %% ../nbs/04b_import_base.ipynb #4c7686d2
 def _fatal(report: ImportReport, msg: str, n: int = 20) -> LiverPcrError:
     "The error when nothing can be imported: the first `n` problems met (redacted), then `msg`."
     ps = [redact(str(p), report.redact) for p in report.problems]
-    return LiverPcrError(ps[:n] + ([f'... and {len(ps) - n} more problem(s)'] if len(ps) > n else []) + [msg])
+    return LiverPcrError(
+        ps[:n] + ([f'... and {len(ps) - n} more problem(s)'] if len(ps) > n else []) + [msg]
+    )
 
 # %% ../nbs/04b_import_base.ipynb #521702c3
 def _walk(root: Path) -> list[Path]:
@@ -93,7 +138,7 @@ def _walk(root: Path) -> list[Path]:
     out = []
     for d, dirs, files in os.walk(root):
         dirs[:] = sorted(x for x in dirs if not x.startswith('.'))
-        out += [Path(d)/f for f in sorted(files) if not f.startswith('.')]
+        out += [Path(d) / f for f in sorted(files) if not f.startswith('.')]
     return out
 
 # %% ../nbs/04b_import_base.ipynb #c710bbcc
@@ -103,120 +148,209 @@ def _files_label(rels: list) -> str:
 # %% ../nbs/04b_import_base.ipynb #38a64fe6
 def _bad_name(v: str, what: str) -> str | None:
     "Why `v` cannot be a patient id / timepoint / sequence name (None if it can)."
-    if not v or not NAME_RE.match(str(v)): return f'{what} {v!r} is not a valid name (letters, digits, _ . -)'
-    if what == 'sequence' and (v.lower() in ('lesion', 'mask') or v.lower().endswith('_mask')): return f'sequence name {v!r} is reserved for masks'
+    if not v or not NAME_RE.match(str(v)):
+        return f'{what} {v!r} is not a valid name (letters, digits, _ . -)'
+    if what == 'sequence' and (v.lower() in ('lesion', 'mask') or v.lower().endswith('_mask')):
+        return f'sequence name {v!r} is reserved for masks'
     return None
 
 # %% ../nbs/04b_import_base.ipynb #8d36fba1
 def _label(v) -> float | None:
     "A label from JSON/CSV: 1.0, 0.0, nan (missing), or None (invalid)."
-    if isinstance(v, bool): return float(v)
-    if v is None: return math.nan
+    if isinstance(v, bool):
+        return float(v)
+    if v is None:
+        return math.nan
     x = _number(str(v).strip())
     return x if x is None or math.isnan(x) or x in (0.0, 1.0) else None
 
 # %% ../nbs/04b_import_base.ipynb #5803fca2
 def _marker(v) -> float | None:
     "A marker value: a non-negative number, nan (missing), or None (invalid)."
-    if v is None or isinstance(v, bool): return math.nan if v is None else None
+    if v is None or isinstance(v, bool):
+        return math.nan if v is None else None
     x = _number(str(v).strip())
     return None if x is None or x < 0 else x
 
 # %% ../nbs/04b_import_base.ipynb #ab75dd8e
-def _patients_table(ids, clin: pd.DataFrame | None, report: ImportReport, file: str, # written ids; the clinical table (strings)
-                    to_id: dict | None = None, show: bool = True, folds: dict | None = None) -> pd.DataFrame:
+def _patients_table(
+    ids,  # the patient ids written
+    clin: pd.DataFrame | None,  # the clinical table (strings), or None
+    report: ImportReport,  # collects the problems
+    file: str,  # the clinical table's file name, for the report
+    to_id: dict | None = None,
+    show: bool = True,
+    folds: dict | None = None,
+) -> pd.DataFrame:
     "`patients.csv` for the written patients `ids`: label, fold, covariates, with every inconsistency reported."
     ids = sorted(ids, key=natural_key)
     rows = {pid: {'patient_id': pid, 'pcr': math.nan} for pid in ids}
     if clin is not None:
-        if 'patient_id' not in clin.columns: raise ConfigError(f'{file}: no patient_id column')
+        if 'patient_id' not in clin.columns:
+            raise ConfigError(f'{file}: no patient_id column')
         lab = 'pcr' if 'pcr' in clin.columns else 'label' if 'label' in clin.columns else None
-        if lab is None: report.problem(file, '', 'no label column (pcr or label): labels left empty')
+        if lab is None:
+            report.problem(file, '', 'no label column (pcr or label): labels left empty')
         covs = [c for c in clin.columns if c not in ('patient_id', 'pcr', 'label', 'fold') and c]
-        for c in [c for c in covs if PHI_COLUMN.search(c)]: report.problem(file, f'column {c!r}', 'looks identifying: not copied'); covs.remove(c)
+        for c in [c for c in covs if PHI_COLUMN.search(c)]:
+            report.problem(file, f'column {c!r}', 'looks identifying: not copied')
+            covs.remove(c)
         seen = set()
         for i, r in enumerate(clin.to_dict('records')):
-            raw = r['patient_id']; pid = (to_id or {}).get(raw, raw if to_id is None else None)
+            raw = r['patient_id']
+            pid = (to_id or {}).get(raw, raw if to_id is None else None)
             line = f'line {i + 2}' + (f' (patient {raw})' if show else '')
-            if pid not in rows: report.problem(file, line, 'patient has no imported image: not written'); continue
-            if pid in seen: report.problem(file, line, 'duplicate row for this patient: ignored'); continue
+            if pid not in rows:
+                report.problem(file, line, 'patient has no imported image: not written')
+                continue
+            if pid in seen:
+                report.problem(file, line, 'duplicate row for this patient: ignored')
+                continue
             seen.add(pid)
             if lab:
                 y = _label(r[lab])
-                if y is None: report.problem(file, line, f'{lab} {r[lab]!r} is not 1, 0 or empty: left empty')
-                else: rows[pid]['pcr'] = y
+                if y is None:
+                    report.problem(file, line, f'{lab} {r[lab]!r} is not 1, 0 or empty: left empty')
+                else:
+                    rows[pid]['pcr'] = y
             if 'fold' in r and r['fold'] != '':
                 f = _number(r['fold'])
-                if f is None or math.isnan(f) or f != int(f): report.problem(file, line, f"fold {r['fold']!r} is not an integer: left empty")
-                else: rows[pid]['fold'] = int(f)
+                if f is None or math.isnan(f) or f != int(f):
+                    report.problem(file, line, f"fold {r['fold']!r} is not an integer: left empty")
+                else:
+                    rows[pid]['fold'] = int(f)
             rows[pid].update({c: r[c] for c in covs})
         for pid in ids:
-            if pid not in seen: report.problem(file, f'patient {pid}', 'has images but no row in the clinical table: label left empty')
+            if pid not in seen:
+                report.problem(
+                    file,
+                    f'patient {pid}',
+                    'has images but no row in the clinical table: label left empty',
+                )
     if folds is not None:
-        for pid in ids: rows[pid]['fold'] = folds.get(pid)
-    df = pd.DataFrame(list(rows.values()), columns=list(dict.fromkeys(k for r in rows.values() for k in r)))
+        for pid in ids:
+            rows[pid]['fold'] = folds.get(pid)
+    df = pd.DataFrame(
+        list(rows.values()), columns=list(dict.fromkeys(k for r in rows.values() for k in r))
+    )
     for c in ('pcr', 'fold'):
-        if c in df.columns: df[c] = pd.to_numeric(df[c]).astype('Int64')
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c]).astype('Int64')
     return df
 
 # %% ../nbs/04b_import_base.ipynb #546bb60e
-def _labs_table(labs: pd.DataFrame, ids, report: ImportReport, file: str, to_id: dict | None = None, show: bool = True) -> pd.DataFrame:
+def _labs_table(
+    labs: pd.DataFrame,
+    ids,
+    report: ImportReport,
+    file: str,
+    to_id: dict | None = None,
+    show: bool = True,
+) -> pd.DataFrame:
     "`labs.csv` for the written patients from a table of strings, every bad value reported and left empty."
     for c in ('patient_id', 'timepoint'):
-        if c not in labs.columns: raise ConfigError(f'{file}: no {c} column')
+        if c not in labs.columns:
+            raise ConfigError(f'{file}: no {c} column')
     markers = [c for c in labs.columns if c not in ('patient_id', 'timepoint') and c]
     out, seen, ids = [], set(), set(ids)
     for i, r in enumerate(labs.to_dict('records')):
-        raw, tp = r['patient_id'], r['timepoint']; pid = (to_id or {}).get(raw, raw if to_id is None else None)
+        raw, tp = r['patient_id'], r['timepoint']
+        pid = (to_id or {}).get(raw, raw if to_id is None else None)
         line = f'line {i + 2}' + (f' (patient {raw}, {tp})' if show else '')
-        if pid not in ids: report.problem(file, line, 'patient has no imported image: not written'); continue
-        if (bad := _bad_name(tp, 'timepoint')): report.problem(file, line, bad + ': row not written'); continue
-        if (pid, tp) in seen: report.problem(file, line, 'duplicate row for this patient and timepoint: ignored'); continue
-        seen.add((pid, tp)); row = {'patient_id': pid, 'timepoint': tp}
+        if pid not in ids:
+            report.problem(file, line, 'patient has no imported image: not written')
+            continue
+        if bad := _bad_name(tp, 'timepoint'):
+            report.problem(file, line, bad + ': row not written')
+            continue
+        if (pid, tp) in seen:
+            report.problem(file, line, 'duplicate row for this patient and timepoint: ignored')
+            continue
+        seen.add((pid, tp))
+        row = {'patient_id': pid, 'timepoint': tp}
         for m in markers:
             x = _marker(r[m])
-            if x is None: report.problem(file, line, f'{m} {r[m]!r} is not a non-negative number: left empty'); x = math.nan
+            if x is None:
+                report.problem(file, line, f'{m} {r[m]!r} is not a non-negative number: left empty')
+                x = math.nan
             row[m] = x
         out.append(row)
     return pd.DataFrame(out, columns=['patient_id', 'timepoint'] + markers)
 
 # %% ../nbs/04b_import_base.ipynb #db7b6e24
-def fit_mask(mask, shape, affine, # a nibabel image; the image's shape and affine
-             tol: float = 1e-3) -> np.ndarray:
+def fit_mask(
+    mask,  # a nibabel image
+    shape,  # the image's shape
+    affine,  # the image's affine
+    tol: float = 1e-3,
+) -> np.ndarray:
     "The mask's voxels on the image grid (reoriented if only the voxel order differs); `CohortError` if it is another grid."
     import nibabel as nib
+
     data = np.asanyarray(mask.dataobj)
-    if data.ndim == 2: data = data[..., None]
-    if data.ndim != 3: raise CohortError(f'mask is {data.ndim}-D {data.shape}: a 3-D mask is expected')
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.ndim != 3:
+        raise CohortError(f'mask is {data.ndim}-D {data.shape}: a 3-D mask is expected')
     img = nib.Nifti1Image(data, mask.affine)
     if data.shape != tuple(shape) or np.abs(img.affine - affine).max() > tol:
-        ornt = nib.orientations.ornt_transform(nib.io_orientation(img.affine), nib.io_orientation(affine))
+        ornt = nib.orientations.ornt_transform(
+            nib.io_orientation(img.affine), nib.io_orientation(affine)
+        )
         img = img.as_reoriented(ornt)
-    if img.shape != tuple(shape): raise CohortError(f'mask grid {data.shape} differs from the image grid {tuple(shape)}')
+    if img.shape != tuple(shape):
+        raise CohortError(f'mask grid {data.shape} differs from the image grid {tuple(shape)}')
     if np.abs(img.affine - affine).max() > tol:
-        raise CohortError(f'mask affine differs from the image affine by {np.abs(img.affine - affine).max():.3g} mm (not on the same voxel grid)')
+        raise CohortError(
+            f'mask affine differs from the image affine by {np.abs(img.affine - affine).max():.3g} mm (not on the same voxel grid)'
+        )
     return np.asanyarray(img.dataobj)
 
 # %% ../nbs/04b_import_base.ipynb #0777e8c5
-def _write_masks(w: CohortWriter, pid: str, tp: str, masks: dict, grids: dict, report: ImportReport) -> int:
+def _write_masks(
+    w: CohortWriter, pid: str, tp: str, masks: dict, grids: dict, report: ImportReport
+) -> int:
     "Write the masks of exam (pid, tp): `masks` maps None (the exam) or a sequence to (file label, nibabel image); `grids` maps each written sequence to (shape, affine)."
     n, where = 0, f'patient {pid}, {tp}'
     fitted = {}
     for seq, (label, img) in masks.items():
         targets = list(grids) if seq is None else [seq]
-        if seq is not None and seq not in grids: report.problem(label, where, f'mask for sequence {seq!r}, which has no imported image in this exam: not written'); continue
+        if seq is not None and seq not in grids:
+            report.problem(
+                label,
+                where,
+                f'mask for sequence {seq!r}, which has no imported image in this exam: not written',
+            )
+            continue
         for s in targets:
-            if seq is None and s in masks: continue                       # a per-sequence mask overrides the exam's
-            try: data = fit_mask(img, *grids[s])
-            except CohortError as e: report.problem(label, f'{where}/{s}', f'{e}: not used for {s}'); continue
-            except Exception as e: report.problem(label, where, f'unreadable or truncated NIfTI mask ({type(e).__name__}): not written'); break
-            if not np.any(data): report.problem(label, where, 'empty mask (no lesion voxel): not written'); break
-            if len(np.unique(data)) > 2: report.note(f'{label}: several labels merged into one lesion mask')
+            if seq is None and s in masks:
+                continue  # a per-sequence mask overrides the exam's
+            try:
+                data = fit_mask(img, *grids[s])
+            except CohortError as e:
+                report.problem(label, f'{where}/{s}', f'{e}: not used for {s}')
+                continue
+            except Exception as e:
+                report.problem(
+                    label,
+                    where,
+                    f'unreadable or truncated NIfTI mask ({type(e).__name__}): not written',
+                )
+                break
+            if not np.any(data):
+                report.problem(label, where, 'empty mask (no lesion voxel): not written')
+                break
+            if len(np.unique(data)) > 2:
+                report.note(f'{label}: several labels merged into one lesion mask')
             fitted[s] = (seq, data)
     whole = [s for s, (k, _) in fitted.items() if k is None]
     same = len({(grids[s][0], grids[s][1].round(4).tobytes()) for s in grids}) == 1
     if whole and same and len(whole) == len(grids):
-        s = whole[0]; w.mask(pid, tp, fitted[s][1], grids[s][1]); n += 1
+        s = whole[0]
+        w.mask(pid, tp, fitted[s][1], grids[s][1])
+        n += 1
         fitted = {s: v for s, v in fitted.items() if v[0] is not None}
-    for s, (_, data) in fitted.items(): w.mask(pid, tp, data, grids[s][1], sequence=s); n += 1
+    for s, (_, data) in fitted.items():
+        w.mask(pid, tp, data, grids[s][1], sequence=s)
+        n += 1
     return n

@@ -9,8 +9,10 @@ from __future__ import annotations
 from .cohort import NAME_RE
 from .deid import MIN_SALT, pseudonym
 from .import_base import ImportReport, fit_mask
-from .dicom import LPS, write_dicom_series, dicom_volume, DicomMap, read_dicom_map, dicom_series, import_dicom
-from .png_import import PNG_NAME, PNG_TIMEPOINTS, PNG_MARKERS, PNG_AFFINE, KNOWN_SEQUENCES, read_png_slice, import_png
+from .dicom import LPS, write_dicom_series, dicom_volume, DicomMap, read_dicom_map
+from .dicom import dicom_series, import_dicom
+from .png_import import PNG_NAME, PNG_TIMEPOINTS, PNG_MARKERS, PNG_AFFINE, KNOWN_SEQUENCES
+from .png_import import read_png_slice, import_png
 from .nifti_import import nifti_pattern, import_nifti
 
 # %% auto #0
@@ -20,25 +22,76 @@ __all__ = ['cmd_import_dicom', 'cmd_import_png', 'cmd_import_nifti', 'NAME_RE', 
            'read_png_slice', 'import_png', 'nifti_pattern', 'import_nifti']
 
 # %% ../nbs/04_importers.ipynb #03115d08
-_all_ = ['NAME_RE', 'MIN_SALT', 'pseudonym', 'ImportReport', 'fit_mask', 'LPS', 'write_dicom_series', 'dicom_volume', 'DicomMap',
-         'read_dicom_map', 'dicom_series', 'import_dicom', 'PNG_NAME', 'PNG_TIMEPOINTS', 'PNG_MARKERS', 'PNG_AFFINE',
-         'KNOWN_SEQUENCES', 'read_png_slice', 'import_png', 'nifti_pattern', 'import_nifti']
+_all_ = [
+    'NAME_RE',
+    'MIN_SALT',
+    'pseudonym',
+    'ImportReport',
+    'fit_mask',
+    'LPS',
+    'write_dicom_series',
+    'dicom_volume',
+    'DicomMap',
+    'read_dicom_map',
+    'dicom_series',
+    'import_dicom',
+    'PNG_NAME',
+    'PNG_TIMEPOINTS',
+    'PNG_MARKERS',
+    'PNG_AFFINE',
+    'KNOWN_SEQUENCES',
+    'read_png_slice',
+    'import_png',
+    'nifti_pattern',
+    'import_nifti',
+]
 
 # %% ../nbs/04_importers.ipynb #96e5482e
 def _cli(report: ImportReport) -> int:
     print(report.text())
     return report.exit_code
 
+
 def cmd_import_dicom(args) -> int:
     "`liver-pcr import dicom SRC OUT --map MAP [--salt S]`"
-    return _cli(import_dicom(args.src, args.out, args.map, overwrite=args.overwrite, salt=args.salt, name=getattr(args, 'name', None)))
+    return _cli(
+        import_dicom(
+            args.src,
+            args.out,
+            args.map,
+            overwrite=args.overwrite,
+            salt=args.salt,
+            name=getattr(args, 'name', None),
+        )
+    )
+
 
 def cmd_import_png(args) -> int:
     "`liver-pcr import png SRC OUT --clinical clinic_data.json [--folds data_fold.json]`"
-    return _cli(import_png(args.src, args.out, args.clinical, args.folds, overwrite=args.overwrite, name=getattr(args, 'name', None),
-                           sequences=getattr(args, 'sequences', None) or KNOWN_SEQUENCES))
+    return _cli(
+        import_png(
+            args.src,
+            args.out,
+            args.clinical,
+            args.folds,
+            overwrite=args.overwrite,
+            name=getattr(args, 'name', None),
+            sequences=getattr(args, 'sequences', None) or KNOWN_SEQUENCES,
+        )
+    )
+
 
 def cmd_import_nifti(args) -> int:
     "`liver-pcr import nifti SRC OUT [--pattern P] [--clinical CSV] [--labs CSV]`"
-    return _cli(import_nifti(args.src, args.out, args.pattern or '{patient}/{timepoint}/{sequence}.nii.gz', args.clinical, args.labs,
-                             overwrite=args.overwrite, name=getattr(args, 'name', None), sequences=getattr(args, 'sequences', None)))
+    return _cli(
+        import_nifti(
+            args.src,
+            args.out,
+            args.pattern or '{patient}/{timepoint}/{sequence}.nii.gz',
+            args.clinical,
+            args.labs,
+            overwrite=args.overwrite,
+            name=getattr(args, 'name', None),
+            sequences=getattr(args, 'sequences', None),
+        )
+    )

@@ -11,20 +11,31 @@ from pathlib import Path
 import numpy as np
 from .core import ConfigError, progress, read_table
 from .cohort import NIFTI_RE, natural_key, sort_timepoints, ordered_names
-from .import_base import ImportReport, _source, _writer, _finish, _fatal, _walk, _bad_name, _patients_table, _labs_table, _write_masks
+from .import_base import ImportReport, _source, _writer, _finish, _fatal, _walk, _bad_name
+from .import_base import _patients_table, _labs_table, _write_masks
 
 # %% auto #0
 __all__ = ['nifti_pattern', 'import_nifti']
 
 # %% ../nbs/04e_nifti.ipynb #4567cb82
-def nifti_pattern(pattern: str) -> re.Pattern: # e.g. '{patient}/{timepoint}/{sequence}.nii.gz'
+def nifti_pattern(
+    pattern: str,  # e.g. '{patient}/{timepoint}/{sequence}.nii.gz'
+) -> re.Pattern:
     "A regex for a file name pattern with the fields {patient}, {timepoint}, {sequence} (.nii and .nii.gz both match)."
     fields = re.findall(r'{(\w*)}', pattern)
     if sorted(fields) != ['patient', 'sequence', 'timepoint']:
-        raise ConfigError(f'pattern {pattern!r}: needs the fields {{patient}}, {{timepoint}} and {{sequence}}, each once (got {fields})')
-    if not NIFTI_RE.search(pattern): raise ConfigError(f'pattern {pattern!r}: must end in .nii.gz or .nii')
+        raise ConfigError(
+            f'pattern {pattern!r}: needs the fields {{patient}}, {{timepoint}} and {{sequence}}, each once (got {fields})'
+        )
+    if not NIFTI_RE.search(pattern):
+        raise ConfigError(f'pattern {pattern!r}: must end in .nii.gz or .nii')
     parts = re.split(r'({\w+})', NIFTI_RE.sub('', pattern))
-    return re.compile('^' + ''.join(f'(?P<{p[1:-1]}>[^/]+?)' if p.startswith('{') else re.escape(p) for p in parts) + r'\.nii(\.gz)?$', re.I)
+    return re.compile(
+        '^'
+        + ''.join(f'(?P<{p[1:-1]}>[^/]+?)' if p.startswith('{') else re.escape(p) for p in parts)
+        + r'\.nii(\.gz)?$',
+        re.I,
+    )
 
 # %% ../nbs/04e_nifti.ipynb #e49b3c17
 def _scan_nifti(src: Path, pattern: str, sequences, report: ImportReport) -> dict:
@@ -34,65 +45,153 @@ def _scan_nifti(src: Path, pattern: str, sequences, report: ImportReport) -> dic
     exams, others = {}, 0
     for f in _walk(src):
         rel = f.relative_to(src).as_posix()
-        if not NIFTI_RE.search(f.name): others += 1; continue
+        if not NIFTI_RE.search(f.name):
+            others += 1
+            continue
         m = rx.match(f.name if by_name else rel)
-        if not m: report.problem(rel, '', f'does not match the pattern {pattern!r}: skipped'); continue
+        if not m:
+            report.problem(rel, '', f'does not match the pattern {pattern!r}: skipped')
+            continue
         pid, tp, seq = m['patient'], m['timepoint'], m['sequence']
-        kind, seq = ('masks', None) if seq.lower() in ('lesion', 'mask') else ('masks', seq[:-5]) if seq.lower().endswith('_mask') else ('images', seq)
-        bad = _bad_name(pid, 'patient id') or _bad_name(tp, 'timepoint') or (seq is not None and _bad_name(seq, 'sequence'))
-        if bad: report.problem(rel, '', bad + ': skipped'); continue
+        kind, seq = (
+            ('masks', None)
+            if seq.lower() in ('lesion', 'mask')
+            else ('masks', seq[:-5])
+            if seq.lower().endswith('_mask')
+            else ('images', seq)
+        )
+        bad = (
+            _bad_name(pid, 'patient id')
+            or _bad_name(tp, 'timepoint')
+            or (seq is not None and _bad_name(seq, 'sequence'))
+        )
+        if bad:
+            report.problem(rel, '', bad + ': skipped')
+            continue
         if seq is not None and canon is not None:
-            if seq.lower() not in canon: report.problem(rel, f'patient {pid}, {tp}', f'unknown sequence {seq!r} (known: {", ".join(canon.values())}): skipped'); continue
+            if seq.lower() not in canon:
+                report.problem(
+                    rel,
+                    f'patient {pid}, {tp}',
+                    f'unknown sequence {seq!r} (known: {", ".join(canon.values())}): skipped',
+                )
+                continue
             seq = canon[seq.lower()]
         ex = exams.setdefault((pid, tp), {'images': {}, 'masks': {}})
-        if seq in ex[kind]: report.problem(rel, f'patient {pid}, {tp}', f'a second file for {seq or "the exam mask"} (also {ex[kind][seq][1]}): skipped'); continue
+        if seq in ex[kind]:
+            report.problem(
+                rel,
+                f'patient {pid}, {tp}',
+                f'a second file for {seq or "the exam mask"} (also {ex[kind][seq][1]}): skipped',
+            )
+            continue
         ex[kind][seq] = (f, rel)
-    if others: report.note(f'{others} file(s) that are not NIfTI were ignored')
+    if others:
+        report.note(f'{others} file(s) that are not NIfTI were ignored')
     return exams
 
 # %% ../nbs/04e_nifti.ipynb #8a87a298
 def _load_nifti(path, rel: str, report: ImportReport, wh: str):
     "(data, affine) of a 3-D NIfTI volume, or None with the problem reported."
     import nibabel as nib
-    try: img = nib.load(str(path)); data = np.asanyarray(img.dataobj)
-    except Exception as e: report.problem(rel, wh, f'unreadable or truncated NIfTI ({type(e).__name__}): skipped'); return None
-    if data.ndim == 2: data = data[..., None]
-    why = (f'{data.ndim}-D volume {data.shape} (one 3-D volume per sequence)' if data.ndim != 3 else f'empty volume {data.shape}' if data.size == 0 else
-           f'{int((~np.isfinite(data)).sum())} non-finite voxels' if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all() else None)
-    if why: report.problem(rel, wh, why + ': skipped'); return None
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:
+        report.problem(rel, wh, f'unreadable or truncated NIfTI ({type(e).__name__}): skipped')
+        return None
+    if data.ndim == 2:
+        data = data[..., None]
+    why = (
+        f'{data.ndim}-D volume {data.shape} (one 3-D volume per sequence)'
+        if data.ndim != 3
+        else f'empty volume {data.shape}'
+        if data.size == 0
+        else f'{int((~np.isfinite(data)).sum())} non-finite voxels'
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all()
+        else None
+    )
+    if why:
+        report.problem(rel, wh, why + ': skipped')
+        return None
     return data, img.affine
 
 # %% ../nbs/04e_nifti.ipynb #38abec12
-def import_nifti(src, out, pattern: str = '{patient}/{timepoint}/{sequence}.nii.gz', # the folder (never modified); the cohort to create; how files are named
-                 clinical=None, labs=None, overwrite: bool = False,  # clinical CSV; labs CSV; replace OUT?
-                 name: str | None = None, sequences=None) -> ImportReport: # the cohort's name; the sequence names accepted (None: any)
+def import_nifti(
+    src,  # the folder (never modified)
+    out,  # the cohort to create
+    pattern: str = '{patient}/{timepoint}/{sequence}.nii.gz',  # how files are named
+    clinical=None,  # clinical CSV
+    labs=None,  # labs CSV
+    overwrite: bool = False,  # replace OUT?
+    name: str | None = None,  # the cohort's name
+    sequences=None,  # the sequence names accepted (None: any)
+) -> ImportReport:
     "Import loose NIfTI files named by a pattern (plus clinical and labs CSVs) into a new cohort; return the import report."
     import nibabel as nib
+
     src = _source(src, out, overwrite)
     clin = read_table(clinical, what='clinical') if clinical else None
     lab = read_table(labs, what='labs') if labs else None
     report = ImportReport('NIfTI files')
     exams = _scan_nifti(src, pattern, sequences, report)
-    if not any(e['images'] for e in exams.values()): raise _fatal(report, f'{src}: no NIfTI image matches the pattern {pattern!r}: nothing imported')
+    if not any(e['images'] for e in exams.values()):
+        raise _fatal(
+            report, f'{src}: no NIfTI image matches the pattern {pattern!r}: nothing imported'
+        )
     with _writer(out, src, overwrite) as w:
         grids, nm = {}, 0
-        for (pid, tp), ex in progress(sorted(exams.items(), key=lambda kv: tuple(map(natural_key, kv[0]))), desc='copying volumes'):
+        for (pid, tp), ex in progress(
+            sorted(exams.items(), key=lambda kv: tuple(map(natural_key, kv[0]))),
+            desc='copying volumes',
+        ):
             for seq, (f, rel) in ex['images'].items():
                 v = _load_nifti(f, rel, report, f'patient {pid}, {tp}/{seq}')
-                if v is not None: w.image(pid, tp, seq, *v); grids.setdefault((pid, tp), {})[seq] = (v[0].shape, v[1])
+                if v is not None:
+                    w.image(pid, tp, seq, *v)
+                    grids.setdefault((pid, tp), {})[seq] = (v[0].shape, v[1])
             loaded = {}
             for seq, (f, rel) in ex['masks'].items():
-                if (pid, tp) not in grids: report.problem(rel, f'patient {pid}, {tp}', 'mask in an exam without an imported image: skipped'); continue
-                try: loaded[seq] = (rel, nib.load(str(f)))
-                except Exception as e: report.problem(rel, f'patient {pid}, {tp}', f'unreadable mask ({type(e).__name__}): skipped')
-            if loaded: nm += _write_masks(w, pid, tp, loaded, grids[(pid, tp)], report)
-        if not grids: raise _fatal(report, f'{src}: no NIfTI image could be read: nothing imported')
+                if (pid, tp) not in grids:
+                    report.problem(
+                        rel,
+                        f'patient {pid}, {tp}',
+                        'mask in an exam without an imported image: skipped',
+                    )
+                    continue
+                try:
+                    loaded[seq] = (rel, nib.load(str(f)))
+                except Exception as e:
+                    report.problem(
+                        rel,
+                        f'patient {pid}, {tp}',
+                        f'unreadable mask ({type(e).__name__}): skipped',
+                    )
+            if loaded:
+                nm += _write_masks(w, pid, tp, loaded, grids[(pid, tp)], report)
+        if not grids:
+            raise _fatal(report, f'{src}: no NIfTI image could be read: nothing imported')
         ids = {pid for pid, _ in grids}
         report.counts.update(volumes=sum(len(g) for g in grids.values()), masks=nm)
-        if clin is None: report.note('no clinical table: labels (pcr) left empty')
+        if clin is None:
+            report.note('no clinical table: labels (pcr) left empty')
         pt = _patients_table(ids, clin, report, Path(clinical).name if clinical else 'clinical')
         lt = _labs_table(lab, ids, report, Path(labs).name) if lab is not None else None
-        tps = sort_timepoints({tp for _, tp in grids} | (set(lt.timepoint) if lt is not None else set()))
-        _finish(w, report, pt, lt, dict(name=name or Path(out).name, timepoints=tps, label='pcr',
-                sequences=ordered_names({s for g in grids.values() for s in g}, sequences or ()), description='imported from NIfTI files by liver_pcr.importers'))
+        tps = sort_timepoints(
+            {tp for _, tp in grids} | (set(lt.timepoint) if lt is not None else set())
+        )
+        _finish(
+            w,
+            report,
+            pt,
+            lt,
+            dict(
+                name=name or Path(out).name,
+                timepoints=tps,
+                label='pcr',
+                sequences=ordered_names({s for g in grids.values() for s in g}, sequences or ()),
+                description='imported from NIfTI files by liver_pcr.importers',
+            ),
+        )
     return report

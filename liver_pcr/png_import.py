@@ -11,32 +11,47 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .core import ConfigError, progress, read_json_object
 from .cohort import natural_key, ordered_names, STUDY_SEQUENCES
-from .import_base import ImportReport, _source, _writer, _finish, _fatal, _walk, _bad_name, _label, _marker, _files_label
+from .import_base import ImportReport, _source, _writer, _finish, _fatal, _walk, _bad_name
+from .import_base import _label, _marker, _files_label
 
 # %% auto #0
 __all__ = ['PNG_NAME', 'PNG_TIMEPOINTS', 'PNG_MARKERS', 'PNG_AFFINE', 'KNOWN_SEQUENCES', 'read_png_slice', 'import_png']
 
 # %% ../nbs/04d_png.ipynb #30ea7e5b
-PNG_NAME = re.compile(r'^(?P<patient>.+)_(?P<label>[^_]*)_(?P<timepoint>start|end)_(?P<sequence>[^_]+)_(?P<slice>\d+)\.png$', re.I)
+PNG_NAME = re.compile(
+    r'^(?P<patient>.+)_(?P<label>[^_]*)_(?P<timepoint>start|end)_(?P<sequence>[^_]+)_(?P<slice>\d+)\.png$',
+    re.I,
+)
 
 PNG_TIMEPOINTS = {'start': 'pre', 'end': 'post'}
 
-PNG_MARKERS = {'bef_afp': ('pre', 'afp'), 'aft_afp': ('post', 'afp'), 'bef_dcp': ('pre', 'pivka_ii'), 'aft_dcp': ('post', 'pivka_ii')}
+PNG_MARKERS = {
+    'bef_afp': ('pre', 'afp'),
+    'aft_afp': ('post', 'afp'),
+    'bef_dcp': ('pre', 'pivka_ii'),
+    'aft_dcp': ('post', 'pivka_ii'),
+}
 
 PNG_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 
-KNOWN_SEQUENCES = STUDY_SEQUENCES   # the sequences of the study, one tuple for the whole library
+KNOWN_SEQUENCES = STUDY_SEQUENCES  # the sequences of the study, one tuple for the whole library
 
 # %% ../nbs/04d_png.ipynb #b5ab0eb0
-def read_png_slice(path) -> tuple[np.ndarray, str]: # a PNG file
+def read_png_slice(
+    path,  # a PNG file
+) -> tuple[np.ndarray, str]:
     "A 2-D grey array from a PNG (grey kept as is; RGB with equal channels: one channel; colour RGB: luma), and which case it was."
     from PIL import Image
+
     with Image.open(path) as im:
         im.load()
-        if im.mode in ('L', 'I', 'I;16', 'I;16B', 'I;16L', 'F'): return np.array(im), 'grey'
-        if im.mode == 'LA': return np.array(im.getchannel(0)), 'grey'
+        if im.mode in ('L', 'I', 'I;16', 'I;16B', 'I;16L', 'F'):
+            return np.array(im), 'grey'
+        if im.mode == 'LA':
+            return np.array(im.getchannel(0)), 'grey'
         rgb = np.array(im.convert('RGB'))
-        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all(): return rgb[..., 0], 'rgb-grey'
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+            return rgb[..., 0], 'rgb-grey'
         return np.array(im.convert('L')), 'rgb-colour'
 
 # %% ../nbs/04d_png.ipynb #f1a096db
@@ -45,18 +60,36 @@ def _scan_png(src: Path, canon: dict, report: ImportReport):
     stacks, names, unknown, others = {}, {}, {}, 0
     for f in _walk(src):
         rel = f.relative_to(src).as_posix()
-        if f.suffix.lower() != '.png': others += 1; continue
+        if f.suffix.lower() != '.png':
+            others += 1
+            continue
         m = PNG_NAME.match(f.name)
-        if not m: report.problem(rel, '', 'name is not {PID}_{label}_{start|end}_{SEQ}_{slice}.png: skipped'); continue
+        if not m:
+            report.problem(
+                rel, '', 'name is not {PID}_{label}_{start|end}_{SEQ}_{slice}.png: skipped'
+            )
+            continue
         pid, seq = m['patient'], canon.get(m['sequence'].lower())
-        if (b := _bad_name(pid, 'patient id')): report.problem(rel, '', b + ': skipped'); continue
-        if seq is None: unknown.setdefault((pid, m['sequence']), []).append(rel); continue
+        if b := _bad_name(pid, 'patient id'):
+            report.problem(rel, '', b + ': skipped')
+            continue
+        if seq is None:
+            unknown.setdefault((pid, m['sequence']), []).append(rel)
+            continue
         key, k = (pid, PNG_TIMEPOINTS[m['timepoint'].lower()], seq), int(m['slice'])
-        if k in stacks.get(key, {}): report.problem(rel, f'patient {pid}', f"the same slice as {stacks[key][k][1]}: skipped"); continue
-        stacks.setdefault(key, {})[k] = (f, rel); names.setdefault(pid, {}).setdefault(m['label'], []).append(rel)
+        if k in stacks.get(key, {}):
+            report.problem(rel, f'patient {pid}', f"the same slice as {stacks[key][k][1]}: skipped")
+            continue
+        stacks.setdefault(key, {})[k] = (f, rel)
+        names.setdefault(pid, {}).setdefault(m['label'], []).append(rel)
     for (pid, s), rels in unknown.items():
-        report.problem(_files_label(rels), f'patient {pid}', f'unknown sequence {s!r} (known: {", ".join(canon.values())}): skipped')
-    if others: report.note(f'{others} file(s) that are not PNG were ignored')
+        report.problem(
+            _files_label(rels),
+            f'patient {pid}',
+            f'unknown sequence {s!r} (known: {", ".join(canon.values())}): skipped',
+        )
+    if others:
+        report.note(f'{others} file(s) that are not PNG were ignored')
     return stacks, names
 
 # %% ../nbs/04d_png.ipynb #775ab624
@@ -65,43 +98,83 @@ def _check_twins(stacks: dict, report: ImportReport):
     for pid, seq in sorted({(p, s) for p, _, s in stacks}):
         a, b = stacks.get((pid, 'pre', seq), {}), stacks.get((pid, 'post', seq), {})
         for mine, other, tp, ot in ((a, b, 'start', 'end'), (b, a, 'end', 'start')):
-            if mine and not other: report.problem(_files_label([r for _, r in mine.values()]), f'patient {pid}, {seq}', f'{tp} slices but no {ot} slice')
+            if mine and not other:
+                report.problem(
+                    _files_label([r for _, r in mine.values()]),
+                    f'patient {pid}, {seq}',
+                    f'{tp} slices but no {ot} slice',
+                )
             elif other:
-                for k in sorted(set(mine) - set(other)): report.problem(mine[k][1], f'patient {pid}, {seq} slice {k}', f'no {ot} twin (same patient, sequence and slice)')
+                for k in sorted(set(mine) - set(other)):
+                    report.problem(
+                        mine[k][1],
+                        f'patient {pid}, {seq} slice {k}',
+                        f'no {ot} twin (same patient, sequence and slice)',
+                    )
+
 
 def _stack_png(key, sl: dict, report: ImportReport, how: dict):
     "One volume from the slices of a stack (gaps reported), or None."
-    pid, tp, seq = key; wh = f'patient {pid}, {tp}/{seq}'
+    pid, tp, seq = key
+    wh = f'patient {pid}, {tp}/{seq}'
     miss = sorted(set(range(max(sl) + 1)) - set(sl))
     arrs = []
     for k in sorted(sl):
-        try: a, h = read_png_slice(sl[k][0])
-        except Exception as e: report.problem(sl[k][1], wh, f'unreadable PNG ({type(e).__name__}): slice left out'); miss.append(k); continue
-        how[h] = how.get(h, 0) + 1; arrs.append((k, a))
-    if not arrs: return None
+        try:
+            a, h = read_png_slice(sl[k][0])
+        except Exception as e:
+            report.problem(sl[k][1], wh, f'unreadable PNG ({type(e).__name__}): slice left out')
+            miss.append(k)
+            continue
+        how[h] = how.get(h, 0) + 1
+        arrs.append((k, a))
+    if not arrs:
+        return None
     shapes = {a.shape for _, a in arrs}
-    if len(shapes) > 1: report.problem(_files_label([sl[k][1] for k, _ in arrs]), wh, f'slices of different sizes {sorted(shapes)}: not imported'); return None
-    if miss: report.problem(_files_label([sl[k][1] for k, _ in arrs]), wh, f'slice(s) {sorted(miss)} missing: stacked the {len(arrs)} present slices')
+    if len(shapes) > 1:
+        report.problem(
+            _files_label([sl[k][1] for k, _ in arrs]),
+            wh,
+            f'slices of different sizes {sorted(shapes)}: not imported',
+        )
+        return None
+    if miss:
+        report.problem(
+            _files_label([sl[k][1] for k, _ in arrs]),
+            wh,
+            f'slice(s) {sorted(miss)} missing: stacked the {len(arrs)} present slices',
+        )
     return np.stack([a.T for _, a in arrs], axis=2)
 
 # %% ../nbs/04d_png.ipynb #c77b9df6
 def _png_folds(fj: dict, file: str, ids, report: ImportReport) -> dict:
     "Patient -> test fold (None where a patient is in no test fold or in several), every inconsistency reported."
     test, train = fj.get('test'), fj.get('train') or {}
-    if not isinstance(test, dict) or not test: raise ConfigError(f'{file}: no "test" folds ({{"test": {{"0": [pids], ...}}}})')
+    if not isinstance(test, dict) or not test:
+        raise ConfigError(f'{file}: no "test" folds ({{"test": {{"0": [pids], ...}}}})')
     of = {}
     for k, pids in test.items():
-        try: fk = int(k)
-        except ValueError: raise ConfigError(f'{file}: test fold {k!r} is not an integer') from None
-        for p in pids or []: of.setdefault(str(p), []).append(fk)
+        try:
+            fk = int(k)
+        except ValueError:
+            raise ConfigError(f'{file}: test fold {k!r} is not an integer') from None
+        for p in pids or []:
+            of.setdefault(str(p), []).append(fk)
     for k, pids in train.items():
-        for p in set(map(str, pids or [])) & set(map(str, test.get(k) or [])): report.problem(file, f'patient {p}', f'in both the train and the test list of fold {k}')
+        for p in set(map(str, pids or [])) & set(map(str, test.get(k) or [])):
+            report.problem(file, f'patient {p}', f'in both the train and the test list of fold {k}')
     out = {}
     for pid in ids:
         fs = of.get(pid, [])
-        if len(fs) != 1: report.problem(file, f'patient {pid}', f'in {"no test fold" if not fs else "several test folds " + str(fs)}: fold left empty')
+        if len(fs) != 1:
+            report.problem(
+                file,
+                f'patient {pid}',
+                f'in {"no test fold" if not fs else "several test folds " + str(fs)}: fold left empty',
+            )
         out[pid] = fs[0] if len(fs) == 1 else None
-    for pid in sorted(set(of) - set(ids), key=natural_key): report.problem(file, f'patient {pid}', 'in the folds but has no imported slice')
+    for pid in sorted(set(of) - set(ids), key=natural_key):
+        report.problem(file, f'patient {pid}', 'in the folds but has no imported slice')
     return out
 
 # %% ../nbs/04d_png.ipynb #55b292c1
@@ -110,54 +183,121 @@ def _png_clinical(clin: dict, file: str, ids, names: dict, report: ImportReport)
     rows, labs = [], []
     for pid in sorted(ids, key=natural_key):
         fl = sorted(names.get(pid, {}))
-        if len(fl) > 1: report.problem(file, f'patient {pid}', f'the file names disagree on the label ({", ".join(fl)})')
+        if len(fl) > 1:
+            report.problem(
+                file, f'patient {pid}', f'the file names disagree on the label ({", ".join(fl)})'
+            )
         e = clin.get(pid)
-        if not isinstance(e, dict): report.problem(file, f'patient {pid}', 'has slices but is not in the clinical JSON: label left empty, no labs'); rows.append({'patient_id': pid, 'pcr': math.nan}); continue
+        if not isinstance(e, dict):
+            report.problem(
+                file,
+                f'patient {pid}',
+                'has slices but is not in the clinical JSON: label left empty, no labs',
+            )
+            rows.append({'patient_id': pid, 'pcr': math.nan})
+            continue
         y = _label(e.get('label', e.get('pcr')))
-        if y is None: report.problem(file, f'patient {pid}', f"label {e.get('label')!r} is not 1, 0 or empty: left empty"); y = math.nan
+        if y is None:
+            report.problem(
+                file, f'patient {pid}', f"label {e.get('label')!r} is not 1, 0 or empty: left empty"
+            )
+            y = math.nan
         if not math.isnan(y) and (odd := [v for v in fl if _label(v) != y]):
-            report.problem(names[pid][odd[0]][0], f'patient {pid}', f'label {int(y)} in the clinical JSON but {"/".join(odd)} in the file name (the JSON is used)')
-        rows.append({'patient_id': pid, 'pcr': y} | {k: v for k, v in e.items() if k not in PNG_MARKERS and k not in ('label', 'pcr') and not isinstance(v, (dict, list))})
+            report.problem(
+                names[pid][odd[0]][0],
+                f'patient {pid}',
+                f'label {int(y)} in the clinical JSON but {"/".join(odd)} in the file name (the JSON is used)',
+            )
+        rows.append(
+            {'patient_id': pid, 'pcr': y}
+            | {
+                k: v
+                for k, v in e.items()
+                if k not in PNG_MARKERS
+                and k not in ('label', 'pcr')
+                and not isinstance(v, (dict, list))
+            }
+        )
         lab = {'pre': {}, 'post': {}}
         for k, (tp, mk) in PNG_MARKERS.items():
-            if k not in e: continue
+            if k not in e:
+                continue
             x = _marker(e[k])
-            if x is None: report.problem(file, f'patient {pid}', f'{k} {e[k]!r} is not a non-negative number: left empty'); x = math.nan
+            if x is None:
+                report.problem(
+                    file, f'patient {pid}', f'{k} {e[k]!r} is not a non-negative number: left empty'
+                )
+                x = math.nan
             lab[tp][mk] = x
         labs += [{'patient_id': pid, 'timepoint': tp} | v for tp, v in lab.items() if v]
-    for pid in sorted(set(clin) - set(ids), key=natural_key): report.problem(file, f'patient {pid}', 'in the clinical JSON but has no imported slice: not written')
+    for pid in sorted(set(clin) - set(ids), key=natural_key):
+        report.problem(
+            file, f'patient {pid}', 'in the clinical JSON but has no imported slice: not written'
+        )
     return rows, labs
 
 # %% ../nbs/04d_png.ipynb #3f6b4c54
-def import_png(src, out, clinical, folds=None, # the PNG folder (never modified); the cohort to create; clinic_data.json; data_fold.json
-               overwrite: bool = False, name: str | None = None, # replace OUT?; the cohort's name
-               sequences=KNOWN_SEQUENCES) -> ImportReport:        # the sequence names accepted (case-insensitive)
+def import_png(
+    src,  # the PNG folder (never modified)
+    out,  # the cohort to create
+    clinical,  # clinic_data.json
+    folds=None,  # data_fold.json
+    overwrite: bool = False,  # replace OUT?
+    name: str | None = None,  # the cohort's name
+    sequences=KNOWN_SEQUENCES,  # the sequence names accepted (case-insensitive)
+) -> ImportReport:
     "Import the original study's PNG slices and JSON files into a new cohort; return the import report."
     src = _source(src, out, overwrite)
     clin, cfile = read_json_object(clinical, 'clinical'), Path(clinical).name
     fj = read_json_object(folds, 'folds') if folds else None
     report = ImportReport("the original study's PNG slices")
     stacks, names = _scan_png(src, {s.lower(): s for s in sequences}, report)
-    if not stacks: raise _fatal(report, f'{src}: no usable PNG slice ({{PID}}_{{label}}_{{start|end}}_{{SEQ}}_{{slice}}.png): nothing imported')
+    if not stacks:
+        raise _fatal(
+            report,
+            f'{src}: no usable PNG slice ({{PID}}_{{label}}_{{start|end}}_{{SEQ}}_{{slice}}.png): nothing imported',
+        )
     _check_twins(stacks, report)
     with _writer(out, src, overwrite) as w:
         how, done = {}, set()
-        for key in progress(sorted(stacks, key=lambda k: tuple(map(natural_key, k))), desc='stacking slices'):
+        for key in progress(
+            sorted(stacks, key=lambda k: tuple(map(natural_key, k))), desc='stacking slices'
+        ):
             vol = _stack_png(key, stacks[key], report, how)
-            if vol is not None: w.image(*key, vol, PNG_AFFINE); done.add(key)
-        if not done: raise _fatal(report, f'{src}: no slice could be read: nothing imported')
+            if vol is not None:
+                w.image(*key, vol, PNG_AFFINE)
+                done.add(key)
+        if not done:
+            raise _fatal(report, f'{src}: no slice could be read: nothing imported')
         ids = {k[0] for k in done}
         report.counts.update(volumes=len(done), masks=0)
-        report.note('PNG slices carry no voxel spacing: 1 mm was recorded (axial orientation, slice k of the stack at z = k mm)')
+        report.note(
+            'PNG slices carry no voxel spacing: 1 mm was recorded (axial orientation, slice k of the stack at z = k mm)'
+        )
         report.note('no masks: the whole slice is the region of interest')
-        if how.get('rgb-colour'): report.note(f"{how['rgb-colour']} colour RGB slice(s) converted to grey (luma)")
-        if how.get('rgb-grey'): report.note(f"{how['rgb-grey']} RGB slice(s) held grey images: one channel used")
+        if how.get('rgb-colour'):
+            report.note(f"{how['rgb-colour']} colour RGB slice(s) converted to grey (luma)")
+        if how.get('rgb-grey'):
+            report.note(f"{how['rgb-grey']} RGB slice(s) held grey images: one channel used")
         rows, labs = _png_clinical(clin, cfile, ids, names, report)
         pt = pd.DataFrame(rows)
-        if fj is not None: pt['fold'] = pt.patient_id.map(_png_folds(fj, Path(folds).name, ids, report))
+        if fj is not None:
+            pt['fold'] = pt.patient_id.map(_png_folds(fj, Path(folds).name, ids, report))
         for c in ('pcr', 'fold'):
-            if c in pt.columns: pt[c] = pd.to_numeric(pt[c]).astype('Int64')
+            if c in pt.columns:
+                pt[c] = pd.to_numeric(pt[c]).astype('Int64')
         tps = ordered_names({k[1] for k in done}, ['pre', 'post'])
-        _finish(w, report, pt, pd.DataFrame(labs) if labs else None, dict(name=name or Path(out).name, timepoints=tps,
-                sequences=ordered_names({k[2] for k in done}, sequences), label='pcr', description="imported from the original study's PNG slices (1 mm notional spacing)"))
+        _finish(
+            w,
+            report,
+            pt,
+            pd.DataFrame(labs) if labs else None,
+            dict(
+                name=name or Path(out).name,
+                timepoints=tps,
+                sequences=ordered_names({k[2] for k in done}, sequences),
+                label='pcr',
+                description="imported from the original study's PNG slices (1 mm notional spacing)",
+            ),
+        )
     return report

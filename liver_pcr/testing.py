@@ -22,6 +22,7 @@ def binormal(
 ):
     "Synthetic `(y, p)` with true AUC Φ(d/√2) and perfectly calibrated `p`, patients in random order."
     from scipy.special import expit
+
     rng = np.random.default_rng(seed)
     s = np.r_[rng.normal(d, 1, n_pos), rng.normal(0, 1, n_neg)]
     y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
@@ -29,7 +30,9 @@ def binormal(
     return y[o], expit(np.log(n_pos / n_neg) + d * s[o] - d * d / 2)
 
 # %% ../nbs/15_testing.ipynb #07df1013
-def tree_digest(root) -> str:  # the folder
+def tree_digest(
+    root,  # the folder
+) -> str:
     "A sha256 of every path under `root` (files and folders) and every file's bytes."
     h = hashlib.sha256()
     for f in sorted(Path(root).rglob('*')):
@@ -52,11 +55,19 @@ def mr_small_series(
     import pydicom
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
+
     tmpl = pydicom.dcmread(get_testdata_file('MR_small.dcm'))
     iop = np.asarray(iop, float)
     nrm = np.cross(iop[:3], iop[3:])
     px = tmpl.pixel_array.astype(np.int16)
-    tags = dict(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), SeriesDescription='t2_tse_tra') | tags
+    tags = (
+        dict(
+            StudyInstanceUID=generate_uid(),
+            SeriesInstanceUID=generate_uid(),
+            SeriesDescription='t2_tse_tra',
+        )
+        | tags
+    )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = random.Random(seed).sample(range(1000, 9999), n)
