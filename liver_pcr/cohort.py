@@ -11,161 +11,260 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastcore.basics import patch
-from .core import CohortError, LiverPcrError, progress, sample_cohort_path, data_root
+from .core import CohortError, LiverPcrError, progress, data_root, read_table
+from .core import read_json_object
 
 # %% auto #0
-__all__ = ['NIFTI_RE', 'ID_RE', 'MANIFEST_COLS', 'Problem', 'natural_key', 'sort_timepoints', 'Volume', 'load_volume', 'ImageRef',
-           'Patient', 'axial', 'lesion_slice', 'Cohort', 'save_nifti', 'CohortWriter', 'cmd_validate']
+__all__ = ['NAME_RE', 'ID_RE', 'STUDY_SEQUENCES', 'NIFTI_RE', 'MANIFEST_COLS', 'Problem', 'natural_key', 'ordered_names',
+           'sort_timepoints', 'Volume', 'load_volume', 'ImageRef', 'Patient', 'axial', 'lesion_slice', 'Cohort',
+           'save_nifti', 'CohortWriter', 'cmd_validate']
 
 # %% ../nbs/01_cohort.ipynb #151a6f0d
 @dataclass(frozen=True)
 class Problem:
     "One thing wrong with a cohort: the file, where in it, and what."
-    file: str      # path relative to the cohort folder
-    where: str     # row / patient / column, or '' for the whole file
-    what: str      # what is wrong
-    def __str__(self): return ': '.join(s for s in (self.file, self.where, self.what) if s)
+
+    file: str  # path relative to the cohort folder
+    where: str  # row / patient / column, or '' for the whole file
+    what: str  # what is wrong
+
+    def __str__(self):
+        return ': '.join(s for s in (self.file, self.where, self.what) if s)
 
 # %% ../nbs/01_cohort.ipynb #4b8674e1
+NAME_RE = re.compile(
+    r'^[A-Za-z0-9_.-]+$'
+)  # a patient id, timepoint or sequence: it becomes a file name
+ID_RE = NAME_RE  # the older name, kept importable
+STUDY_SEQUENCES = (
+    'T1',
+    'T1V',
+    'T2',
+    'DWI',
+    'ADC',
+    'AP',
+    'PVP',
+)  # the original study's MRI sequences (a cohort may name others)
+
 _BEFORE = {'baseline', 'base', 'pre', 'start', 'screening', 'before', 'bef'}
 _AFTER = {'post', 'end', 'after', 'aft', 'final', 'presurgery', 'preop'}
 _LATER = {'followup', 'follow-up', 'follow_up', 'fu'}
+
 
 def natural_key(s: str):
     "Key for a natural sort: 't2' < 't10'."
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r'(\d+)', str(s))]
 
+
+def ordered_names(found, first=()) -> list:
+    "The names in `found`, in the order of `first`, then the others in natural order."
+    return [v for v in dict.fromkeys(first) if v in found] + sorted(
+        set(found) - set(first), key=natural_key
+    )
+
+
 def sort_timepoints(names) -> list[str]:
     "Order timepoint names: before-words first, after-words last, natural order within."
+
     def key(n):
         l = str(n).lower()
         rank = 0 if l in _BEFORE else 2 if l in _AFTER else 3 if l in _LATER else 1
         return (rank, natural_key(n))
+
     return sorted(set(names), key=key)
 
 # %% ../nbs/01_cohort.ipynb #bc822bf7
 NIFTI_RE = re.compile(r'\.nii(\.gz)?$', re.I)
 
+
 @dataclass
 class Volume:
     "A 3-D image: voxel data (x, y, z), its affine, spacing (mm) and orientation codes."
+
     data: np.ndarray
     affine: np.ndarray
+
     @property
-    def spacing(self): return tuple(float(v) for v in np.sqrt((self.affine[:3, :3]**2).sum(0)))
+    def spacing(self):
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(0)))
+
     @property
     def orientation(self):
         import nibabel as nib
-        return ''.join(nib.aff2axcodes(self.affine))
-    @property
-    def shape(self): return self.data.shape
-    def __repr__(self): return f"Volume(shape={self.shape}, spacing={tuple(round(s, 3) for s in self.spacing)}, orientation={self.orientation})"
 
-def load_volume(path, canonical: bool = True, # the NIfTI file; reorient to RAS+?
-                dtype=np.float32) -> Volume:
+        return ''.join(nib.aff2axcodes(self.affine))
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Volume(shape={self.shape}, spacing={tuple(round(s, 3) for s in self.spacing)}, orientation={self.orientation})"
+
+
+def load_volume(
+    path,  # the NIfTI file
+    canonical: bool = True,  # reorient to RAS+?
+    dtype=np.float32,
+) -> Volume:
     "Load a 3-D NIfTI volume (a 2-D image becomes one slice); raise `CohortError` naming the file if it can't be used."
     import nibabel as nib
+
     path = Path(path)
     try:
         img = nib.load(str(path))
-        if len(img.shape) > 3: raise CohortError(f"{path}: 4-D volume {img.shape} (one 3-D volume per sequence is expected)")
-        if len(img.shape) == 2: img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, img.header)
-        if canonical: img = nib.as_closest_canonical(img)
+        if len(img.shape) > 3:
+            raise CohortError(
+                f"{path}: 4-D volume {img.shape} (one 3-D volume per sequence is expected)"
+            )
+        if len(img.shape) == 2:
+            img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, img.header)
+        if canonical:
+            img = nib.as_closest_canonical(img)
         data = np.asanyarray(img.dataobj).astype(dtype, copy=False)
-    except CohortError: raise
-    except Exception as e: raise CohortError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from None
-    if data.size == 0: raise CohortError(f"{path}: empty volume {data.shape}")
+    except CohortError:
+        raise
+    except Exception as e:
+        raise CohortError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from None
+    if data.size == 0:
+        raise CohortError(f"{path}: empty volume {data.shape}")
     return Volume(np.ascontiguousarray(data), img.affine.copy())
+
 
 @dataclass
 class ImageRef:
     "Where one (patient, timepoint, sequence) image and its lesion mask live; loads on demand."
+
     image: Path
     mask: Path | None = None
-    def load(self, canonical=True) -> Volume: return load_volume(self.image, canonical)
+
+    def load(self, canonical=True) -> Volume:
+        return load_volume(self.image, canonical)
+
     def load_mask(self, canonical=True) -> Volume | None:
         return None if self.mask is None else load_volume(self.mask, canonical, dtype=np.float32)
 
 # %% ../nbs/01_cohort.ipynb #2a0a7a94
-ID_RE = re.compile(r'^[A-Za-z0-9_.-]+$')
+def _table_or_problem(root: Path, name: str, problems: list) -> pd.DataFrame | None:
+    "`root/name` read by `read_table`; what makes it unusable is recorded as a problem (and None returned)."
+    try:
+        return read_table(root / name, warn=lambda why: problems.append(Problem(name, '', why)))
+    except LiverPcrError as e:
+        problems.append(Problem(name, '', e.why))
+
+# %% ../nbs/01_cohort.ipynb #bb761740
 _MISSING = {'', 'na', 'nan', 'n/a', 'null', 'none'}
 
-def _read_csv(root: Path, name: str, problems: list) -> pd.DataFrame | None:
-    "Read `root/name` as strings; record a problem (and return None) if it can't be parsed."
-    import warnings
-    try:
-        with warnings.catch_warnings(record=True) as w:   # index_col=False: a trailing comma never shifts the columns
-            warnings.simplefilter('always', pd.errors.ParserWarning)
-            df = pd.read_csv(root/name, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
-    except Exception as e:
-        problems.append(Problem(name, '', f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})')); return None
-    if any(issubclass(x.category, pd.errors.ParserWarning) for x in w):
-        problems.append(Problem(name, '', 'some rows have more values than the header has columns'))
-    df.columns = [str(c).strip() for c in df.columns]
-    return df.apply(lambda c: c.str.strip())
 
 def _number(v: str) -> float | None:
     "A float from a CSV cell; nan for missing, None if not a number."
-    if v.lower() in _MISSING: return math.nan
-    try: x = float(v)
-    except ValueError: return None
+    if v.lower() in _MISSING:
+        return math.nan
+    try:
+        x = float(v)
+    except ValueError:
+        return None
     return x if math.isfinite(x) else None
 
-def _line(i: int) -> str: return f'line {i + 2}'
+
+def _line(i: int) -> str:
+    return f'line {i + 2}'
 
 # %% ../nbs/01_cohort.ipynb #2cc8cee5
 def _read_meta(root: Path, problems: list) -> dict:
     "Read and check `cohort.json` (optional)."
-    p = root/'cohort.json'
-    if not p.exists(): return {}
-    try: meta = json.loads(p.read_text())
-    except Exception as e:
-        problems.append(Problem('cohort.json', '', f'invalid JSON ({e})')); return {}
-    if not isinstance(meta, dict):
-        problems.append(Problem('cohort.json', '', 'must be a JSON object')); return {}
+    p = root / 'cohort.json'
+    if not p.exists():
+        return {}
+    try:
+        meta = read_json_object(p)
+    except LiverPcrError as e:
+        problems.append(Problem('cohort.json', '', e.why))
+        return {}
     for k in ('timepoints', 'sequences'):
         v = meta.get(k)
-        if v is None: continue
+        if v is None:
+            continue
         if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
-            problems.append(Problem('cohort.json', k, 'must be a list of names')); meta.pop(k)
+            problems.append(Problem('cohort.json', k, 'must be a list of names'))
+            meta.pop(k)
         elif len(set(v)) != len(v):
-            problems.append(Problem('cohort.json', k, f'duplicate names in {v}')); meta[k] = list(dict.fromkeys(v))
+            problems.append(Problem('cohort.json', k, f'duplicate names in {v}'))
+            meta[k] = list(dict.fromkeys(v))
     if 'label' in meta and not (isinstance(meta['label'], str) and meta['label']):
-        problems.append(Problem('cohort.json', 'label', 'must be the name of a column of patients.csv')); meta.pop('label')
+        problems.append(
+            Problem('cohort.json', 'label', 'must be the name of a column of patients.csv')
+        )
+        meta.pop('label')
     return meta
 
 # %% ../nbs/01_cohort.ipynb #ae241986
 def _read_patients(root: Path, label: str, problems: list) -> pd.DataFrame | None:
     "Read and check `patients.csv`: ids, labels (1/0/empty), folds."
-    if not (root/'patients.csv').exists():
-        problems.append(Problem('patients.csv', '', 'missing (a cohort needs patients.csv)')); return None
-    df = _read_csv(root, 'patients.csv', problems)
-    if df is None: return None
+    if not (root / 'patients.csv').exists():
+        problems.append(Problem('patients.csv', '', 'missing (a cohort needs patients.csv)'))
+        return None
+    df = _table_or_problem(root, 'patients.csv', problems)
+    if df is None:
+        return None
     for col in ('patient_id', label):
-        if col not in df.columns: problems.append(Problem('patients.csv', f'column {col!r}', 'missing (required)'))
-    if 'patient_id' not in df.columns: return None
-    if not len(df): problems.append(Problem('patients.csv', '', 'no patients (only a header)'))
+        if col not in df.columns:
+            problems.append(Problem('patients.csv', f'column {col!r}', 'missing (required)'))
+    if 'patient_id' not in df.columns:
+        return None
+    if not len(df):
+        problems.append(Problem('patients.csv', '', 'no patients (only a header)'))
     seen = {}
     for i, pid in enumerate(df['patient_id']):
-        if not pid: problems.append(Problem('patients.csv', _line(i), 'empty patient_id'))
-        elif not ID_RE.match(pid): problems.append(Problem('patients.csv', _line(i), f'malformed patient_id {pid!r} (allowed: letters, digits, _ . -)'))
-        elif pid in seen: problems.append(Problem('patients.csv', _line(i), f'duplicate patient_id {pid!r} (also {_line(seen[pid])})'))
-        else: seen[pid] = i
+        if not pid:
+            problems.append(Problem('patients.csv', _line(i), 'empty patient_id'))
+        elif not NAME_RE.match(pid):
+            problems.append(
+                Problem(
+                    'patients.csv',
+                    _line(i),
+                    f'malformed patient_id {pid!r} (allowed: letters, digits, _ . -)',
+                )
+            )
+        elif pid in seen:
+            problems.append(
+                Problem(
+                    'patients.csv',
+                    _line(i),
+                    f'duplicate patient_id {pid!r} (also {_line(seen[pid])})',
+                )
+            )
+        else:
+            seen[pid] = i
     y = pd.Series(np.nan, index=df.index)
     if label in df.columns:
         for i, v in enumerate(df[label]):
             x = _number(v)
             if x is None or not (math.isnan(x) or x in (0.0, 1.0)):
-                problems.append(Problem('patients.csv', f"{_line(i)} (patient {df['patient_id'].iat[i]})", f'{label} {v!r} is not 1, 0 or empty'))
-            else: y.iat[i] = x
+                problems.append(
+                    Problem(
+                        'patients.csv',
+                        f"{_line(i)} (patient {df['patient_id'].iat[i]})",
+                        f'{label} {v!r} is not 1, 0 or empty',
+                    )
+                )
+            else:
+                y.iat[i] = x
     df['_y'] = y
     fold = pd.Series(pd.NA, index=df.index, dtype='Int64')
     if 'fold' in df.columns:
         for i, v in enumerate(df['fold']):
             x = _number(v)
             if x is None or (not math.isnan(x) and x != int(x)):
-                problems.append(Problem('patients.csv', f"{_line(i)} (patient {df['patient_id'].iat[i]})", f'fold {v!r} is not an integer'))
-            elif not math.isnan(x): fold.iat[i] = int(x)
+                problems.append(
+                    Problem(
+                        'patients.csv',
+                        f"{_line(i)} (patient {df['patient_id'].iat[i]})",
+                        f'fold {v!r} is not an integer',
+                    )
+                )
+            elif not math.isnan(x):
+                fold.iat[i] = int(x)
     df['_fold'] = fold
     return df
 
@@ -173,139 +272,265 @@ def _read_patients(root: Path, label: str, problems: list) -> pd.DataFrame | Non
 def _read_labs(root: Path, ids: set, timepoints: list | None, problems: list) -> pd.DataFrame:
     "Read and check `labs.csv` (optional): one row per patient and timepoint, numeric markers."
     cols = ['patient_id', 'timepoint']
-    if not (root/'labs.csv').exists(): return pd.DataFrame(columns=cols)
-    df = _read_csv(root, 'labs.csv', problems)
-    if df is None: return pd.DataFrame(columns=cols)
+    if not (root / 'labs.csv').exists():
+        return pd.DataFrame(columns=cols)
+    df = _table_or_problem(root, 'labs.csv', problems)
+    if df is None:
+        return pd.DataFrame(columns=cols)
     miss = [c for c in cols if c not in df.columns]
     if miss:
-        for c in miss: problems.append(Problem('labs.csv', f'column {c!r}', 'missing (required)'))
+        for c in miss:
+            problems.append(Problem('labs.csv', f'column {c!r}', 'missing (required)'))
         return pd.DataFrame(columns=cols)
     markers = [c for c in df.columns if c not in cols and c]
     out, seen = {c: [] for c in cols + markers}, {}
     for i, row in enumerate(df.itertuples(index=False)):
-        r = dict(zip(df.columns, row)); pid, tp = r['patient_id'], r['timepoint']
+        r = dict(zip(df.columns, row))
+        pid, tp = r['patient_id'], r['timepoint']
         where = f'{_line(i)} (patient {pid}, timepoint {tp})'
-        if pid not in ids: problems.append(Problem('labs.csv', _line(i), f'patient {pid!r} is not in patients.csv'))
-        if not tp: problems.append(Problem('labs.csv', _line(i), 'empty timepoint'))
+        if pid not in ids:
+            problems.append(
+                Problem('labs.csv', _line(i), f'patient {pid!r} is not in patients.csv')
+            )
+        if not tp:
+            problems.append(Problem('labs.csv', _line(i), 'empty timepoint'))
         elif timepoints is not None and tp not in timepoints:
-            problems.append(Problem('labs.csv', where, f'timepoint {tp!r} is not declared in cohort.json {timepoints}'))
-        if (pid, tp) in seen: problems.append(Problem('labs.csv', where, f'duplicate row (also {_line(seen[(pid, tp)])})'))
+            problems.append(
+                Problem(
+                    'labs.csv',
+                    where,
+                    f'timepoint {tp!r} is not declared in cohort.json {timepoints}',
+                )
+            )
+        if (pid, tp) in seen:
+            problems.append(
+                Problem('labs.csv', where, f'duplicate row (also {_line(seen[(pid, tp)])})')
+            )
         seen[(pid, tp)] = i
-        out['patient_id'].append(pid); out['timepoint'].append(tp)
+        out['patient_id'].append(pid)
+        out['timepoint'].append(tp)
         for m in markers:
             x = _number(r[m])
-            if x is None: problems.append(Problem('labs.csv', where, f'{m} {r[m]!r} is not a number')); x = math.nan
-            elif x < 0: problems.append(Problem('labs.csv', where, f'{m} {r[m]} is negative')); x = math.nan
+            if x is None:
+                problems.append(Problem('labs.csv', where, f'{m} {r[m]!r} is not a number'))
+                x = math.nan
+            elif x < 0:
+                problems.append(Problem('labs.csv', where, f'{m} {r[m]} is negative'))
+                x = math.nan
             out[m].append(x)
     return pd.DataFrame(out)
 
 # %% ../nbs/01_cohort.ipynb #fc83a715
 def _safe_rel(root: Path, rel: str) -> Path | None:
     "The file `rel` inside `root`, or None if the path leaves the cohort folder."
-    if not rel or os.path.isabs(rel) or re.match(r'^[A-Za-z]:[\\/]', rel): return None
+    if not rel or os.path.isabs(rel) or re.match(r'^[A-Za-z]:[\\/]', rel):
+        return None
     norm = os.path.normpath(rel.replace('\\', '/'))
-    if norm == '..' or norm.startswith('../') or norm.startswith('/'): return None
-    return root/norm
+    if norm == '..' or norm.startswith('../') or norm.startswith('/'):
+        return None
+    return root / norm
 
+# %% ../nbs/01_cohort.ipynb #7040e762
 MANIFEST_COLS = ['patient_id', 'timepoint', 'sequence', 'image', 'mask']
+
 
 def _read_manifest(root: Path, problems: list) -> pd.DataFrame:
     "Read and check `images.csv`: one row per image volume."
-    df = _read_csv(root, 'images.csv', problems)
-    if df is None: return pd.DataFrame(columns=MANIFEST_COLS)
+    df = _table_or_problem(root, 'images.csv', problems)
+    if df is None:
+        return pd.DataFrame(columns=MANIFEST_COLS)
     miss = [c for c in MANIFEST_COLS[:4] if c not in df.columns]
-    for c in miss: problems.append(Problem('images.csv', f'column {c!r}', 'missing (required)'))
-    if miss: return pd.DataFrame(columns=MANIFEST_COLS)
-    if 'mask' not in df.columns: df['mask'] = ''
+    for c in miss:
+        problems.append(Problem('images.csv', f'column {c!r}', 'missing (required)'))
+    if miss:
+        return pd.DataFrame(columns=MANIFEST_COLS)
+    if 'mask' not in df.columns:
+        df['mask'] = ''
     rows = []
     for i, r in enumerate(df[MANIFEST_COLS].itertuples(index=False)):
         where = f'{_line(i)} (patient {r.patient_id})'
         if not (r.patient_id and r.timepoint and r.sequence):
-            problems.append(Problem('images.csv', _line(i), 'empty patient_id, timepoint or sequence')); continue
+            problems.append(
+                Problem('images.csv', _line(i), 'empty patient_id, timepoint or sequence')
+            )
+            continue
         paths = {}
         for col in ('image', 'mask'):
             rel = getattr(r, col)
-            if not rel: paths[col] = None; continue
+            if not rel:
+                paths[col] = None
+                continue
             p = _safe_rel(root, rel)
-            if p is None: problems.append(Problem('images.csv', where, f'{col} path {rel!r} leaves the cohort folder')); paths[col] = False
-            elif not NIFTI_RE.search(p.name): problems.append(Problem('images.csv', where, f'{col} {rel!r} is not a NIfTI file (.nii or .nii.gz)')); paths[col] = False
-            elif not p.is_file(): problems.append(Problem(rel, '', f'missing (listed in images.csv {_line(i)})')); paths[col] = False
-            else: paths[col] = p
-        if paths['image'] is None: problems.append(Problem('images.csv', where, 'empty image path'))
+            if p is None:
+                problems.append(
+                    Problem('images.csv', where, f'{col} path {rel!r} leaves the cohort folder')
+                )
+                paths[col] = False
+            elif not NIFTI_RE.search(p.name):
+                problems.append(
+                    Problem(
+                        'images.csv', where, f'{col} {rel!r} is not a NIfTI file (.nii or .nii.gz)'
+                    )
+                )
+                paths[col] = False
+            elif not p.is_file():
+                problems.append(Problem(rel, '', f'missing (listed in images.csv {_line(i)})'))
+                paths[col] = False
+            else:
+                paths[col] = p
+        if paths['image'] is None:
+            problems.append(Problem('images.csv', where, 'empty image path'))
         if paths['image'] and paths['mask'] is not False:
-            rows.append(dict(patient_id=r.patient_id, timepoint=r.timepoint, sequence=r.sequence, image=paths['image'], mask=paths['mask']))
+            rows.append(
+                dict(
+                    patient_id=r.patient_id,
+                    timepoint=r.timepoint,
+                    sequence=r.sequence,
+                    image=paths['image'],
+                    mask=paths['mask'],
+                )
+            )
     return pd.DataFrame(rows, columns=MANIFEST_COLS)
 
 # %% ../nbs/01_cohort.ipynb #48f454bf
-def _stem(name: str) -> str: return NIFTI_RE.sub('', name)
+def _stem(name: str) -> str:
+    return NIFTI_RE.sub('', name)
+
 
 def _scan_images(root: Path, problems: list) -> pd.DataFrame:
     "Scan `images/<patient>/<timepoint>/<sequence>.nii[.gz]`."
-    rows, base = [], root/'images'
+    rows, base = [], root / 'images'
     visible = lambda d: sorted(p for p in d.iterdir() if not p.name.startswith('.'))
     for pdir in visible(base):
         if not pdir.is_dir():
-            if NIFTI_RE.search(pdir.name): problems.append(Problem(str(pdir.relative_to(root)), '', 'not in the images/<patient>/<timepoint>/<sequence>.nii.gz layout'))
+            if NIFTI_RE.search(pdir.name):
+                problems.append(
+                    Problem(
+                        str(pdir.relative_to(root)),
+                        '',
+                        'not in the images/<patient>/<timepoint>/<sequence>.nii.gz layout',
+                    )
+                )
             continue
         for tdir in visible(pdir):
             if not tdir.is_dir():
-                if NIFTI_RE.search(tdir.name): problems.append(Problem(str(tdir.relative_to(root)), '', 'not in the images/<patient>/<timepoint>/<sequence>.nii.gz layout'))
+                if NIFTI_RE.search(tdir.name):
+                    problems.append(
+                        Problem(
+                            str(tdir.relative_to(root)),
+                            '',
+                            'not in the images/<patient>/<timepoint>/<sequence>.nii.gz layout',
+                        )
+                    )
                 continue
-            files = {_stem(f.name): f for f in visible(tdir) if f.is_file() and NIFTI_RE.search(f.name)}
+            files = {
+                _stem(f.name): f for f in visible(tdir) if f.is_file() and NIFTI_RE.search(f.name)
+            }
             lesion = files.pop('lesion', None)
             masks = {k[:-5]: files.pop(k) for k in list(files) if k.endswith('_mask')}
             for seq, f in files.items():
-                rows.append(dict(patient_id=pdir.name, timepoint=tdir.name, sequence=seq, image=f, mask=masks.pop(seq, lesion)))
+                rows.append(
+                    dict(
+                        patient_id=pdir.name,
+                        timepoint=tdir.name,
+                        sequence=seq,
+                        image=f,
+                        mask=masks.pop(seq, lesion),
+                    )
+                )
             for seq, f in masks.items():
-                problems.append(Problem(str(f.relative_to(root)), '', f'mask for sequence {seq!r}, which has no image in this exam'))
+                problems.append(
+                    Problem(
+                        str(f.relative_to(root)),
+                        '',
+                        f'mask for sequence {seq!r}, which has no image in this exam',
+                    )
+                )
             if lesion is not None and not files:
-                problems.append(Problem(str(lesion.relative_to(root)), '', 'lesion mask in an exam with no image'))
+                problems.append(
+                    Problem(
+                        str(lesion.relative_to(root)), '', 'lesion mask in an exam with no image'
+                    )
+                )
     return pd.DataFrame(rows, columns=MANIFEST_COLS)
 
 # %% ../nbs/01_cohort.ipynb #1ea44a0d
 def _read_images(root: Path, ids: set, meta: dict, problems: list) -> pd.DataFrame:
     "The image manifest (from images.csv or the images/ tree), checked against patients and cohort.json."
-    if (root/'images.csv').exists(): src, man = 'images.csv', _read_manifest(root, problems)
-    elif (root/'images').is_dir(): src, man = 'images/', _scan_images(root, problems)
+    if (root / 'images.csv').exists():
+        src, man = 'images.csv', _read_manifest(root, problems)
+    elif (root / 'images').is_dir():
+        src, man = 'images/', _scan_images(root, problems)
     else:
-        problems.append(Problem('images.csv', '', 'missing, and there is no images/ folder either: the cohort has no images'))
+        problems.append(
+            Problem(
+                'images.csv',
+                '',
+                'missing, and there is no images/ folder either: the cohort has no images',
+            )
+        )
         return pd.DataFrame(columns=MANIFEST_COLS)
     for (pid, tp, seq), g in man.groupby(['patient_id', 'timepoint', 'sequence'], sort=False):
-        if len(g) > 1: problems.append(Problem(src, f'patient {pid}', f'{len(g)} images for timepoint {tp!r}, sequence {seq!r}'))
+        if len(g) > 1:
+            problems.append(
+                Problem(
+                    src, f'patient {pid}', f'{len(g)} images for timepoint {tp!r}, sequence {seq!r}'
+                )
+            )
     man = man.drop_duplicates(['patient_id', 'timepoint', 'sequence'])
     for pid in sorted(set(man.patient_id) - ids):
         problems.append(Problem(src, f'patient {pid}', 'has images but is not in patients.csv'))
     for key, label in (('timepoints', 'timepoint'), ('sequences', 'sequence')):
         declared = meta.get(key)
-        if declared is None: continue
+        if declared is None:
+            continue
         for v in sorted(set(man[label]) - set(declared)):
             pids = sorted(set(man.patient_id[man[label] == v]))
             who = ', '.join(pids[:5]) + (f' and {len(pids) - 5} more' if len(pids) > 5 else '')
-            problems.append(Problem(src, f'{label} {v!r}', f'not declared in cohort.json {key} {declared} (patients {who})'))
+            problems.append(
+                Problem(
+                    src,
+                    f'{label} {v!r}',
+                    f'not declared in cohort.json {key} {declared} (patients {who})',
+                )
+            )
     return man.reset_index(drop=True)
 
 # %% ../nbs/01_cohort.ipynb #98876fca
 @dataclass
 class Patient:
     "One patient: label, fold, covariates, labs per timepoint and exams (timepoint → sequence → image)."
+
     id: str
-    label: float                                   # 1.0 (pCR), 0.0, or nan (unknown)
-    fold: int | None = None                        # the predefined CV fold, if any
+    label: float  # 1.0 (pCR), 0.0, or nan (unknown)
+    fold: int | None = None  # the predefined CV fold, if any
     covariates: dict = field(default_factory=dict)
-    labs: pd.DataFrame = field(default_factory=pd.DataFrame)   # index: timepoint, columns: markers
-    exams: dict = field(default_factory=dict)      # timepoint -> sequence -> ImageRef
+    labs: pd.DataFrame = field(default_factory=pd.DataFrame)  # index: timepoint, columns: markers
+    exams: dict = field(default_factory=dict)  # timepoint -> sequence -> ImageRef
 
     @property
-    def labelled(self) -> bool: return not math.isnan(self.label)
-    def has(self, timepoint, sequence) -> bool: return sequence in self.exams.get(timepoint, {})
+    def labelled(self) -> bool:
+        return not math.isnan(self.label)
+
+    def has(self, timepoint, sequence) -> bool:
+        return sequence in self.exams.get(timepoint, {})
+
     def ref(self, timepoint, sequence) -> ImageRef:
-        if not self.has(timepoint, sequence): raise CohortError(f'patient {self.id}: no {sequence} image at timepoint {timepoint!r}')
+        if not self.has(timepoint, sequence):
+            raise CohortError(f'patient {self.id}: no {sequence} image at timepoint {timepoint!r}')
         return self.exams[timepoint][sequence]
-    def volume(self, timepoint, sequence) -> Volume: return self.ref(timepoint, sequence).load()
-    def mask(self, timepoint, sequence) -> Volume | None: return self.ref(timepoint, sequence).load_mask()
+
+    def volume(self, timepoint, sequence) -> Volume:
+        return self.ref(timepoint, sequence).load()
+
+    def mask(self, timepoint, sequence) -> Volume | None:
+        return self.ref(timepoint, sequence).load_mask()
+
     def lab(self, timepoint, marker) -> float:
-        try: return float(self.labs.loc[timepoint, marker])
-        except KeyError: return math.nan
+        try:
+            return float(self.labs.loc[timepoint, marker])
+        except KeyError:
+            return math.nan
 
     def __repr__(self):
         lab = {1.0: '1 (pCR)', 0.0: '0'}.get(self.label, 'unknown')
@@ -319,49 +544,83 @@ def axial(data: np.ndarray, z: int) -> np.ndarray:
     "Axial slice `z` of RAS+ data for display: anterior up, patient's right on the viewer's left."
     return data[:, :, z].T[::-1, ::-1]
 
+
 def lesion_slice(mask: np.ndarray | None, nz: int) -> int:
     "The axial slice with the largest lesion area (the middle slice without a mask)."
-    if mask is None or not mask.any(): return nz // 2
+    if mask is None or not mask.any():
+        return nz // 2
     return int(np.argmax((mask > 0).sum((0, 1))))
 
+# %% ../nbs/01_cohort.ipynb #573c5df0
 @patch
-def plot(self: Patient, sequences=None, timepoints=None, # which to show (default: all)
-                  size: float = 2.2):
+def plot(
+    self: Patient,
+    sequences=None,  # the sequences to show (default: all)
+    timepoints=None,  # the timepoints to show (default: all)
+    size: float = 2.2,
+):
     "Plot one axial slice per exam with the lesion outline."
     import matplotlib.pyplot as plt
+
     tps = timepoints or list(self.exams)
     seqs = sequences or list(dict.fromkeys(s for tp in tps for s in self.exams.get(tp, {})))
-    fig, axs = plt.subplots(len(tps), len(seqs), figsize=(size*len(seqs), size*len(tps)), squeeze=False)
+    fig, axs = plt.subplots(
+        len(tps), len(seqs), figsize=(size * len(seqs), size * len(tps)), squeeze=False
+    )
     for i, tp in enumerate(tps):
         for j, s in enumerate(seqs):
-            ax = axs[i, j]; ax.set_xticks([]); ax.set_yticks([])
-            if j == 0: ax.set_ylabel(tp)
-            if i == 0: ax.set_title(s)
-            if not self.has(tp, s): ax.text(.5, .5, 'missing', ha='center', va='center', transform=ax.transAxes, color='0.5'); continue
+            ax = axs[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(tp)
+            if i == 0:
+                ax.set_title(s)
+            if not self.has(tp, s):
+                ax.text(
+                    0.5,
+                    0.5,
+                    'missing',
+                    ha='center',
+                    va='center',
+                    transform=ax.transAxes,
+                    color='0.5',
+                )
+                continue
             v, m = self.volume(tp, s), self.mask(tp, s)
             z = lesion_slice(None if m is None else m.data, v.shape[2])
             sx, sy = v.spacing[:2]
-            ax.imshow(axial(v.data, z), cmap='gray', aspect=sy/sx)
-            if m is not None and m.data[..., z].any(): ax.contour(axial(m.data, z) > 0, levels=[.5], colors='tab:red', linewidths=1)
+            ax.imshow(axial(v.data, z), cmap='gray', aspect=sy / sx)
+            if m is not None and m.data[..., z].any():
+                ax.contour(axial(m.data, z) > 0, levels=[0.5], colors='tab:red', linewidths=1)
     fig.suptitle(repr(self).split(', exams')[0] + ')', fontsize=9)
     fig.tight_layout()
     return fig
 
 # %% ../nbs/01_cohort.ipynb #ee13c38a
-def _ordered(found, reference) -> list:
-    "The names in `found`, in the order of `reference`, then the others in natural order."
-    return [v for v in reference if v in found] + sorted(set(found) - set(reference), key=natural_key)
-
 class Cohort:
     "A cohort folder read according to the cohort format."
+
     def __init__(self, root, meta, table, labs, manifest, problems):
-        self.root, self.meta, self.table, self.labs, self.manifest = Path(root), meta, table, labs, manifest
+        self.root, self.meta, self.table, self.labs, self.manifest = (
+            Path(root),
+            meta,
+            table,
+            labs,
+            manifest,
+        )
         self.problems = list(problems)
         self.name = meta.get('name') or self.root.name
         self.label_col = meta.get('label', 'pcr')
-        found_tp = list(manifest.timepoint) + list(labs.timepoint) if len(labs) else list(manifest.timepoint)
+        found_tp = (
+            list(manifest.timepoint) + list(labs.timepoint)
+            if len(labs)
+            else list(manifest.timepoint)
+        )
         self.timepoints = list(meta.get('timepoints') or sort_timepoints(found_tp))
-        self.sequences = list(meta.get('sequences') or sorted(set(manifest.sequence), key=natural_key))
+        self.sequences = list(
+            meta.get('sequences') or sorted(set(manifest.sequence), key=natural_key)
+        )
         self.markers = [c for c in labs.columns if c not in ('patient_id', 'timepoint')]
         self.patients = self._build_patients()
 
@@ -370,10 +629,12 @@ class Cohort:
         "Read a cohort, collecting (not raising) the problems of its tables and layout."
         root = data_root(path)
         problems = []
-        if not root.is_dir(): raise CohortError(f'{root}: not a cohort folder (no such directory)')
+        if not root.is_dir():
+            raise CohortError(f'{root}: not a cohort folder (no such directory)')
         meta = _read_meta(root, problems)
         table = _read_patients(root, meta.get('label', 'pcr'), problems)
-        if table is None: table = pd.DataFrame(columns=['patient_id', '_y', '_fold'])
+        if table is None:
+            table = pd.DataFrame(columns=['patient_id', '_y', '_fold'])
         ids = set(table.patient_id)
         labs = _read_labs(root, ids, meta.get('timepoints'), problems)
         man = _read_images(root, ids, meta, problems)
@@ -383,129 +644,267 @@ class Cohort:
     def load(cls, path=None) -> 'Cohort':
         "Read a cohort; raise `CohortError` listing every problem of its tables and layout."
         c = cls.read(path)
-        if c.problems: raise CohortError([f'{c.root}: {len(c.problems)} problem(s) in the cohort'] + [str(p) for p in c.problems])
+        if c.problems:
+            raise CohortError(
+                [f'{c.root}: {len(c.problems)} problem(s) in the cohort']
+                + [str(p) for p in c.problems]
+            )
         return c
 
     def _build_patients(self) -> dict:
-        pts, covs = {}, [c for c in self.table.columns if c not in ('patient_id', self.label_col, 'fold', '_y', '_fold')]
+        pts, covs = (
+            {},
+            [
+                c
+                for c in self.table.columns
+                if c not in ('patient_id', self.label_col, 'fold', '_y', '_fold')
+            ],
+        )
         byp = {pid: g for pid, g in self.manifest.groupby('patient_id', sort=False)}
-        labp = {pid: g.drop(columns='patient_id').set_index('timepoint') for pid, g in self.labs.groupby('patient_id', sort=False)} if len(self.labs) else {}
+        labp = (
+            {
+                pid: g.drop(columns='patient_id').set_index('timepoint')
+                for pid, g in self.labs.groupby('patient_id', sort=False)
+            }
+            if len(self.labs)
+            else {}
+        )
         for r in self.table.to_dict('records'):
             pid = r['patient_id']
-            if pid in pts or not pid: continue
+            if pid in pts or not pid:
+                continue
             exams = {}
-            for m in (byp[pid].itertuples() if pid in byp else []):
-                exams.setdefault(m.timepoint, {})[m.sequence] = ImageRef(m.image, m.mask if isinstance(m.mask, Path) else None)
-            exams = {tp: {s: exams[tp][s] for s in _ordered(exams[tp], self.sequences)} for tp in _ordered(exams, self.timepoints)}
-            fold = r.get('_fold'); fold = None if fold is None or pd.isna(fold) else int(fold)
-            pts[pid] = Patient(pid, float(r['_y']), fold, {c: r[c] for c in covs}, labp.get(pid, pd.DataFrame(columns=self.markers)), exams)
+            for m in byp[pid].itertuples() if pid in byp else []:
+                exams.setdefault(m.timepoint, {})[m.sequence] = ImageRef(
+                    m.image, m.mask if isinstance(m.mask, Path) else None
+                )
+            exams = {
+                tp: {s: exams[tp][s] for s in ordered_names(exams[tp], self.sequences)}
+                for tp in ordered_names(exams, self.timepoints)
+            }
+            fold = r.get('_fold')
+            fold = None if fold is None or pd.isna(fold) else int(fold)
+            pts[pid] = Patient(
+                pid,
+                float(r['_y']),
+                fold,
+                {c: r[c] for c in covs},
+                labp.get(pid, pd.DataFrame(columns=self.markers)),
+                exams,
+            )
         return pts
 
-    def __len__(self): return len(self.patients)
-    def __iter__(self): return iter(self.patients.values())
+    def __len__(self):
+        return len(self.patients)
+
+    def __iter__(self):
+        return iter(self.patients.values())
+
     def __getitem__(self, i) -> Patient:
-        if isinstance(i, int): return list(self.patients.values())[i]
-        if i not in self.patients: raise CohortError(f'{self.root}: no patient {i!r}')
+        if isinstance(i, int):
+            return list(self.patients.values())[i]
+        if i not in self.patients:
+            raise CohortError(f'{self.root}: no patient {i!r}')
         return self.patients[i]
+
     @property
-    def ids(self) -> list[str]: return list(self.patients)
+    def ids(self) -> list[str]:
+        return list(self.patients)
+
     @property
-    def labels(self) -> pd.Series: return pd.Series({p.id: p.label for p in self}, name=self.label_col, dtype=float)
+    def labels(self) -> pd.Series:
+        return pd.Series({p.id: p.label for p in self}, name=self.label_col, dtype=float)
+
     @property
-    def labelled_ids(self) -> list[str]: return [p.id for p in self if p.labelled]
+    def labelled_ids(self) -> list[str]:
+        return [p.id for p in self if p.labelled]
+
     @property
     def folds(self) -> pd.Series | None:
         "The predefined folds (`fold` column), or None."
-        return None if 'fold' not in self.table.columns else pd.Series({p.id: p.fold for p in self}, name='fold')
+        return (
+            None
+            if 'fold' not in self.table.columns
+            else pd.Series({p.id: p.fold for p in self}, name='fold')
+        )
+
     def __repr__(self):
         y = self.labels
-        return (f"Cohort({self.name!r}: {len(self)} patients, {int(y.notna().sum())} labelled, {int((y == 1).sum())} pCR; "
-                f"timepoints {self.timepoints}; sequences {self.sequences}; markers {self.markers})")
+        return (
+            f"Cohort({self.name!r}: {len(self)} patients, {int(y.notna().sum())} labelled, {int((y == 1).sum())} pCR; "
+            f"timepoints {self.timepoints}; sequences {self.sequences}; markers {self.markers})"
+        )
 
 # %% ../nbs/01_cohort.ipynb #1ac98779
 def _rel(root: Path, p: Path) -> str:
-    try: return str(Path(p).relative_to(root))
-    except ValueError: return str(p)
+    try:
+        return str(Path(p).relative_to(root))
+    except ValueError:
+        return str(p)
+
 
 def _header(path: Path):
     "Shape and affine of a NIfTI file, reading the full data (so truncation is found)."
     import nibabel as nib
+
     img = nib.load(str(path))
     data = np.asanyarray(img.dataobj)
     return img, data
 
+
 def _check_volume(root: Path, path: Path, what: str, problems: list):
     "Open one volume; record its problems; return (shape, affine, data) or None."
     rel = _rel(root, path)
-    try: img, data = _header(path)
+    try:
+        img, data = _header(path)
     except Exception as e:
-        problems.append(Problem(rel, '', f'unreadable or truncated NIfTI ({type(e).__name__}: {str(e).splitlines()[0][:120]})')); return None
-    if data.ndim > 3: problems.append(Problem(rel, '', f'{data.ndim}-D {what} {data.shape}: a 3-D volume is expected')); return None
-    if data.size == 0: problems.append(Problem(rel, '', f'empty {what} {tuple(img.shape)}')); return None
-    if data.ndim < 2: problems.append(Problem(rel, '', f'{data.ndim}-D {what} {data.shape}: a 3-D volume is expected')); return None
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating) or data.dtype == bool):
-        problems.append(Problem(rel, '', f'{what} voxels of type {data.dtype} (real numbers are expected, e.g. not RGB or complex)')); return None
-    if data.ndim == 2: data = data[..., None]
+        problems.append(
+            Problem(
+                rel,
+                '',
+                f'unreadable or truncated NIfTI ({type(e).__name__}: {str(e).splitlines()[0][:120]})',
+            )
+        )
+        return None
+    if data.ndim > 3:
+        problems.append(
+            Problem(rel, '', f'{data.ndim}-D {what} {data.shape}: a 3-D volume is expected')
+        )
+        return None
+    if data.size == 0:
+        problems.append(Problem(rel, '', f'empty {what} {tuple(img.shape)}'))
+        return None
+    if data.ndim < 2:
+        problems.append(
+            Problem(rel, '', f'{data.ndim}-D {what} {data.shape}: a 3-D volume is expected')
+        )
+        return None
+    if not (
+        np.issubdtype(data.dtype, np.integer)
+        or np.issubdtype(data.dtype, np.floating)
+        or data.dtype == bool
+    ):
+        problems.append(
+            Problem(
+                rel,
+                '',
+                f'{what} voxels of type {data.dtype} (real numbers are expected, e.g. not RGB or complex)',
+            )
+        )
+        return None
+    if data.ndim == 2:
+        data = data[..., None]
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        problems.append(Problem(rel, '', f'{what} has {int((~np.isfinite(data)).sum())} non-finite voxels'))
+        problems.append(
+            Problem(rel, '', f'{what} has {int((~np.isfinite(data)).sum())} non-finite voxels')
+        )
     return data.shape, img.affine, data
 
+# %% ../nbs/01_cohort.ipynb #0581dc8c
 @patch
-def validate(self: Cohort, deep: bool = True, # also open every volume and mask?
-             show_progress: bool = True) -> list[Problem]:
+def validate(
+    self: Cohort,
+    deep: bool = True,  # also open every volume and mask?
+    show_progress: bool = True,
+) -> list[Problem]:
     "Every problem of the cohort: its tables and layout, and (deep) every volume and mask."
     problems = list(self.problems)
     for p in self:
-        if not p.exams: problems.append(Problem('patients.csv', f'patient {p.id}', 'has no images'))
-    if not deep: return problems
+        if not p.exams:
+            problems.append(Problem('patients.csv', f'patient {p.id}', 'has no images'))
+    if not deep:
+        return problems
     mask_cache = {}
     refs = [(p.id, tp, s, r) for p in self for tp, ex in p.exams.items() for s, r in ex.items()]
     for pid, tp, s, r in progress(refs, desc='checking volumes', disable=not show_progress or None):
         img = _check_volume(self.root, r.image, 'volume', problems)
-        if r.mask is None or img is None: continue
-        if r.mask not in mask_cache: mask_cache[r.mask] = _check_volume(self.root, r.mask, 'mask', problems)
+        if r.mask is None or img is None:
+            continue
+        if r.mask not in mask_cache:
+            mask_cache[r.mask] = _check_volume(self.root, r.mask, 'mask', problems)
         m = mask_cache[r.mask]
-        if m is None: continue
+        if m is None:
+            continue
         rel = _rel(self.root, r.mask)
         if m[0] != img[0]:
-            problems.append(Problem(rel, f'patient {pid}, {tp}/{s}', f'mask grid {m[0]} differs from the image grid {img[0]}'))
+            problems.append(
+                Problem(
+                    rel,
+                    f'patient {pid}, {tp}/{s}',
+                    f'mask grid {m[0]} differs from the image grid {img[0]}',
+                )
+            )
         elif np.abs(m[1] - img[1]).max() > 1e-3:
-            problems.append(Problem(rel, f'patient {pid}, {tp}/{s}', 'mask affine differs from the image affine (not on the same voxel grid)'))
-        if not np.any(m[2]): problems.append(Problem(rel, f'patient {pid}, {tp}', 'empty mask (no lesion voxel)'))
+            problems.append(
+                Problem(
+                    rel,
+                    f'patient {pid}, {tp}/{s}',
+                    'mask affine differs from the image affine (not on the same voxel grid)',
+                )
+            )
+        if not np.any(m[2]):
+            problems.append(Problem(rel, f'patient {pid}, {tp}', 'empty mask (no lesion voxel)'))
     return list(dict.fromkeys(problems))
 
+# %% ../nbs/01_cohort.ipynb #91d8aa7e
 @patch
 def check(self: Cohort, deep: bool = True, show_progress: bool = True) -> 'Cohort':
     "Raise `CohortError` listing every problem; return the cohort if there is none."
     probs = self.validate(deep, show_progress)
-    if probs: raise CohortError([f'{self.root}: {len(probs)} problem(s) in the cohort'] + [str(p) for p in probs])
+    if probs:
+        raise CohortError(
+            [f'{self.root}: {len(probs)} problem(s) in the cohort'] + [str(p) for p in probs]
+        )
     return self
 
 # %% ../nbs/01_cohort.ipynb #445be218
 @patch
 def coverage(self: Cohort) -> pd.DataFrame:
     "Patients with an image, per timepoint (rows) and sequence (columns)."
-    tps = _ordered(set(self.manifest.timepoint), self.timepoints); seqs = _ordered(set(self.manifest.sequence), self.sequences)
-    return pd.DataFrame([[sum(p.has(tp, s) for p in self) for s in seqs] for tp in tps], index=pd.Index(tps, name='timepoint'), columns=seqs)
+    tps = ordered_names(set(self.manifest.timepoint), self.timepoints)
+    seqs = ordered_names(set(self.manifest.sequence), self.sequences)
+    return pd.DataFrame(
+        [[sum(p.has(tp, s) for p in self) for s in seqs] for tp in tps],
+        index=pd.Index(tps, name='timepoint'),
+        columns=seqs,
+    )
 
+# %% ../nbs/01_cohort.ipynb #5f6a4d9e
 @patch
 def lab_missingness(self: Cohort) -> pd.DataFrame:
     "Share of patients without a value, per timepoint (rows) and marker (columns)."
-    if not self.markers: return pd.DataFrame(index=pd.Index(self.timepoints, name='timepoint'))
-    vals = {tp: [sum(math.isnan(p.lab(tp, m)) for p in self) / max(len(self), 1) for m in self.markers] for tp in self.timepoints}
-    return pd.DataFrame.from_dict(vals, orient='index', columns=self.markers).rename_axis('timepoint').round(3)
+    if not self.markers:
+        return pd.DataFrame(index=pd.Index(self.timepoints, name='timepoint'))
+    vals = {
+        tp: [sum(math.isnan(p.lab(tp, m)) for p in self) / max(len(self), 1) for m in self.markers]
+        for tp in self.timepoints
+    }
+    return (
+        pd.DataFrame.from_dict(vals, orient='index', columns=self.markers)
+        .rename_axis('timepoint')
+        .round(3)
+    )
 
+# %% ../nbs/01_cohort.ipynb #8e97693a
 @patch
 def summary(self: Cohort) -> str:
     "A readable summary: patients, labels, coverage, lab missingness."
-    y = self.labels; n_lab = int(y.notna().sum()); n_pos = int((y == 1).sum())
-    lines = [f'cohort {self.name!r} ({self.root})',
-             f'patients: {len(self)}; labelled: {n_lab}; pCR: {n_pos} ({n_pos / max(n_lab, 1):.0%}); non-pCR: {n_lab - n_pos}; unlabelled: {len(self) - n_lab}',
-             f'timepoints: {", ".join(self.timepoints)}; sequences: {", ".join(self.sequences)}',
-             f'predefined folds: {"yes (" + str(self.folds.nunique()) + ")" if self.folds is not None else "no"}',
-             '', 'coverage (patients with an image):', self.coverage().to_string()]
-    if self.markers: lines += ['', 'labs missing (share of patients):', self.lab_missingness().to_string()]
-    else: lines += ['', 'labs: none']
+    y = self.labels
+    n_lab = int(y.notna().sum())
+    n_pos = int((y == 1).sum())
+    lines = [
+        f'cohort {self.name!r} ({self.root})',
+        f'patients: {len(self)}; labelled: {n_lab}; pCR: {n_pos} ({n_pos / max(n_lab, 1):.0%}); non-pCR: {n_lab - n_pos}; unlabelled: {len(self) - n_lab}',
+        f'timepoints: {", ".join(self.timepoints)}; sequences: {", ".join(self.sequences)}',
+        f'predefined folds: {"yes (" + str(self.folds.nunique()) + ")" if self.folds is not None else "no"}',
+        '',
+        'coverage (patients with an image):',
+        self.coverage().to_string(),
+    ]
+    if self.markers:
+        lines += ['', 'labs missing (share of patients):', self.lab_missingness().to_string()]
+    else:
+        lines += ['', 'labs: none']
     return '\n'.join(lines)
 
 # %% ../nbs/01_cohort.ipynb #d6313370
@@ -513,37 +912,61 @@ def summary(self: Cohort) -> str:
 def fingerprint(self: Cohort) -> str:
     "A hash that changes when any file of the cohort changes."
     import hashlib
+
     h = hashlib.sha256()
     for name in ('cohort.json', 'patients.csv', 'labs.csv', 'images.csv'):
-        f = self.root/name
-        h.update(name.encode()); h.update(f.read_bytes() if f.exists() else b'-')
-    files = sorted({str(r.image) for p in self for ex in p.exams.values() for r in ex.values()} |
-                   {str(r.mask) for p in self for ex in p.exams.values() for r in ex.values() if r.mask})
+        f = self.root / name
+        h.update(name.encode())
+        h.update(f.read_bytes() if f.exists() else b'-')
+    files = sorted(
+        {str(r.image) for p in self for ex in p.exams.values() for r in ex.values()}
+        | {str(r.mask) for p in self for ex in p.exams.values() for r in ex.values() if r.mask}
+    )
     for f in files:
-        st = os.stat(f); h.update(f'{_rel(self.root, Path(f))}|{st.st_size}|{st.st_mtime_ns}'.encode())
+        st = os.stat(f)
+        h.update(f'{_rel(self.root, Path(f))}|{st.st_size}|{st.st_mtime_ns}'.encode())
     return h.hexdigest()[:16]
 
 # %% ../nbs/01_cohort.ipynb #c047ab32
-def save_nifti(path, data: np.ndarray, affine: np.ndarray, # where, the voxels (x, y, z), the voxel-to-mm affine
-               dtype=None):
+def save_nifti(
+    path,  # where
+    data: np.ndarray,  # the voxels (x, y, z)
+    affine: np.ndarray,  # the voxel-to-mm affine
+    dtype=None,
+):
     "Save a 3-D NIfTI-1 volume with a clean header (no description, mm units)."
     import nibabel as nib
+
     data = np.asarray(data)
-    if dtype is not None and np.issubdtype(np.dtype(dtype), np.integer) and np.issubdtype(data.dtype, np.floating): data = np.rint(data)
+    if (
+        dtype is not None
+        and np.issubdtype(np.dtype(dtype), np.integer)
+        and np.issubdtype(data.dtype, np.floating)
+    ):
+        data = np.rint(data)
     img = nib.Nifti1Image(data.astype(dtype or data.dtype), np.asarray(affine, float))
-    img.header['descrip'] = b''; img.header['db_name'] = b''; img.header['aux_file'] = b''
+    img.header['descrip'] = b''
+    img.header['db_name'] = b''
+    img.header['aux_file'] = b''
     img.header.set_xyzt_units('mm', 'sec')
-    img.set_qform(img.affine, code=1); img.set_sform(img.affine, code=1)
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
 
 # %% ../nbs/01_cohort.ipynb #ab36cb80
 class CohortWriter:
     "Write a new cohort folder atomically (use as a context manager)."
-    def __init__(self, out, overwrite: bool = False, # the cohort folder to create; replace an existing one?
-                 source=None):                        # a source folder that must not be written into
+
+    def __init__(
+        self,
+        out,  # the cohort folder to create
+        overwrite: bool = False,  # replace an existing one?
+        source=None,  # a source folder that must not be written into
+    ):
         from liver_pcr.core import check_out_path
         import tempfile
+
         self.out = check_out_path(out, cohort=source, overwrite=overwrite).resolve()
         self.overwrite = overwrite
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -551,45 +974,71 @@ class CohortWriter:
 
     def image(self, pid, timepoint, sequence, data, affine, dtype=None) -> Path:
         "Write the volume of one (patient, timepoint, sequence)."
-        p = self.tmp/'images'/pid/timepoint/f'{sequence}.nii.gz'; save_nifti(p, data, affine, dtype); return p
+        p = self.tmp / 'images' / pid / timepoint / f'{sequence}.nii.gz'
+        save_nifti(p, data, affine, dtype)
+        return p
+
     def mask(self, pid, timepoint, data, affine, sequence=None) -> Path:
         "Write the lesion mask of an exam (of one sequence when `sequence` is given)."
         name = 'lesion' if sequence is None else f'{sequence}_mask'
-        p = self.tmp/'images'/pid/timepoint/f'{name}.nii.gz'; save_nifti(p, (np.asarray(data) > 0).astype(np.uint8), affine); return p
+        p = self.tmp / 'images' / pid / timepoint / f'{name}.nii.gz'
+        save_nifti(p, (np.asarray(data) > 0).astype(np.uint8), affine)
+        return p
+
     def table(self, name: str, df: pd.DataFrame) -> Path:
         "Write `patients.csv`, `labs.csv` or `images.csv`."
-        p = self.tmp/name; df.to_csv(p, index=False); return p
+        p = self.tmp / name
+        df.to_csv(p, index=False)
+        return p
+
     def meta(self, **meta) -> Path:
         "Write `cohort.json`."
-        p = self.tmp/'cohort.json'; p.write_text(json.dumps(meta, indent=1)); return p
+        p = self.tmp / 'cohort.json'
+        p.write_text(json.dumps(meta, indent=1))
+        return p
+
     def file(self, name: str, text: str) -> Path:
         "Write another file (a report, a README) into the new cohort folder."
-        p = self.tmp/name; p.write_text(text); return p
+        p = self.tmp / name
+        p.write_text(text)
+        return p
 
     def commit(self) -> Path:
         "Move the finished cohort into place."
         import shutil
+
         old = None
         if self.out.exists():
-            if not self.overwrite: raise LiverPcrError(f'{self.out}: already exists (use --overwrite to replace it)')
-            old = self.out.with_name(f'.{self.out.name}.old-{os.getpid()}'); os.replace(self.out, old)
+            if not self.overwrite:
+                raise LiverPcrError(f'{self.out}: already exists (use --overwrite to replace it)')
+            old = self.out.with_name(f'.{self.out.name}.old-{os.getpid()}')
+            os.replace(self.out, old)
         os.replace(self.tmp, self.out)
-        if old is not None: shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return self.out
+
     def abort(self):
         import shutil
+
         shutil.rmtree(self.tmp, ignore_errors=True)
-    def __enter__(self): return self
+
+    def __enter__(self):
+        return self
+
     def __exit__(self, typ, *_):
-        if typ is None: self.commit()
-        else: self.abort()
+        if typ is None:
+            self.commit()
+        else:
+            self.abort()
 
 # %% ../nbs/01_cohort.ipynb #39693339
 def cmd_validate(args) -> int:
     "`liver-pcr validate COHORT`: report every problem (exit 1) or print a summary (exit 0)."
     c = Cohort.read(args.cohort)
     probs = c.validate(deep=not getattr(args, 'shallow', False))
-    if probs: raise CohortError([str(p) for p in probs] + [f'{len(probs)} problem(s) in {c.root}'])
+    if probs:
+        raise CohortError([str(p) for p in probs] + [f'{len(probs)} problem(s) in {c.root}'])
     print(c.summary())
     print(f'\nOK: {c.root} is a valid cohort')
     return 0

@@ -6,88 +6,192 @@ Docs: https://liver-pcr.github.io/liver_pcr/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #d4a396d3
 from __future__ import annotations
-import os, sys, random, tempfile, shutil, contextlib, traceback, importlib.resources
+import os, sys, json, random, tempfile, contextlib, traceback, importlib.resources
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
 __all__ = ['LiverPcrError', 'CohortError', 'ConfigError', 'set_seed', 'get_device', 'sample_cohort_path', 'data_root',
-           'cache_dir', 'atomic_path', 'write_text', 'is_inside', 'check_out_path', 'progress', 'is_tiny', 'run_main']
+           'cache_dir', 'atomic_path', 'write_text', 'read_table', 'read_json_object', 'is_inside', 'check_out_path',
+           'progress', 'is_tiny', 'run_main']
 
 # %% ../nbs/00_core.ipynb #ff771b53
 class LiverPcrError(Exception):
     "An error caused by the user's input; carries one line per problem."
-    def __init__(self, problems: str | list[str]): # one problem, or a list of them
+
+    def __init__(
+        self,
+        problems: str | list[str],  # one problem, or a list of them
+    ):
         self.problems = [problems] if isinstance(problems, str) else [str(p) for p in problems]
         super().__init__('\n'.join(self.problems))
 
+
 class CohortError(LiverPcrError):
     "A problem with the data of a cohort (missing files, bad values, ...)."
+
 
 class ConfigError(LiverPcrError):
     "A problem with a configuration or command-line choice."
 
 # %% ../nbs/00_core.ipynb #438d3864
-def set_seed(seed: int = 0, # the seed for python, numpy and torch
-             deterministic: bool = True): # also ask torch for deterministic algorithms
+def set_seed(
+    seed: int = 0,  # the seed for python, numpy and torch
+    deterministic: bool = True,  # also ask torch for deterministic algorithms
+):
     "Seed every random number generator we use."
     import torch
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
     os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 
-def get_device(prefer: str | None = None): # 'cpu', 'cuda', 'mps' or None for the best available
+
+def get_device(
+    prefer: str | None = None,  # 'cpu', 'cuda', 'mps' or None for the best available
+):
     "The torch device to compute on."
     import torch
-    if prefer: return torch.device(prefer)
-    if torch.cuda.is_available(): return torch.device('cuda')
+
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device('cuda')
     return torch.device('cpu')
 
 # %% ../nbs/00_core.ipynb #142b8f9a
 def sample_cohort_path() -> Path:
     "The packaged sample cohort (`data_samples/`)."
     import liver_pcr
+
     here = Path(liver_pcr.__file__).resolve().parent
     cands = []
-    with contextlib.suppress(Exception): cands.append(Path(str(importlib.resources.files('liver_pcr.data_samples'))))
-    cands += [here/'data_samples', here.parent/'data_samples']
+    with contextlib.suppress(Exception):
+        cands.append(Path(str(importlib.resources.files('liver_pcr.data_samples'))))
+    cands += [here / 'data_samples', here.parent / 'data_samples']
     for c in cands:
-        if (c/'patients.csv').exists(): return c
-    raise LiverPcrError("the packaged sample cohort (data_samples/) was not found; "
-                        "pass a cohort folder or set LIVER_PCR_DATA")
+        if (c / 'patients.csv').exists():
+            return c
+    raise LiverPcrError(
+        "the packaged sample cohort (data_samples/) was not found; "
+        "pass a cohort folder or set LIVER_PCR_DATA"
+    )
 
-def data_root(path: str | os.PathLike | None = None) -> Path: # an explicit cohort folder, if any
+
+def data_root(
+    path: str | os.PathLike | None = None,  # an explicit cohort folder, if any
+) -> Path:
     "Resolve the cohort folder: argument, then `LIVER_PCR_DATA`, then the packaged sample."
-    if path is not None: return Path(path).expanduser()
+    if path is not None:
+        return Path(path).expanduser()
     env = os.environ.get('LIVER_PCR_DATA')
-    if env: return Path(env).expanduser()
+    if env:
+        return Path(env).expanduser()
     return sample_cohort_path()
+
 
 def cache_dir() -> Path:
     "The folder for caches (`LIVER_PCR_CACHE`, else `~/.cache/liver_pcr`); created on demand."
-    d = os.environ.get('LIVER_PCR_CACHE') or Path(os.environ.get('XDG_CACHE_HOME', Path.home()/'.cache'))/'liver_pcr'
-    d = Path(d).expanduser(); d.mkdir(parents=True, exist_ok=True)
+    d = (
+        os.environ.get('LIVER_PCR_CACHE')
+        or Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'liver_pcr'
+    )
+    d = Path(d).expanduser()
+    d.mkdir(parents=True, exist_ok=True)
     return d
 
 # %% ../nbs/00_core.ipynb #ffd39a71
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike): # the final file
+def atomic_path(
+    path: str | os.PathLike,  # the final file
+):
     "Yield a temporary path next to `path`; on success it replaces `path` in one step."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp): os.remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
-def write_text(path, text: str): # the file and what goes in it
+
+def write_text(
+    path,  # the file
+    text: str,  # what goes in it
+):
     "Write `text` to `path` atomically."
-    with atomic_path(path) as tmp: Path(tmp).write_text(text)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #c4a08a29
+def _file_error(path, why: str) -> LiverPcrError:
+    "The error for a file that cannot be used: `'{path}: {why}'`, the reason kept as `.why`."
+    e = LiverPcrError(f'{path}: {why}')
+    e.path, e.why = Path(path), why
+    return e
+
+
+def read_table(
+    path,  # a CSV file
+    required=(),  # the columns it must have
+    what: str
+    | None = None,  # what the file is, for messages: 'clinical' gives "no such clinical file"
+    na: bool = False,  # empty cells as missing (NaN) rather than ''
+    warn=None,  # called with the reason when rows have more values than the header (None: raise)
+):
+    "A CSV file as a table of stripped strings; `LiverPcrError` naming the file if it cannot be used."
+    import warnings, pandas as pd
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise _file_error(path, f'no such {what} file' if what else 'no such file')
+    try:
+        with warnings.catch_warnings(
+            record=True
+        ) as caught:  # index_col=False: a trailing comma never shifts the columns
+            warnings.simplefilter('always', pd.errors.ParserWarning)
+            df = pd.read_csv(
+                path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False
+            )
+    except Exception as e:
+        raise _file_error(
+            path, f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})'
+        ) from None
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        if warn is None:
+            raise _file_error(path, 'some rows have more values than the header has columns')
+        warn('some rows have more values than the header has columns')
+    df.columns = [str(c).strip() for c in df.columns]
+    df = df.apply(lambda c: c.str.strip())
+    if miss := [c for c in required if c not in df.columns]:
+        have = ', '.join(map(repr, df.columns))
+        raise _file_error(path, f"missing column(s) {', '.join(map(repr, miss))} (it has {have})")
+    return df.mask(df == '') if na else df
+
+# %% ../nbs/00_core.ipynb #faf4b2fc
+def read_json_object(
+    path,  # a JSON file
+    what: str | None = None,  # what the file is, for messages: 'folds' gives "no such folds file"
+) -> dict:
+    "The JSON object in `path`; `LiverPcrError` naming the file if it is missing, not JSON or not an object."
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise _file_error(path, f'no such {what} file' if what else 'no such file')
+    try:
+        obj = json.loads(path.read_text())
+    except Exception as e:
+        raise _file_error(path, f'invalid JSON ({e})') from None
+    if not isinstance(obj, dict):
+        raise _file_error(path, 'must be a JSON object')
+    return obj
 
 # %% ../nbs/00_core.ipynb #0ba96f0c
 def is_inside(path, folder) -> bool:
@@ -95,8 +199,12 @@ def is_inside(path, folder) -> bool:
     p, f = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
     return p == f or f in p.parents
 
-def check_out_path(out, cohort=None, # the output path, and the cohort folder it must stay out of
-                   overwrite: bool = True): # may `out` already exist?
+
+def check_out_path(
+    out,  # the output path
+    cohort=None,  # the cohort folder it must stay out of
+    overwrite: bool = True,  # may `out` already exist?
+):
     "Raise `ConfigError` if `out` is inside the cohort folder (or exists and `overwrite` is False)."
     out = Path(out).expanduser()
     if cohort is not None and (is_inside(out, cohort) or is_inside(cohort, out)):
@@ -109,30 +217,43 @@ def check_out_path(out, cohort=None, # the output path, and the cohort folder it
 def progress(it=None, **kwargs):
     "A tqdm progress bar that fits the front end (notebook or terminal)."
     from tqdm.auto import tqdm
-    if os.environ.get('LIVER_PCR_QUIET'): kwargs['disable'] = True
+
+    if os.environ.get('LIVER_PCR_QUIET'):
+        kwargs['disable'] = True
     kwargs.setdefault('disable', None)  # None: off when the output is not a terminal or notebook
     kwargs.setdefault('leave', False)
     return tqdm(it, **kwargs)
+
 
 def is_tiny() -> bool:
     "True under the test run (`LIVER_PCR_TINY=1`): notebooks then train on a tiny setting."
     return os.environ.get('LIVER_PCR_TINY', '').lower() not in ('', '0', 'false', 'no')
 
 # %% ../nbs/00_core.ipynb #1126234d
-def run_main(fn, debug: bool = False, # the command to run, and whether to show tracebacks
-             stderr=None) -> int:
+def run_main(
+    fn,  # the command to run
+    debug: bool = False,  # whether to show tracebacks
+    stderr=None,
+) -> int:
     "Run `fn()`; turn errors into one line per problem and an exit code."
     stderr = stderr or sys.stderr
     try:
         rc = fn()
         return int(rc or 0)
     except LiverPcrError as e:
-        if debug: traceback.print_exc(file=stderr)
-        for p in e.problems: print(f"error: {p}", file=stderr)
+        if debug:
+            traceback.print_exc(file=stderr)
+        for p in e.problems:
+            print(f"error: {p}", file=stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=stderr); return 130
+        print("interrupted", file=stderr)
+        return 130
     except Exception as e:
-        if debug: traceback.print_exc(file=stderr)
-        print(f"error: {type(e).__name__}: {e} (this is a bug in liver_pcr; rerun with --debug for the traceback)", file=stderr)
+        if debug:
+            traceback.print_exc(file=stderr)
+        print(
+            f"error: {type(e).__name__}: {e} (this is a bug in liver_pcr; rerun with --debug for the traceback)",
+            file=stderr,
+        )
         return 1

@@ -6,12 +6,12 @@ Docs: https://liver-pcr.github.io/liver_pcr/synth.html.md"""
 
 # %% ../nbs/02_synth.ipynb #4e9ad3f0
 from __future__ import annotations
-import math, json, os
-from dataclasses import dataclass, field, replace, asdict
+import math
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
-from .core import ConfigError, LiverPcrError, progress, check_out_path, atomic_path
-from .cohort import CohortWriter, Cohort
+from .core import ConfigError, progress, check_out_path, atomic_path
+from .cohort import CohortWriter, STUDY_SEQUENCES
 
 # %% auto #0
 __all__ = ['SEQUENCES', 'CONTRAST', 'W_NECROSIS', 'W_CELLULARITY', 'W_MARKERS', 'SHARED', 'SynthConfig', 'viable_signal',
@@ -19,118 +19,200 @@ __all__ = ['SEQUENCES', 'CONTRAST', 'W_NECROSIS', 'W_CELLULARITY', 'W_MARKERS', 
            'cmd_synth']
 
 # %% ../nbs/02_synth.ipynb #a05c9a05
-SEQUENCES = ('T1', 'T2', 'DWI', 'ADC', 'AP', 'PVP', 'T1V')
+SEQUENCES = STUDY_SEQUENCES  # the sequences the generator can draw: the original study's
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     "What to generate. Sizes in voxels and mm."
+
     n_patients: int = 120
     seed: int = 0
-    timepoints: tuple = ('pre', 'post')            # baseline first
+    timepoints: tuple = ('pre', 'post')  # baseline first
     sequences: tuple = ('T2', 'DWI', 'AP', 'PVP')  # any of SEQUENCES
-    shape: tuple = (96, 96, 16)                    # voxels (x, y, z)
-    spacing: tuple = (3.5, 3.5, 6.0)               # mm
-    noise: float = 0.03                            # Rician noise, relative to the liver's signal scale
-    p_missing_sequence: float = 0.03               # chance that one sequence of an exam is missing
-    p_missing_exam: float = 0.03                   # chance that a non-baseline exam is missing
-    p_missing_lab: float = 0.08                    # chance that one marker value is missing
-    misregistration_mm: float = 3.0                # typical shift between exams
-    pcr_rate: float = 0.3                          # target share of pCR
+    shape: tuple = (96, 96, 16)  # voxels (x, y, z)
+    spacing: tuple = (3.5, 3.5, 6.0)  # mm
+    noise: float = 0.03  # Rician noise, relative to the liver's signal scale
+    p_missing_sequence: float = 0.03  # chance that one sequence of an exam is missing
+    p_missing_exam: float = 0.03  # chance that a non-baseline exam is missing
+    p_missing_lab: float = 0.08  # chance that one marker value is missing
+    misregistration_mm: float = 3.0  # typical shift between exams
+    pcr_rate: float = 0.3  # target share of pCR
     id_prefix: str = 'SYN'
+
     def __post_init__(self):
         bad = [s for s in self.sequences if s not in SEQUENCES]
-        if bad: raise ConfigError(f'unknown sequence(s) {bad}; the generator knows {list(SEQUENCES)}')
-        if len(self.timepoints) < 1 or len(set(self.timepoints)) != len(self.timepoints): raise ConfigError(f'timepoints {self.timepoints}: give distinct names, baseline first')
-        if self.n_patients < 1: raise ConfigError('n_patients must be at least 1')
+        if bad:
+            raise ConfigError(f'unknown sequence(s) {bad}; the generator knows {list(SEQUENCES)}')
+        if len(self.timepoints) < 1 or len(set(self.timepoints)) != len(self.timepoints):
+            raise ConfigError(f'timepoints {self.timepoints}: give distinct names, baseline first')
+        if self.n_patients < 1:
+            raise ConfigError('n_patients must be at least 1')
+
 
 SynthConfig(n_patients=24)
 
 # %% ../nbs/02_synth.ipynb #2af40155
-CONTRAST = pd.DataFrame({
-    #            T1    T2    DWI   ADC   AP    PVP   T1V
-    'air':     [0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00],
-    'fat':     [0.85, 0.75, 0.05, 0.10, 0.15, 0.15, 0.15],
-    'muscle':  [0.35, 0.22, 0.15, 0.45, 0.30, 0.35, 0.35],
-    'liver':   [0.50, 0.30, 0.28, 0.45, 0.35, 0.60, 0.60],
-    'spleen':  [0.35, 0.55, 0.60, 0.30, 0.55, 0.62, 0.62],
-    'aorta':   [0.10, 0.05, 0.02, 0.90, 1.00, 0.75, 0.75],
-    'vein':    [0.10, 0.10, 0.05, 0.90, 0.30, 0.90, 0.90],
-    'bone':    [0.40, 0.35, 0.10, 0.20, 0.25, 0.30, 0.30],
-    'necrosis':[0.20, 0.85, 0.12, 0.95, 0.08, 0.10, 0.10],
-}, index=list(SEQUENCES)).T
+CONTRAST = pd.DataFrame(
+    {
+        #            T1    T2    DWI   ADC   AP    PVP   T1V
+        'air': [0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00],
+        'fat': [0.85, 0.75, 0.05, 0.10, 0.15, 0.15, 0.15],
+        'muscle': [0.35, 0.22, 0.15, 0.45, 0.30, 0.35, 0.35],
+        'liver': [0.50, 0.30, 0.28, 0.45, 0.35, 0.60, 0.60],
+        'spleen': [0.35, 0.55, 0.60, 0.30, 0.55, 0.62, 0.62],
+        'aorta': [0.10, 0.05, 0.02, 0.90, 1.00, 0.75, 0.75],
+        'vein': [0.10, 0.10, 0.05, 0.90, 0.30, 0.90, 0.90],
+        'bone': [0.40, 0.35, 0.10, 0.20, 0.25, 0.30, 0.30],
+        'necrosis': [0.20, 0.85, 0.12, 0.95, 0.08, 0.10, 0.10],
+    },
+    index=['T1', 'T2', 'DWI', 'ADC', 'AP', 'PVP', 'T1V'],
+).T[list(SEQUENCES)]  # the columns as written, then in SEQUENCES order
 
-def viable_signal(seq: str, cell: float, enh: float) -> float: # sequence; cellularity and enhancement in [0, 1]
+
+def viable_signal(
+    seq: str,  # the sequence
+    cell: float,  # cellularity in [0, 1]
+    enh: float,  # enhancement in [0, 1]
+) -> float:
     "Signal of viable tumour in sequence `seq`."
-    return {'T1': 0.30, 'T2': 0.52 + 0.08*cell, 'DWI': 0.35 + 0.55*cell, 'ADC': 0.65 - 0.40*cell,
-            'AP': 0.35 + 0.60*enh, 'PVP': 0.62 - 0.30*enh, 'T1V': 0.62 - 0.30*enh}[seq]
+    return {
+        'T1': 0.30,
+        'T2': 0.52 + 0.08 * cell,
+        'DWI': 0.35 + 0.55 * cell,
+        'ADC': 0.65 - 0.40 * cell,
+        'AP': 0.35 + 0.60 * enh,
+        'PVP': 0.62 - 0.30 * enh,
+        'T1V': 0.62 - 0.30 * enh,
+    }[seq]
 
 # %% ../nbs/02_synth.ipynb #13128d6e
 W_NECROSIS, W_CELLULARITY, W_MARKERS, SHARED = 1.6, 1.1, 1.0, 0.4
 
-def _sigmoid(x): return 1/(1 + np.exp(-x))
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
 
 def _responses(rng, n):
     "Draw sensitivity `s` and the three responses (necrosis, cellularity, markers), each of unit variance."
     s = rng.normal(size=n)
-    a, d, m = (SHARED*s + math.sqrt(1 - SHARED**2)*rng.normal(size=n) for _ in range(3))
+    a, d, m = (SHARED * s + math.sqrt(1 - SHARED**2) * rng.normal(size=n) for _ in range(3))
     return s, a, d, m
 
+
 _B0 = {}
-def pcr_intercept(rate: float) -> float: # the wanted share of pCR
+
+
+def pcr_intercept(
+    rate: float,  # the wanted share of pCR
+) -> float:
     "The intercept `b0` that gives a pCR share of `rate` (bisection on a fixed Monte-Carlo sample)."
     if rate not in _B0:
-        if not 0 < rate < 1: raise ConfigError(f'pcr_rate {rate} must be between 0 and 1')
+        if not 0 < rate < 1:
+            raise ConfigError(f'pcr_rate {rate} must be between 0 and 1')
         _, a, d, m = _responses(np.random.default_rng(12345), 200_000)
-        eta, lo, hi = W_NECROSIS*a + W_CELLULARITY*d + W_MARKERS*m, -15., 15.
+        eta, lo, hi = W_NECROSIS * a + W_CELLULARITY * d + W_MARKERS * m, -15.0, 15.0
         for _ in range(60):
-            mid = (lo + hi)/2
+            mid = (lo + hi) / 2
             lo, hi = (mid, hi) if _sigmoid(mid + eta).mean() < rate else (lo, mid)
-        _B0[rate] = (lo + hi)/2
+        _B0[rate] = (lo + hi) / 2
     return _B0[rate]
 
 # %% ../nbs/02_synth.ipynb #7280e40b
 def _anatomy(rng) -> dict:
     "Organ positions and sizes (mm, RAS: +x is the patient's right, +y anterior)."
     u = lambda lo, hi: float(rng.uniform(lo, hi))
-    A = dict(body=((0, u(-5, 5)), (u(135, 160), u(100, 120))),
-             liver=((u(48, 62), u(-2, 12), u(-10, 10)), (u(72, 88), u(68, 82), u(80, 100))),
-             spleen=((u(-95, -80), u(-38, -22), u(-5, 15)), (u(26, 34), u(40, 50), u(45, 60))),
-             aorta=((u(-20, -10), u(-50, -40)), u(9, 12)), ivc=((u(18, 30), u(-45, -35)), u(9, 13)),
-             portal=((u(32, 48), u(-6, 6)), u(5, 8)), bone=((0, u(-82, -72)), u(16, 20)))
+    A = dict(
+        body=((0, u(-5, 5)), (u(135, 160), u(100, 120))),
+        liver=((u(48, 62), u(-2, 12), u(-10, 10)), (u(72, 88), u(68, 82), u(80, 100))),
+        spleen=((u(-95, -80), u(-38, -22), u(-5, 15)), (u(26, 34), u(40, 50), u(45, 60))),
+        aorta=((u(-20, -10), u(-50, -40)), u(9, 12)),
+        ivc=((u(18, 30), u(-45, -35)), u(9, 13)),
+        portal=((u(32, 48), u(-6, 6)), u(5, 8)),
+        bone=((0, u(-82, -72)), u(16, 20)),
+    )
     lc, la = A['liver']
     while True:  # the lesion sits well inside the liver
         v = rng.uniform(-0.55, 0.55, 3) * np.array([1, 1, 0.2])
-        if (v**2).sum() < 0.3: break
-    A['lesion'] = dict(centre=tuple(np.array(lc) + v*np.array(la)), axes=tuple(rng.uniform(0.85, 1.15, 3)),
-                       core_offset=tuple(rng.uniform(-1, 1, 3)))
+        if (v**2).sum() < 0.3:
+            break
+    A['lesion'] = dict(
+        centre=tuple(np.array(lc) + v * np.array(la)),
+        axes=tuple(rng.uniform(0.85, 1.15, 3)),
+        core_offset=tuple(rng.uniform(-1, 1, 3)),
+    )
     return A
 
 # %% ../nbs/02_synth.ipynb #17c65cf0
-def sample_patient(i: int, cfg: SynthConfig) -> dict: # the patient's index; the cohort's configuration
+def sample_patient(
+    i: int,  # the patient's index
+    cfg: SynthConfig,  # the cohort's configuration
+) -> dict:
     "Everything about patient `i`: hidden responses, true pCR probability, label, anatomy, lesion and markers per timepoint."
     rng = np.random.default_rng([cfg.seed, i])
     s, a, d, m = (float(v[0]) for v in _responses(rng, 1))
-    p = float(_sigmoid(pcr_intercept(cfg.pcr_rate) + W_NECROSIS*a + W_CELLULARITY*d + W_MARKERS*m))
-    P = dict(patient_id=f'{cfg.id_prefix}{i + 1:04d}', p_true=p, pcr=int(rng.random() < p), s=s, a=a, d=d, m=m)
+    p = float(
+        _sigmoid(pcr_intercept(cfg.pcr_rate) + W_NECROSIS * a + W_CELLULARITY * d + W_MARKERS * m)
+    )
+    P = dict(
+        patient_id=f'{cfg.id_prefix}{i + 1:04d}',
+        p_true=p,
+        pcr=int(rng.random() < p),
+        s=s,
+        a=a,
+        d=d,
+        m=m,
+    )
     P['anatomy'] = _anatomy(rng)
-    R0 = float(np.clip(np.exp(rng.normal(math.log(20), 0.3)), 10, 38))       # lesion radius, mm
-    n0, cell0, enh0 = float(rng.beta(1.3, 2.5)), float(rng.uniform(0.65, 1)), float(rng.uniform(0.65, 1))
-    r_nec, r_cell = float(_sigmoid(1.6*a - 0.4)), float(_sigmoid(1.6*d - 0.4))  # share of viable tumour that dies; cellularity drop
-    shrink = float(np.clip(1 - 0.3*r_nec + 0.06*rng.normal(), 0.45, 1.2))
-    producer = bool(rng.random() < 0.65)                                        # about a third of tumours make no AFP
-    afp0 = float(np.exp(rng.normal(math.log(300), 1.5) if producer else rng.normal(math.log(6), 0.5)))
-    dafp = float(-(1.3*m + 0.3) + 0.35*rng.normal()) if producer else float(0.25*rng.normal())
-    piv0, dpiv = float(np.exp(rng.normal(math.log(350), 1.3))), float(-(1.0*m + 0.2) + 0.35*rng.normal())
-    gamma, T = float(np.exp(rng.normal(0, 0.3))), len(cfg.timepoints)          # how early the response comes
+    R0 = float(np.clip(np.exp(rng.normal(math.log(20), 0.3)), 10, 38))  # lesion radius, mm
+    n0, cell0, enh0 = (
+        float(rng.beta(1.3, 2.5)),
+        float(rng.uniform(0.65, 1)),
+        float(rng.uniform(0.65, 1)),
+    )
+    r_nec, r_cell = (
+        float(_sigmoid(1.6 * a - 0.4)),
+        float(_sigmoid(1.6 * d - 0.4)),
+    )  # share of viable tumour that dies; cellularity drop
+    shrink = float(np.clip(1 - 0.3 * r_nec + 0.06 * rng.normal(), 0.45, 1.2))
+    producer = bool(rng.random() < 0.65)  # about a third of tumours make no AFP
+    afp0 = float(
+        np.exp(rng.normal(math.log(300), 1.5) if producer else rng.normal(math.log(6), 0.5))
+    )
+    dafp = float(-(1.3 * m + 0.3) + 0.35 * rng.normal()) if producer else float(0.25 * rng.normal())
+    piv0, dpiv = (
+        float(np.exp(rng.normal(math.log(350), 1.3))),
+        float(-(1.0 * m + 0.2) + 0.35 * rng.normal()),
+    )
+    gamma, T = (
+        float(np.exp(rng.normal(0, 0.3))),
+        len(cfg.timepoints),
+    )  # how early the response comes
     P['states'] = []
     for j in range(T):
-        f = 0.0 if T == 1 else (j/(T - 1))**gamma
-        P['states'].append(dict(necrosis=n0 + (1 - n0)*r_nec*f, cell=cell0*(1 - 0.7*r_cell*f), enh=enh0*(1 - 0.3*r_nec*f),
-                                radius=R0*(1 + (shrink - 1)*f), afp=afp0*math.exp(dafp*f + 0.08*rng.normal()),
-                                pivka_ii=piv0*math.exp(dpiv*f + 0.08*rng.normal())))
-    P.update(r_necrosis=r_nec, r_cellularity=r_cell, afp_producer=producer,
-             age=int(np.clip(rng.normal(58, 10), 25, 85)), sex='M' if rng.random() < 0.8 else 'F', bclc=str(rng.choice(['A', 'B', 'C'], p=[.3, .5, .2])))
+        f = 0.0 if T == 1 else (j / (T - 1)) ** gamma
+        P['states'].append(
+            dict(
+                necrosis=n0 + (1 - n0) * r_nec * f,
+                cell=cell0 * (1 - 0.7 * r_cell * f),
+                enh=enh0 * (1 - 0.3 * r_nec * f),
+                radius=R0 * (1 + (shrink - 1) * f),
+                afp=afp0 * math.exp(dafp * f + 0.08 * rng.normal()),
+                pivka_ii=piv0 * math.exp(dpiv * f + 0.08 * rng.normal()),
+            )
+        )
+    P.update(
+        r_necrosis=r_nec,
+        r_cellularity=r_cell,
+        afp_producer=producer,
+        age=int(np.clip(rng.normal(58, 10), 25, 85)),
+        sex='M' if rng.random() < 0.8 else 'F',
+        bclc=str(rng.choice(['A', 'B', 'C'], p=[0.3, 0.5, 0.2])),
+    )
     P['missing'] = _missingness(rng, cfg)
     return P
+
 
 def _missingness(rng, cfg) -> dict:
     "Which exams, sequences and lab values are missing (never the baseline exam, never a whole exam's sequences)."
@@ -138,72 +220,129 @@ def _missingness(rng, cfg) -> dict:
     exam = [j > 0 and rng.random() < cfg.p_missing_exam for j in range(T)]
     seq = rng.random((T, S)) < cfg.p_missing_sequence
     for j in range(T):
-        if seq[j].all(): seq[j, rng.integers(S)] = False
-    return dict(exam=exam, sequence=seq.tolist(), labs=(rng.random((T, 2)) < cfg.p_missing_lab).tolist())
+        if seq[j].all():
+            seq[j, rng.integers(S)] = False
+    return dict(
+        exam=exam, sequence=seq.tolist(), labs=(rng.random((T, 2)) < cfg.p_missing_lab).tolist()
+    )
 
 # %% ../nbs/02_synth.ipynb #02a61ae2
 def _soft(q, r, w=1.2):
     "Soft membership from a normalised ellipsoid radius `q` (1 on the surface) of an object of size `r` mm; edge width `w` mm."
-    return 1/(1 + np.exp(np.clip((np.sqrt(q) - 1)*r/w, -30, 30)))
+    return 1 / (1 + np.exp(np.clip((np.sqrt(q) - 1) * r / w, -30, 30)))
 
-def _ell(X, Y, Z, c, ax): return ((X - c[0])/ax[0])**2 + ((Y - c[1])/ax[1])**2 + ((Z - c[2])/ax[2])**2
-def _ell2(X, Y, c, ax): return ((X - c[0])/ax[0])**2 + ((Y - c[1])/ax[1])**2
+
+def _ell(X, Y, Z, c, ax):
+    return ((X - c[0]) / ax[0]) ** 2 + ((Y - c[1]) / ax[1]) ** 2 + ((Z - c[2]) / ax[2]) ** 2
+
+
+def _ell2(X, Y, c, ax):
+    return ((X - c[0]) / ax[0]) ** 2 + ((Y - c[1]) / ax[1]) ** 2
+
 
 def exam_affine(cfg: SynthConfig) -> np.ndarray:
     "The RAS voxel-to-mm affine of the generator's grid, centred on the origin."
     aff = np.diag([*cfg.spacing, 1.0])
-    aff[:3, 3] = -(np.array(cfg.shape) - 1)/2*np.array(cfg.spacing)
+    aff[:3, 3] = -(np.array(cfg.shape) - 1) / 2 * np.array(cfg.spacing)
     return aff
 
 # %% ../nbs/02_synth.ipynb #95aeefc6
 def _memberships(P, j, cfg, rng) -> dict:
     "Soft tissue memberships of exam `j` on the grid, after the exam's misregistration."
     (nx, ny, nz), sp = cfg.shape, cfg.spacing
-    x, y, z = ((np.arange(n) - (n - 1)/2)*s for n, s in zip(cfg.shape, sp))
-    t = rng.normal(0, cfg.misregistration_mm, 3)*np.array([1, 1, 0.5]); th = math.radians(rng.normal(0, 2))
-    X2, Y2 = np.meshgrid((x - t[0]).astype(np.float32), (y - t[1]).astype(np.float32), indexing='ij')
-    X = (math.cos(th)*X2 + math.sin(th)*Y2)[..., None]; Y = (-math.sin(th)*X2 + math.cos(th)*Y2)[..., None]
+    x, y, z = ((np.arange(n) - (n - 1) / 2) * s for n, s in zip(cfg.shape, sp))
+    t = rng.normal(0, cfg.misregistration_mm, 3) * np.array([1, 1, 0.5])
+    th = math.radians(rng.normal(0, 2))
+    X2, Y2 = np.meshgrid(
+        (x - t[0]).astype(np.float32), (y - t[1]).astype(np.float32), indexing='ij'
+    )
+    X = (math.cos(th) * X2 + math.sin(th) * Y2)[..., None]
+    Y = (-math.sin(th) * X2 + math.cos(th) * Y2)[..., None]
     Z = (z - t[2]).astype(np.float32)[None, None, :]
     A, st = P['anatomy'], P['states'][j]
     (bc, ba), (lc, la), (sc, sa) = A['body'], A['liver'], A['spleen']
-    M = dict(fat=_soft(_ell2(X, Y, bc, ba), ba[1]), muscle=_soft(_ell2(X, Y, bc, (ba[0] - 14, ba[1] - 14)), ba[1]),
-             liver=_soft(_ell(X, Y, Z, lc, la), la[1]), spleen=_soft(_ell(X, Y, Z, sc, sa), sa[0]))
-    for k in ('bone', 'aorta', 'ivc', 'portal'): c, r = A[k]; M[k] = _soft(_ell2(X, Y, c, (r, r)), r)
-    L = A['lesion']; lax = np.array(L['axes'])*st['radius']
+    M = dict(
+        fat=_soft(_ell2(X, Y, bc, ba), ba[1]),
+        muscle=_soft(_ell2(X, Y, bc, (ba[0] - 14, ba[1] - 14)), ba[1]),
+        liver=_soft(_ell(X, Y, Z, lc, la), la[1]),
+        spleen=_soft(_ell(X, Y, Z, sc, sa), sa[0]),
+    )
+    for k in ('bone', 'aorta', 'ivc', 'portal'):
+        c, r = A[k]
+        M[k] = _soft(_ell2(X, Y, c, (r, r)), r)
+    L = A['lesion']
+    lax = np.array(L['axes']) * st['radius']
     M['lesion'] = _soft(_ell(X, Y, Z, L['centre'], lax), st['radius'])
-    cf = st['necrosis']**(1/3)   # core radius share for a necrotic volume share
-    cc = np.array(L['centre']) + np.array(L['core_offset'])*(1 - cf)*0.7*lax
-    M['core'] = _soft(_ell(X, Y, Z, cc, lax*cf), st['radius']*cf + 1e-3)
-    small = rng.normal(size=(max(nx//8, 2), max(ny//8, 2), max(nz//4, 2)))
+    cf = st['necrosis'] ** (1 / 3)  # core radius share for a necrotic volume share
+    cc = np.array(L['centre']) + np.array(L['core_offset']) * (1 - cf) * 0.7 * lax
+    M['core'] = _soft(_ell(X, Y, Z, cc, lax * cf), st['radius'] * cf + 1e-3)
+    small = rng.normal(size=(max(nx // 8, 2), max(ny // 8, 2), max(nz // 4, 2)))
     from scipy import ndimage
-    M['texture'] = ndimage.zoom(small, [n/s for n, s in zip(cfg.shape, small.shape)], order=1)[:nx, :ny, :nz].astype(np.float32)
+
+    M['texture'] = ndimage.zoom(small, [n / s for n, s in zip(cfg.shape, small.shape)], order=1)[
+        :nx, :ny, :nz
+    ].astype(np.float32)
     M['X'], M['Y'] = X, Y
     return M
 
 # %% ../nbs/02_synth.ipynb #a74e6915
-def render_exam(P: dict, j: int, cfg: SynthConfig): # a patient from `sample_patient`, the exam's index, the config
+def render_exam(
+    P: dict,  # a patient from `sample_patient`
+    j: int,  # the exam's index
+    cfg: SynthConfig,  # the config
+):
     "The volumes (sequence → float32 array) and the lesion mask of exam `j` of patient `P`."
     rng = np.random.default_rng([cfg.seed, P['index'], 1000 + j])
     M, st = _memberships(P, j, cfg, rng), P['states'][j]
     out = {}
     for seq in cfg.sequences:
         C, I = CONTRAST[seq], np.zeros(cfg.shape, np.float32)
-        for tissue, val in [('fat', C.fat), ('muscle', C.muscle), ('liver', C.liver*(1 + 0.04*M['texture'])), ('spleen', C.spleen),
-                            ('bone', C.bone), ('aorta', C.aorta), ('ivc', C.vein), ('portal', C.vein),
-                            ('lesion', viable_signal(seq, st['cell'], st['enh'])*(1 + 0.10*M['texture'])), ('core', C.necrosis)]:
-            I += M[tissue]*(val - I)     # each tissue painted over the ones before
+        for tissue, val in [
+            ('fat', C.fat),
+            ('muscle', C.muscle),
+            ('liver', C.liver * (1 + 0.04 * M['texture'])),
+            ('spleen', C.spleen),
+            ('bone', C.bone),
+            ('aorta', C.aorta),
+            ('ivc', C.vein),
+            ('portal', C.vein),
+            ('lesion', viable_signal(seq, st['cell'], st['enh']) * (1 + 0.10 * M['texture'])),
+            ('core', C.necrosis),
+        ]:
+            I += M[tissue] * (val - I)  # each tissue painted over the ones before
         b = rng.normal(0, 0.08, 3)
-        I *= 1 + b[0]*M['X']/200 + b[1]*M['Y']/200 + b[2]*(M['X']/200)**2          # bias field
-        sig = cfg.noise*(2.0 if seq in ('DWI', 'ADC') else 1.0)
+        I *= (
+            1 + b[0] * M['X'] / 200 + b[1] * M['Y'] / 200 + b[2] * (M['X'] / 200) ** 2
+        )  # bias field
+        sig = cfg.noise * (2.0 if seq in ('DWI', 'ADC') else 1.0)
         n1, n2 = (rng.normal(0, sig, I.shape).astype(np.float32) for _ in range(2))
-        out[seq] = np.sqrt((I + n1)**2 + n2**2)*rng.uniform(300, 1500)            # Rician noise, exam scale
+        out[seq] = np.sqrt((I + n1) ** 2 + n2**2) * rng.uniform(
+            300, 1500
+        )  # Rician noise, exam scale
     return out, (M['lesion'] > 0.5).astype(np.uint8)
 
 # %% ../nbs/02_synth.ipynb #dbe7de05
 def _truth_row(P: dict, cfg: SynthConfig) -> dict:
     "What the truth file says of one patient."
-    row = {k: P[k] for k in ('patient_id', 'p_true', 'pcr', 's', 'a', 'd', 'm', 'r_necrosis', 'r_cellularity', 'afp_producer')}
-    return row | {f'necrosis_{tp}': P['states'][j]['necrosis'] for j, tp in enumerate(cfg.timepoints)}
+    row = {
+        k: P[k]
+        for k in (
+            'patient_id',
+            'p_true',
+            'pcr',
+            's',
+            'a',
+            'd',
+            'm',
+            'r_necrosis',
+            'r_cellularity',
+            'afp_producer',
+        )
+    }
+    return row | {
+        f'necrosis_{tp}': P['states'][j]['necrosis'] for j, tp in enumerate(cfg.timepoints)
+    }
+
 
 def truth_table(cfg: SynthConfig) -> pd.DataFrame:
     "The truth of the cohort `cfg` describes, recomputed without rendering any image."
@@ -218,60 +357,102 @@ def _write_patient(args):
     for j, tp in enumerate(cfg.timepoints):
         st = P['states'][j]
         lab = {'patient_id': pid, 'timepoint': tp}
-        for k, mk in enumerate(('afp', 'pivka_ii')): lab[mk] = np.nan if miss['labs'][j][k] else round(st[mk], 2)
+        for k, mk in enumerate(('afp', 'pivka_ii')):
+            lab[mk] = np.nan if miss['labs'][j][k] else round(st[mk], 2)
         labs.append(lab)
-        if miss['exam'][j]: continue
+        if miss['exam'][j]:
+            continue
         vols, mask = render_exam(P, j, cfg)
-        d = Path(tmp)/'images'/pid/tp
+        d = Path(tmp) / 'images' / pid / tp
         from liver_pcr.cohort import save_nifti
+
         for k, s in enumerate(cfg.sequences):
-            if not miss['sequence'][j][k]: save_nifti(d/f'{s}.nii.gz', vols[s], aff, np.int16)
-        save_nifti(d/'lesion.nii.gz', mask, aff, np.uint8)
+            if not miss['sequence'][j][k]:
+                save_nifti(d / f'{s}.nii.gz', vols[s], aff, np.int16)
+        save_nifti(d / 'lesion.nii.gz', mask, aff, np.uint8)
     truth = _truth_row(P, cfg)
     row = {'patient_id': pid, 'pcr': P['pcr'], 'age': P['age'], 'sex': P['sex'], 'bclc': P['bclc']}
     return row, labs, truth
 
 # %% ../nbs/02_synth.ipynb #7c818315
-def make_cohort(out, cfg: SynthConfig = SynthConfig(), # the cohort folder to create; what to generate
-                truth=None,                             # a CSV file for the true probabilities (outside the cohort)
-                overwrite: bool = False, n_jobs: int = 1, show_progress: bool = True,
-                name: str | None = None) -> pd.DataFrame: # the cohort's name in cohort.json (default: the folder name)
+def make_cohort(
+    out,  # the cohort folder to create
+    cfg: SynthConfig = SynthConfig(),  # what to generate
+    truth=None,  # a CSV file for the true probabilities (outside the cohort)
+    overwrite: bool = False,
+    n_jobs: int = 1,
+    show_progress: bool = True,
+    name: str | None = None,  # the cohort's name in cohort.json (default: the folder name)
+) -> pd.DataFrame:
     "Generate a synthetic cohort in the cohort format; return the truth table."
     if truth is not None:
         check_out_path(truth, cohort=out)
-        if Path(truth).suffix.lower() != '.csv': raise ConfigError(f'{truth}: the truth file must be a .csv file')
+        if Path(truth).suffix.lower() != '.csv':
+            raise ConfigError(f'{truth}: the truth file must be a .csv file')
     with CohortWriter(out, overwrite=overwrite) as w:
         jobs = [(i, cfg, w.tmp) for i in range(cfg.n_patients)]
         if n_jobs > 1:
             import multiprocessing as mp
+
             with mp.get_context('fork').Pool(n_jobs) as pool:
-                res = list(progress(pool.imap(_write_patient, jobs), total=len(jobs), desc='generating', disable=not show_progress or None))
-        else: res = [_write_patient(j) for j in progress(jobs, desc='generating', disable=not show_progress or None)]
+                res = list(
+                    progress(
+                        pool.imap(_write_patient, jobs),
+                        total=len(jobs),
+                        desc='generating',
+                        disable=not show_progress or None,
+                    )
+                )
+        else:
+            res = [
+                _write_patient(j)
+                for j in progress(jobs, desc='generating', disable=not show_progress or None)
+            ]
         w.table('patients.csv', pd.DataFrame([r[0] for r in res]))
         w.table('labs.csv', pd.DataFrame([l for r in res for l in r[1]]))
-        w.meta(name=name or Path(out).name, timepoints=list(cfg.timepoints), sequences=list(cfg.sequences), label='pcr',
-               description=f'synthetic liver-MRI response cohort made by liver_pcr.synth (seed {cfg.seed})')
+        w.meta(
+            name=name or Path(out).name,
+            timepoints=list(cfg.timepoints),
+            sequences=list(cfg.sequences),
+            label='pcr',
+            description=f'synthetic liver-MRI response cohort made by liver_pcr.synth (seed {cfg.seed})',
+        )
     tt = pd.DataFrame([r[2] for r in res])
     if truth is not None:
-        with atomic_path(truth) as tmp: tt.to_csv(tmp, index=False)
+        with atomic_path(truth) as tmp:
+            tt.to_csv(tmp, index=False)
     return tt
 
 # %% ../nbs/02_synth.ipynb #c4c8efa5
-def oracle_auc(truth: pd.DataFrame) -> float: # the truth table of `make_cohort`
+def oracle_auc(
+    truth: pd.DataFrame,  # the truth table of `make_cohort`
+) -> float:
     "AUC of the true pCR probabilities against the drawn labels."
     from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(truth.pcr, truth.p_true))
 
 # %% ../nbs/02_synth.ipynb #3a4af439
 def cmd_synth(args) -> int:
     "`liver-pcr synth`: write a synthetic cohort (and optionally its truth file)."
     kw = dict(n_patients=args.patients, seed=args.seed)
-    if args.timepoints: kw['timepoints'] = tuple(args.timepoints)
-    if args.sequences: kw['sequences'] = tuple(args.sequences)
-    if args.shape: kw['shape'] = tuple(args.shape)
-    if args.spacing: kw['spacing'] = tuple(args.spacing)
+    if args.timepoints:
+        kw['timepoints'] = tuple(args.timepoints)
+    if args.sequences:
+        kw['sequences'] = tuple(args.sequences)
+    if args.shape:
+        kw['shape'] = tuple(args.shape)
+    if args.spacing:
+        kw['spacing'] = tuple(args.spacing)
     cfg = SynthConfig(**kw)
-    tt = make_cohort(args.out, cfg, truth=args.truth, overwrite=args.overwrite, n_jobs=args.jobs, name=args.name)
-    print(f'wrote {args.out}: {len(tt)} patients, {int(tt.pcr.sum())} pCR; oracle AUC {oracle_auc(tt):.3f}' if tt.pcr.nunique() > 1 else f'wrote {args.out}')
-    if args.truth: print(f'truth (true pCR probabilities): {args.truth}')
+    tt = make_cohort(
+        args.out, cfg, truth=args.truth, overwrite=args.overwrite, n_jobs=args.jobs, name=args.name
+    )
+    print(
+        f'wrote {args.out}: {len(tt)} patients, {int(tt.pcr.sum())} pCR; oracle AUC {oracle_auc(tt):.3f}'
+        if tt.pcr.nunique() > 1
+        else f'wrote {args.out}'
+    )
+    if args.truth:
+        print(f'truth (true pCR probabilities): {args.truth}')
     return 0

@@ -6,7 +6,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/viewer.html.md"""
 
 # %% ../nbs/03_viewer.ipynb #2cb9b779
 from __future__ import annotations
-import io, math, html
+import io, html
 from collections import OrderedDict
 from dataclasses import dataclass
 import numpy as np, pandas as pd
@@ -20,10 +20,15 @@ __all__ = ['UNITS', 'window', 'render_slice', 'to_png', 'LRU', 'Shown', 'load_sh
            'CohortViewer', 'in_notebook', 'view_cohort']
 
 # %% ../nbs/03_viewer.ipynb #ff1a65ee
-def window(data: np.ndarray, lo: float = 0.5, hi: float = 99.5) -> tuple[float, float]: # a volume; percentiles of the grey window
+def window(
+    data: np.ndarray,  # a volume
+    lo: float = 0.5,  # the percentile at the bottom of the grey window
+    hi: float = 99.5,  # the percentile at its top
+) -> tuple[float, float]:
     "The grey window (low, high) of a volume: robust percentiles, never an empty range."
     a, b = (float(v) for v in np.percentile(data, [lo, hi]))
     return (a, b) if b > a else (a, a + 1.0)
+
 
 def _outline(m: np.ndarray) -> np.ndarray:
     "The inner boundary of a boolean mask: mask pixels with a 4-neighbour outside it."
@@ -31,15 +36,20 @@ def _outline(m: np.ndarray) -> np.ndarray:
     return m & ~(p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:])
 
 # %% ../nbs/03_viewer.ipynb #7e3fbfd6
-def render_slice(img: np.ndarray, mask: np.ndarray | None = None, # a 2-D slice (display orientation), its lesion mask
-                 clim: tuple | None = None, aspect: float = 1.0,  # grey window (default: the slice's); row / column pixel size
-                 size: int = 320, color=(230, 40, 40)) -> np.ndarray: # the longer side in pixels, about; outline colour
+def render_slice(
+    img: np.ndarray,  # a 2-D slice (display orientation)
+    mask: np.ndarray | None = None,  # its lesion mask
+    clim: tuple | None = None,  # grey window (default: the slice's)
+    aspect: float = 1.0,  # row / column pixel size
+    size: int = 320,  # the longer side in pixels, about
+    color=(230, 40, 40),  # outline colour
+) -> np.ndarray:
     "An RGB image (uint8) of a slice with the lesion outlined, scaled by whole pixels to about `size`."
     lo, hi = clim or window(img)
     g = np.clip((np.asarray(img, np.float32) - lo) / (hi - lo), 0, 1)
     h, w = g.shape
-    sx = max(1, round(size / max(w, h * aspect)))        # columns per voxel
-    sy = max(1, round(sx * aspect))                      # rows per voxel: keeps millimetres square
+    sx = max(1, round(size / max(w, h * aspect)))  # columns per voxel
+    sy = max(1, round(sx * aspect))  # rows per voxel: keeps millimetres square
     g = np.repeat(np.repeat((g * 255).astype(np.uint8), sy, 0), sx, 1)
     rgb = np.repeat(g[..., None], 3, -1)
     if mask is not None and np.any(mask):
@@ -47,94 +57,168 @@ def render_slice(img: np.ndarray, mask: np.ndarray | None = None, # a 2-D slice 
         rgb[_outline(m)] = color
     return rgb
 
+
 def to_png(rgb: np.ndarray) -> bytes:
     "PNG bytes of an RGB image."
     from PIL import Image
-    buf = io.BytesIO(); Image.fromarray(rgb).save(buf, format='PNG'); return buf.getvalue()
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format='PNG')
+    return buf.getvalue()
 
 # %% ../nbs/03_viewer.ipynb #1f852eb7
 class LRU(OrderedDict):
     "A small least-recently-used cache of at most `maxsize` entries."
-    def __init__(self, maxsize: int = 3): super().__init__(); self.maxsize = maxsize
+
+    def __init__(self, maxsize: int = 3):
+        super().__init__()
+        self.maxsize = maxsize
+
     def get(self, key, make):
         "The value of `key`, made by `make()` (and cached) if it isn't there."
-        if key in self: self.move_to_end(key); return self[key]
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
         v = self[key] = make()
-        while len(self) > self.maxsize: self.popitem(last=False)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
         return v
 
 # %% ../nbs/03_viewer.ipynb #309f3f5b
 @dataclass
 class Shown:
     "One loaded (timepoint, sequence) image, ready to display."
-    data: np.ndarray             # voxels (x, y, z), RAS+
-    mask: np.ndarray | None      # the lesion mask on the same grid, or None
-    clim: tuple                  # the grey window
-    aspect: float                # row / column size of a displayed pixel (y spacing / x spacing)
-    @property
-    def nz(self) -> int: return self.data.shape[2]
 
-def load_shown(p: Patient, timepoint: str, sequence: str) -> Shown: # a patient, and which of its images
+    data: np.ndarray  # voxels (x, y, z), RAS+
+    mask: np.ndarray | None  # the lesion mask on the same grid, or None
+    clim: tuple  # the grey window
+    aspect: float  # row / column size of a displayed pixel (y spacing / x spacing)
+
+    @property
+    def nz(self) -> int:
+        return self.data.shape[2]
+
+
+def load_shown(
+    p: Patient,  # a patient
+    timepoint: str,  # the timepoint of the image to show
+    sequence: str,  # its sequence
+) -> Shown:
     "Load one image of a patient for display."
     v, m = p.volume(timepoint, sequence), p.mask(timepoint, sequence)
-    return Shown(v.data, None if m is None else m.data > 0, window(v.data), v.spacing[1] / v.spacing[0])
+    return Shown(
+        v.data, None if m is None else m.data > 0, window(v.data), v.spacing[1] / v.spacing[0]
+    )
 
 # %% ../nbs/03_viewer.ipynb #bf6f24e7
 UNITS = {'afp': 'ng/mL', 'pivka_ii': 'mAU/mL', 'dcp': 'mAU/mL'}
 
-def labs_table(p: Patient, timepoints=None) -> pd.DataFrame: # a patient; the column order (default: the patient's)
+
+def labs_table(
+    p: Patient,  # a patient
+    timepoints=None,  # the column order (default: the patient's)
+) -> pd.DataFrame:
     "The patient's markers as a table: marker (with unit) × timepoint; NaN where missing."
     t = p.labs.T if len(p.labs) else pd.DataFrame()
     order = list(timepoints or t.columns)
-    t = t.reindex(columns=[tp for tp in order if tp in t.columns] + [tp for tp in t.columns if tp not in order]).astype(float)
+    t = t.reindex(
+        columns=[tp for tp in order if tp in t.columns]
+        + [tp for tp in t.columns if tp not in order]
+    ).astype(float)
     t.index = [f'{m} ({UNITS[m.lower()]})' if m.lower() in UNITS else m for m in t.index]
     return t.rename_axis(index='marker', columns='timepoint')
 
-def patient_html(p: Patient, timepoint: str | None = None, timepoints=None) -> str: # the current timepoint is bolded
+
+def patient_html(
+    p: Patient,  # a patient
+    timepoint: str | None = None,  # the current timepoint (its column in bold)
+    timepoints=None,  # the timepoints to list (default: all)
+) -> str:
     "An HTML panel: label, fold, covariates and the labs table."
     lab = {1.0: 'pCR', 0.0: 'no pCR'}.get(p.label, 'unknown')
-    head = f'<b>{html.escape(p.id)}</b> · label: <b>{lab}</b>' + ('' if p.fold is None else f' · fold {p.fold}')
+    head = f'<b>{html.escape(p.id)}</b> · label: <b>{lab}</b>' + (
+        '' if p.fold is None else f' · fold {p.fold}'
+    )
     cov = ', '.join(f'{html.escape(str(k))} {html.escape(str(v))}' for k, v in p.covariates.items())
     t = labs_table(p, timepoints)
-    if t.empty: tab = '<i>no labs</i>'
+    if t.empty:
+        tab = '<i>no labs</i>'
     else:
         t = t.apply(lambda col: col.map(lambda x: '–' if pd.isna(x) else f'{x:.4g}'))
-        t.columns = [f'<b>[{html.escape(c)}]</b>' if c == timepoint else html.escape(c) for c in t.columns]
+        t.columns = [
+            f'<b>[{html.escape(c)}]</b>' if c == timepoint else html.escape(c) for c in t.columns
+        ]
         tab = t.to_html(escape=False, border=0)
     return f'<div style="font-size:90%">{head}<br>{cov}<br><br>{tab}</div>'
 
 # %% ../nbs/03_viewer.ipynb #6a79aeda
 class CohortViewer(widgets.VBox):
     "Browse a cohort: patient × timepoint × sequence × slice, lesion outline, labs, label and fold."
-    def __init__(self, cohort: Cohort, patient: str | None = None,       # the cohort; the patient shown first
-                 timepoint: str | None = None, sequence: str | None = None,
-                 size: int = 320, cache: int = 3):                        # image size in pixels; patients kept in memory
+
+    def __init__(
+        self,
+        cohort: Cohort,  # the cohort
+        patient: str | None = None,  # the patient shown first
+        timepoint: str | None = None,
+        sequence: str | None = None,
+        size: int = 320,  # image size in pixels
+        cache: int = 3,  # patients kept in memory
+    ):
         self.cohort, self.size, self.cache, self.loads = cohort, size, LRU(cache), 0
         self._quiet = False
         dd = dict(layout=widgets.Layout(width='190px'), style={'description_width': '70px'})
         self.patient = widgets.Dropdown(options=cohort.ids, description='patient', **dd)
         self.timepoint = widgets.Dropdown(description='timepoint', **dd)
         self.sequence = widgets.Dropdown(description='sequence', **dd)
-        self.slice = widgets.IntSlider(min=0, max=0, description='slice', continuous_update=True, layout=widgets.Layout(width='570px'))
-        self.outline = widgets.Checkbox(value=True, description='lesion outline', indent=False, layout=widgets.Layout(width='130px'))
+        self.slice = widgets.IntSlider(
+            min=0,
+            max=0,
+            description='slice',
+            continuous_update=True,
+            layout=widgets.Layout(width='570px'),
+        )
+        self.outline = widgets.Checkbox(
+            value=True,
+            description='lesion outline',
+            indent=False,
+            layout=widgets.Layout(width='130px'),
+        )
         self.image, self.panel = widgets.Image(format='png'), widgets.HTML()
-        self.frame = np.zeros((1, 1, 3), np.uint8)   # the RGB picture on screen
-        super().__init__([widgets.HBox([self.patient, self.timepoint, self.sequence, self.outline]), self.slice,
-                          widgets.HBox([self.image, self.panel])])
-        for w, f in [(self.patient, self._on_patient), (self.timepoint, self._on_exam), (self.sequence, self._on_sequence),
-                     (self.slice, self.render), (self.outline, self.render)]: w.observe(f, 'value')
+        self.frame = np.zeros((1, 1, 3), np.uint8)  # the RGB picture on screen
+        super().__init__(
+            [
+                widgets.HBox([self.patient, self.timepoint, self.sequence, self.outline]),
+                self.slice,
+                widgets.HBox([self.image, self.panel]),
+            ]
+        )
+        for w, f in [
+            (self.patient, self._on_patient),
+            (self.timepoint, self._on_exam),
+            (self.sequence, self._on_sequence),
+            (self.slice, self.render),
+            (self.outline, self.render),
+        ]:
+            w.observe(f, 'value')
         self.show(patient or (cohort.ids[0] if len(cohort) else None), timepoint, sequence)
 
 # %% ../nbs/03_viewer.ipynb #0c858a66
 @patch
 def shown(self: CohortViewer, timepoint=None, sequence=None) -> Shown | None:
     "The loaded image on screen (or another of the current patient's), from the cache."
-    pid, tp, s = self.patient.value, timepoint or self.timepoint.value, sequence or self.sequence.value
-    if pid is None or tp is None or s is None: return None
+    pid, tp, s = (
+        self.patient.value,
+        timepoint or self.timepoint.value,
+        sequence or self.sequence.value,
+    )
+    if pid is None or tp is None or s is None:
+        return None
     exams = self.cache.get(pid, dict)
     if (tp, s) not in exams:
-        exams[(tp, s)] = load_shown(self.cohort[pid], tp, s); self.loads += 1
+        exams[(tp, s)] = load_shown(self.cohort[pid], tp, s)
+        self.loads += 1
     return exams[(tp, s)]
+
 
 @patch
 def show(self: CohortViewer, patient=None, timepoint=None, sequence=None, z: int | None = None):
@@ -142,9 +226,11 @@ def show(self: CohortViewer, patient=None, timepoint=None, sequence=None, z: int
     self._check(patient, timepoint, sequence)
     self._quiet = True
     try:
-        if patient is not None and patient != self.patient.value: self.patient.value = patient
+        if patient is not None and patient != self.patient.value:
+            self.patient.value = patient
         self._sync_exam(timepoint, sequence, z)
-    finally: self._quiet = False
+    finally:
+        self._quiet = False
     self.render()
     return self
 
@@ -153,81 +239,143 @@ def show(self: CohortViewer, patient=None, timepoint=None, sequence=None, z: int
 def _check(self: CohortViewer, patient=None, timepoint=None, sequence=None):
     "Raise `CohortError` (before anything changes) if the patient, timepoint or sequence asked for isn't there."
     pid = patient if patient is not None else self.patient.value
-    if pid is None: return
-    p = self.cohort[pid]                                   # names the patient if there is no such one
-    if timepoint is not None and timepoint not in p.exams: raise CohortError(f'patient {pid}: no exam at timepoint {timepoint!r} (it has {list(p.exams)})')
-    tp = timepoint or (self.timepoint.value if self.timepoint.value in p.exams else next(iter(p.exams), None))
-    if sequence is not None and not p.has(tp, sequence): raise CohortError(f'patient {pid}: no {sequence} image at timepoint {tp!r}')
+    if pid is None:
+        return
+    p = self.cohort[pid]  # names the patient if there is no such one
+    if timepoint is not None and timepoint not in p.exams:
+        raise CohortError(
+            f'patient {pid}: no exam at timepoint {timepoint!r} (it has {list(p.exams)})'
+        )
+    tp = timepoint or (
+        self.timepoint.value if self.timepoint.value in p.exams else next(iter(p.exams), None)
+    )
+    if sequence is not None and not p.has(tp, sequence):
+        raise CohortError(f'patient {pid}: no {sequence} image at timepoint {tp!r}')
+
 
 @patch
 def _sync_exam(self: CohortViewer, timepoint=None, sequence=None, z=None, keep_slice=False):
     "Offer the current patient's timepoints and sequences; pick the slice."
     p = self.cohort[self.patient.value] if self.patient.value is not None else None
     tps = list(p.exams) if p else []
-    tp = timepoint or (self.timepoint.value if self.timepoint.value in tps else (tps[0] if tps else None))
-    self.timepoint.options = tps; self.timepoint.value = tp
+    tp = timepoint or (
+        self.timepoint.value if self.timepoint.value in tps else (tps[0] if tps else None)
+    )
+    self.timepoint.options = tps
+    self.timepoint.value = tp
     seqs = list(p.exams.get(tp, {})) if p else []
-    s = sequence or (self.sequence.value if self.sequence.value in seqs else (seqs[0] if seqs else None))
-    self.sequence.options = seqs; self.sequence.value = s
+    s = sequence or (
+        self.sequence.value if self.sequence.value in seqs else (seqs[0] if seqs else None)
+    )
+    self.sequence.options = seqs
+    self.sequence.value = s
     sh = self.shown()
-    if sh is None: self.slice.max = 0; return
+    if sh is None:
+        self.slice.max = 0
+        return
     old = self.slice.value
     self.slice.max = sh.nz - 1
-    self.slice.value = z if z is not None else min(old, sh.nz - 1) if keep_slice else lesion_slice(sh.mask, sh.nz)
+    self.slice.value = (
+        z if z is not None else min(old, sh.nz - 1) if keep_slice else lesion_slice(sh.mask, sh.nz)
+    )
+
 
 @patch
 def _on_patient(self: CohortViewer, change=None):
-    if not self._quiet: self.show()
+    if not self._quiet:
+        self.show()
+
+
 @patch
 def _on_exam(self: CohortViewer, change=None):
-    if not self._quiet: self.show(timepoint=self.timepoint.value)
+    if not self._quiet:
+        self.show(timepoint=self.timepoint.value)
+
+
 @patch
 def _on_sequence(self: CohortViewer, change=None):
-    if self._quiet: return
+    if self._quiet:
+        return
     self._quiet = True
-    try: self._sync_exam(self.timepoint.value, self.sequence.value, keep_slice=True)
-    finally: self._quiet = False
+    try:
+        self._sync_exam(self.timepoint.value, self.sequence.value, keep_slice=True)
+    finally:
+        self._quiet = False
     self.render()
 
 # %% ../nbs/03_viewer.ipynb #d0985ef6
 @patch
 def render(self: CohortViewer, change=None):
     "Draw the current slice and panel."
-    if self._quiet: return
-    sh, p = self.shown(), (self.cohort[self.patient.value] if self.patient.value is not None else None)
-    if sh is None: self.frame = np.full((self.size // 2, self.size, 3), 40, np.uint8)
+    if self._quiet:
+        return
+    sh, p = (
+        self.shown(),
+        (self.cohort[self.patient.value] if self.patient.value is not None else None),
+    )
+    if sh is None:
+        self.frame = np.full((self.size // 2, self.size, 3), 40, np.uint8)
     else:
         z = min(self.slice.value, sh.nz - 1)
         m = axial(sh.mask, z) if sh.mask is not None and self.outline.value else None
         self.frame = render_slice(axial(sh.data, z), m, sh.clim, sh.aspect, self.size)
     self.image.value = to_png(self.frame)
-    if p is None: self.panel.value = '<i>no patient</i>'; return
+    if p is None:
+        self.panel.value = '<i>no patient</i>'
+        return
     tp = self.timepoint.value
     missing = [s for s in self.cohort.sequences if tp is not None and not p.has(tp, s)]
-    where = 'no images' if sh is None else f'{tp} · {self.sequence.value} · slice {self.slice.value + 1}/{sh.nz}'
-    self.panel.value = (f'<div style="font-size:90%;color:#555">{html.escape(where)}'
-                        + (f' · <span style="color:#b00">missing here: {html.escape(", ".join(missing))}</span>' if missing else '')
-                        + '</div>' + patient_html(p, tp, self.cohort.timepoints))
+    where = (
+        'no images'
+        if sh is None
+        else f'{tp} · {self.sequence.value} · slice {self.slice.value + 1}/{sh.nz}'
+    )
+    self.panel.value = (
+        f'<div style="font-size:90%;color:#555">{html.escape(where)}'
+        + (
+            f' · <span style="color:#b00">missing here: {html.escape(", ".join(missing))}</span>'
+            if missing
+            else ''
+        )
+        + '</div>'
+        + patient_html(p, tp, self.cohort.timepoints)
+    )
 
 # %% ../nbs/03_viewer.ipynb #e7232bd8
 def in_notebook() -> bool:
     "Is a Jupyter kernel running (so that widgets can be displayed)?"
-    try: from IPython import get_ipython
-    except ImportError: return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
     ip = get_ipython()
     return ip is not None and getattr(ip, 'kernel', None) is not None
 
-def view_cohort(cohort: Cohort | str | None = None, patient: str | None = None, # a Cohort or its folder (default: the sample); the patient to show
-                timepoint: str | None = None, sequence: str | None = None,
-                widget: bool | None = None, **kwargs):  # widget or static figure (default: widget in a notebook)
+
+def view_cohort(
+    cohort: Cohort | str | None = None,  # a Cohort or its folder (default: the sample)
+    patient: str | None = None,  # the patient to show
+    timepoint: str | None = None,
+    sequence: str | None = None,
+    widget: bool | None = None,  # a widget, or a static figure (default: a widget in a notebook)
+    **kwargs,  # passed on to `CohortViewer`
+):
     "Browse a cohort: a `CohortViewer` in Jupyter, else the `Patient.plot` figure of one patient."
     c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
-    if widget is None: widget = in_notebook()
-    if widget: return CohortViewer(c, patient, timepoint, sequence, **kwargs)
+    if widget is None:
+        widget = in_notebook()
+    if widget:
+        return CohortViewer(c, patient, timepoint, sequence, **kwargs)
     fig = c[patient if patient is not None else 0].plot()
     try:
         from IPython import get_ipython
-        if get_ipython() is not None:       # shown once, as the value returned, not a second time by pyplot
-            import matplotlib.pyplot as plt; plt.close(fig)
-    except ImportError: pass
+
+        if (
+            get_ipython() is not None
+        ):  # shown once, as the value returned, not a second time by pyplot
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    except ImportError:
+        pass
     return fig

@@ -4,7 +4,7 @@ Each broken cohort is a valid one with ONE defect. For every defect the command 
 print a line that names both the defect and the file or patient it concerns, show no traceback,
 and leave every byte of the cohort as it was.
 """
-import gzip, hashlib, json, os, shutil, subprocess, sys
+import gzip, json, os, shutil, subprocess, sys
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +14,7 @@ import pytest
 
 from liver_pcr.cohort import Cohort
 from liver_pcr.synth import SynthConfig, make_cohort
+from liver_pcr.testing import tree_digest
 
 CFG = SynthConfig(n_patients=4, seed=0, shape=(32, 32, 6), spacing=(8., 8., 10.))
 PID = 'SYN0002'  # the patient each defect is put on
@@ -29,12 +30,6 @@ def cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     "Run `liver-pcr ARGS` with stdin closed."
     return subprocess.run([_exe(), *map(str, args)], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           timeout=300, env=env, cwd=cwd)
-
-
-def snapshot(root: Path) -> dict:
-    "Every path under `root` (files and folders) → the sha256 of its bytes (None for a folder)."
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-            for p in sorted(root.rglob('*'))}
 
 
 @pytest.fixture(scope='module')
@@ -176,17 +171,17 @@ DEFECTS = {
 def test_broken_cohort_is_reported(name, cohort):
     breaker, needles = DEFECTS[name]
     breaker(cohort)
-    before = snapshot(cohort)
+    before = tree_digest(cohort)
     r = cli('validate', cohort)
     assert r.returncode == 1, f'{name}: exit {r.returncode}\n{r.stdout}\n{r.stderr}'
     assert 'Traceback' not in r.stderr and 'bug in liver_pcr' not in r.stderr, r.stderr
     lines = r.stderr.splitlines()
     assert any(all(n in line for n in needles) for line in lines), f'{name}: no line with {needles} in\n{r.stderr}'
-    assert snapshot(cohort) == before, f'{name}: validate changed the cohort folder'
+    assert tree_digest(cohort) == before, f'{name}: validate changed the cohort folder'
 
 
 def test_valid_cohort_prints_a_summary(cohort):
-    before = snapshot(cohort)
+    before = tree_digest(cohort)
     r = cli('validate', cohort)
     assert r.returncode == 0, r.stderr
     pts = read(cohort, 'patients.csv')
@@ -197,7 +192,7 @@ def test_valid_cohort_prints_a_summary(cohort):
     rows = {l.split()[0]: l.split()[1:] for l in cov if l.split()[:1] in (['pre'], ['post'])}
     assert rows['pre'] == [str(n)]*4 and len(rows['post']) == 4   # every patient has every baseline sequence
     assert 'OK' in r.stdout and r.stderr.strip() == ''
-    assert snapshot(cohort) == before
+    assert tree_digest(cohort) == before
 
 
 def test_synth_then_validate(tmp_path):
@@ -212,10 +207,10 @@ def test_synth_then_validate(tmp_path):
 
 
 def test_synth_refuses_an_existing_folder(cohort):
-    before = snapshot(cohort)
+    before = tree_digest(cohort)
     r = cli('synth', cohort, '--patients', 2)
     assert r.returncode == 1 and 'already exists' in r.stderr and 'Traceback' not in r.stderr
-    assert snapshot(cohort) == before
+    assert tree_digest(cohort) == before
 
 
 def test_trailing_commas_are_read_as_meant(cohort):
@@ -263,7 +258,7 @@ def hand_cohort(root: Path) -> Path:
 
 def test_hand_written_cohort_loads_and_validates(tmp_path):
     root = hand_cohort(tmp_path/'hand')
-    before = snapshot(root)
+    before = tree_digest(root)
     c = Cohort.load(root)
     assert c.validate(show_progress=False) == []
     assert c.ids == ['007', '010', 'X.1']                   # ids stay strings: '007' is not 7
@@ -281,7 +276,7 @@ def test_hand_written_cohort_loads_and_validates(tmp_path):
     r = cli('validate', root)
     assert r.returncode == 0, r.stderr
     assert 'patients: 3; labelled: 2; pCR: 1' in r.stdout
-    assert snapshot(root) == before
+    assert tree_digest(root) == before
 
 
 def test_hand_written_cohort_defect_is_found(tmp_path):

@@ -11,14 +11,13 @@ from liver_pcr.data import make_splits, cohort_splits, check_no_leak, ClinicalTr
 CFG = PreprocessConfig(roi_px=16, roi_mm=64)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch): monkeypatch.setenv('LIVER_PCR_CACHE', str(tmp_path/'cache'))
+pytestmark = pytest.mark.usefixtures('_cache')    # each test: its own cache folder (tests/conftest.py)
 
 
 @pytest.fixture
-def gappy(tmp_path):
+def gappy(cohort_dir):
     "The sample with SYN0002 missing its post-therapy DWI, and SYN0003 missing its whole post-therapy exam."
-    d = tmp_path/'gappy'; shutil.copytree(sample_cohort_path(), d)
+    d = cohort_dir
     (d/'images/SYN0002/post/DWI.nii.gz').unlink()
     shutil.rmtree(d/'images/SYN0003/post')
     return Cohort.load(d)

@@ -9,7 +9,8 @@ from scipy import optimize, stats
 from scipy.special import expit, logit
 
 from liver_pcr.core import LiverPcrError
-from liver_pcr.evaluate import (auc, binormal, bootstrap_auc_ci, bootstrap_ci, brier, calibration_curve,
+from liver_pcr.testing import binormal
+from liver_pcr.evaluate import (auc, bootstrap_auc_ci, bootstrap_ci, brier, calibration_curve,
                                 calibration_intercept_slope, cmd_compare, compare_runs, delong_test,
                                 delong_vs_chance, load_run, net_benefit, summarize_predictions, threshold_metrics,
                                 true_auc, wilson_ci, write_toy_run, youden_threshold)

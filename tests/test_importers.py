@@ -1,6 +1,5 @@
 "Importers: DICOM checked against SimpleITK, de-identification, the original PNG layout, loose NIfTI, bad inputs and the CLI."
-import copy, gzip, hashlib, json, random, shutil
-from pathlib import Path
+import gzip, json, shutil
 
 import nibabel as nib
 import numpy as np
@@ -9,23 +8,12 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 
 from liver_pcr.cli import main
 from liver_pcr.cohort import Cohort, axial, lesion_slice
-from liver_pcr.core import LiverPcrError
-from liver_pcr.importers import import_dicom, import_nifti, import_png, pseudonym
-
-LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def tree_hash(root):
-    "Path and bytes of every file under `root`."
-    h = hashlib.sha256()
-    for f in sorted(Path(root).rglob('*')):
-        h.update(str(f.relative_to(root)).encode())
-        if f.is_file(): h.update(f.read_bytes())
-    return h.hexdigest()
+from liver_pcr.dicom import LPS
+from liver_pcr.importers import import_dicom, import_nifti, pseudonym
+from liver_pcr.testing import mr_small_series, tree_digest
 
 
 def run_cli(capsys, *args):
@@ -36,29 +24,6 @@ def run_cli(capsys, *args):
 
 
 # --- DICOM series built by hand from pydicom's MR_small.dcm -------------------------------------------
-
-def mr_series(folder, n=7, iop=(1, 0, 0, 0, 1, 0), dz=3.0, origin=(-40.0, 25.0, 12.0), seed=0, **tags):
-    "A multi-slice series from MR_small.dcm: new UIDs, positions along the slice normal, shuffled file names; returns the slices in order."
-    tmpl = pydicom.dcmread(get_testdata_file('MR_small.dcm'))
-    iop = np.asarray(iop, float); nrm = np.cross(iop[:3], iop[3:])
-    px = tmpl.pixel_array.astype(np.int16)
-    tags = dict(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), SeriesDescription='t2_tse_tra') | tags
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    names = random.Random(seed).sample(range(1000, 9999), n)
-    order = list(range(n)); random.Random(seed + 1).shuffle(order)          # files written in shuffled order
-    slices = {}
-    for k in order:
-        ds = copy.deepcopy(tmpl)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.ImageOrientationPatient = [f'{v:.6f}' for v in iop]
-        ds.ImagePositionPatient = [f'{v:.4f}' for v in np.asarray(origin) + k*dz*nrm]
-        ds.InstanceNumber = n - k                                            # deliberately not the slice order
-        slices[k] = np.roll(px, 3*k, axis=1) + 7*k
-        ds.PixelData = slices[k].astype('<i2').tobytes()
-        for kw, v in tags.items(): setattr(ds, kw, v)
-        ds.save_as(folder/f'{names[k]}.dcm')
-    return [slices[k] for k in range(n)], tags
-
 
 def sitk_ras(folder, uid):
     "Voxels (x, y, z) and RAS affine as SimpleITK's series reader gives them."
@@ -80,7 +45,7 @@ ORIENTATIONS = {'axial': (1, 0, 0, 0, 1, 0), 'axial-flipped': (-1, 0, 0, 0, -1, 
 
 @pytest.mark.parametrize('orient', list(ORIENTATIONS))
 def test_dicom_matches_simpleitk(tmp_path, orient):
-    slices, tags = mr_series(tmp_path/'src'/'ser', iop=ORIENTATIONS[orient], PatientID='X1')
+    slices, tags = mr_small_series(tmp_path/'src'/'ser', iop=ORIENTATIONS[orient], PatientID='X1')
     mp = write_map(tmp_path/'map.json', patients={'X1': 'P1'}, timepoints=['pre'], sequences={'T2': 't2'})
     rep = import_dicom(tmp_path/'src', tmp_path/'out', mp)
     assert rep.exit_code == 0, rep.text()
@@ -111,14 +76,14 @@ def plant_truncated(dst, like):
 
 def test_dicom_truncated_and_broken_files_are_reported_by_name(tmp_path, capsys):
     src = tmp_path/'src'
-    mr_series(src/'a', PatientID='X1', StudyDate='20240101')
-    mr_series(src/'b', PatientID='X1', StudyDate='20240101', SeriesDescription='vibe arterial', seed=3)
+    mr_small_series(src/'a', PatientID='X1', StudyDate='20240101')
+    mr_small_series(src/'b', PatientID='X1', StudyDate='20240101', SeriesDescription='vibe arterial', seed=3)
     plant_truncated(src/'b'/'MR_truncated.dcm', next((src/'b').glob('*.dcm')))     # a truncated file inside a series
     shutil.copy(get_testdata_file('MR_truncated.dcm'), src/'raw_truncated.dcm')     # as shipped: its own series
     raw = next((src/'a').glob('*.dcm')).read_bytes(); (src/'cut.dcm').write_bytes(raw[:700])   # cut inside the header
     (src/'notes.txt').write_text('not DICOM')
     mp = write_map(tmp_path/'map.json', patients={'X1': 'P1', '4MR1': 'P2'}, timepoints=['pre'], sequences={'T2': 't2', 'AP': 'arterial'})
-    before = tree_hash(src)
+    before = tree_digest(src)
     rc, out, err = run_cli(capsys, 'import', 'dicom', src, tmp_path/'out', '--map', mp)
     assert rc == 1 and err == '', err
     lines = out.splitlines()
@@ -127,7 +92,7 @@ def test_dicom_truncated_and_broken_files_are_reported_by_name(tmp_path, capsys)
     assert any(l.strip().startswith('cut.dcm') and 'truncated' in l for l in lines), out
     assert any(l.strip().startswith('notes.txt: not a DICOM file') for l in lines), out
     assert 'imported with 4 problem(s)' in out
-    assert tree_hash(src) == before
+    assert tree_digest(src) == before
     c = Cohort.load(tmp_path/'out')
     assert c.validate(show_progress=False) == [] and c.sequences == ['T2']
     assert (tmp_path/'out/import_report.txt').read_text().strip().endswith('imported with 4 problem(s)')
@@ -135,16 +100,16 @@ def test_dicom_truncated_and_broken_files_are_reported_by_name(tmp_path, capsys)
 
 def test_dicom_unassigned_ambiguous_inconsistent_and_seg(tmp_path, capsys):
     src = tmp_path/'src'
-    mr_series(src/'t2', PatientID='X1', StudyDate='20240101')
-    mr_series(src/'amb', PatientID='X1', StudyDate='20240101', SeriesDescription='t2 arterial', seed=2)    # two rules match
-    mr_series(src/'unk', PatientID='X1', StudyDate='20240101', SeriesDescription='perfusion', seed=3)      # no rule matches
-    mr_series(src/'gap', PatientID='X1', StudyDate='20240301', seed=4)                                    # spacing gap
+    mr_small_series(src/'t2', PatientID='X1', StudyDate='20240101')
+    mr_small_series(src/'amb', PatientID='X1', StudyDate='20240101', SeriesDescription='t2 arterial', seed=2)    # two rules match
+    mr_small_series(src/'unk', PatientID='X1', StudyDate='20240101', SeriesDescription='perfusion', seed=3)      # no rule matches
+    mr_small_series(src/'gap', PatientID='X1', StudyDate='20240301', seed=4)                                    # spacing gap
     sorted(src.joinpath('gap').glob('*.dcm'), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))[3].unlink()
-    mr_series(src/'rot', PatientID='X1', StudyDate='20240301', SeriesDescription='vibe arterial', seed=5)  # one slice turned
+    mr_small_series(src/'rot', PatientID='X1', StudyDate='20240301', SeriesDescription='vibe arterial', seed=5)  # one slice turned
     f = next((src/'rot').glob('*.dcm')); ds = pydicom.dcmread(f); ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]; ds.save_as(f)
-    mr_series(src/'seg', n=2, PatientID='X1', StudyDate='20240101', Modality='SEG', SeriesDescription='tumour seg', seed=6)
-    mr_series(src/'later', PatientID='X1', StudyDate='20240601', seed=7)                                  # a third study date
-    mr_series(src/'other', PatientID='NOT-IN-TABLE', StudyDate='20240101', seed=8)
+    mr_small_series(src/'seg', n=2, PatientID='X1', StudyDate='20240101', Modality='SEG', SeriesDescription='tumour seg', seed=6)
+    mr_small_series(src/'later', PatientID='X1', StudyDate='20240601', seed=7)                                  # a third study date
+    mr_small_series(src/'other', PatientID='NOT-IN-TABLE', StudyDate='20240101', seed=8)
     mp = write_map(tmp_path/'map.json', patients={'X1': 'P1'}, timepoints=['pre', 'post'], sequences={'T2': 't2', 'AP': 'arterial'})
     rc, out, _ = run_cli(capsys, 'import', 'dicom', src, tmp_path/'out', '--map', mp)
     assert rc == 1
@@ -159,9 +124,9 @@ def test_dicom_unassigned_ambiguous_inconsistent_and_seg(tmp_path, capsys):
 
 def test_dicom_two_series_on_one_slot_are_not_guessed(tmp_path):
     src = tmp_path/'src'
-    mr_series(src/'a', PatientID='X1', StudyDate='20240101', seed=1)
-    mr_series(src/'b', PatientID='X1', StudyDate='20240101', seed=2)
-    mr_series(src/'c', PatientID='X1', StudyDate='20240101', SeriesDescription='vibe arterial', seed=3)
+    mr_small_series(src/'a', PatientID='X1', StudyDate='20240101', seed=1)
+    mr_small_series(src/'b', PatientID='X1', StudyDate='20240101', seed=2)
+    mr_small_series(src/'c', PatientID='X1', StudyDate='20240101', SeriesDescription='vibe arterial', seed=3)
     mp = write_map(tmp_path/'map.json', patients={'X1': 'P1'}, timepoints=['pre'], sequences={'T2': 't2', 'AP': 'arterial'})
     rep = import_dicom(src, tmp_path/'out', mp)
     assert sum('2 series are assigned to patient P1, pre/T2: none imported' in str(p) for p in rep.problems) == 2
@@ -176,9 +141,9 @@ def test_dicom_deidentification(tmp_path, capsys, ids):
     src = tmp_path/'src'/'MRN-8675309'                                     # a folder named after the patient, too
     phi = dict(PatientName='Doe^Jane', PatientBirthDate='19610203', AccessionNumber='ACC123456', InstitutionName='Mercy General Hospital',
                ReferringPhysicianName='House^Gregory', PatientID='MRN-8675309', StudyDate='20230514', PatientSex='F')
-    mr_series(src/'t2', **phi)
-    mr_series(src/'ap', SeriesDescription='arterial', seed=2, **phi)
-    mr_series(src/'dwi', SeriesDescription='ep2d_diff', seed=3, **phi)     # unassigned: its report line must not leak either
+    mr_small_series(src/'t2', **phi)
+    mr_small_series(src/'ap', SeriesDescription='arterial', seed=2, **phi)
+    mr_small_series(src/'dwi', SeriesDescription='ep2d_diff', seed=3, **phi)     # unassigned: its report line must not leak either
     (src/'t2'/'zz_cut.dcm').write_bytes(next((src/'t2').glob('*.dcm')).read_bytes()[:400])
     mp = {'timepoints': ['pre'], 'sequences': {'T2': 't2', 'AP': 'arterial'}, 'clinical': 'clinical.csv', 'labs': 'labs.csv'}
     if ids == 'table': mp['patients'] = {'MRN-8675309': 'P001'}
@@ -205,7 +170,7 @@ def test_dicom_deidentification(tmp_path, capsys, ids):
 
 
 def test_dicom_hash_needs_a_salt_and_is_reproducible(tmp_path, capsys):
-    mr_series(tmp_path/'src'/'s', PatientID='H-1')
+    mr_small_series(tmp_path/'src'/'s', PatientID='H-1')
     mp = write_map(tmp_path/'map.json', timepoints=['pre'], sequences={'T2': 't2'})
     rc, _, err = run_cli(capsys, 'import', 'dicom', tmp_path/'src', tmp_path/'o1', '--map', mp)
     assert rc == 1 and 'no --salt' in err and 'Traceback' not in err and not (tmp_path/'o1').exists()
@@ -222,8 +187,8 @@ def test_dicom_hash_needs_a_salt_and_is_reproducible(tmp_path, capsys):
 
 def test_dicom_timepoints_table_and_masks(tmp_path):
     src = tmp_path/'src'
-    _, t1 = mr_series(src/'s1', PatientID='X1', StudyDate='20240101')
-    _, t2 = mr_series(src/'s2', PatientID='X1', StudyDate='20240301', seed=2)
+    _, t1 = mr_small_series(src/'s1', PatientID='X1', StudyDate='20240101')
+    _, t2 = mr_small_series(src/'s2', PatientID='X1', StudyDate='20240301', seed=2)
     # the mask: written on the grid of the first series by SimpleITK's geometry, in RAS+ voxel order (as some tools save it)
     _, aff = sitk_ras(src/'s1', t1['SeriesInstanceUID'])
     m = np.zeros((64, 64, 7), np.uint8); m[20:30, 25:35, 2:5] = 1
@@ -242,7 +207,7 @@ def test_dicom_timepoints_table_and_masks(tmp_path):
 
 def test_dicom_duplicate_files_and_seg_masks(tmp_path):
     src = tmp_path/'src'
-    mr_series(src/'a', PatientID='X1')
+    mr_small_series(src/'a', PatientID='X1')
     (src/'copy').mkdir(); shutil.copy(next((src/'a').glob('*.dcm')), src/'copy'/'dup.dcm')     # the same instance twice
     shutil.copy(next((src/'a').glob('*.dcm')), tmp_path/'seg.dcm')
     mp = write_map(tmp_path/'map.json', patients={'X1': 'P1'}, timepoints=['pre'], sequences={'T2': 't2'}, masks={'P1': {'pre': 'seg.dcm'}})
@@ -253,8 +218,8 @@ def test_dicom_duplicate_files_and_seg_masks(tmp_path):
 
 
 def test_dicom_csv_map(tmp_path):
-    _, t = mr_series(tmp_path/'src'/'a', PatientID='X1', SeriesDescription='whatever')
-    _, u = mr_series(tmp_path/'src'/'b', PatientID='X1', SeriesDescription='scout', seed=2)
+    _, t = mr_small_series(tmp_path/'src'/'a', PatientID='X1', SeriesDescription='whatever')
+    _, u = mr_small_series(tmp_path/'src'/'b', PatientID='X1', SeriesDescription='scout', seed=2)
     pd.DataFrame({'SeriesInstanceUID': [t['SeriesInstanceUID'], u['SeriesInstanceUID']], 'patient': ['P7', ''],
                   'timepoint': ['pre', ''], 'sequence': ['T2', 'skip']}).to_csv(tmp_path/'map.csv', index=False)
     rep = import_dicom(tmp_path/'src', tmp_path/'out', tmp_path/'map.csv')
@@ -297,12 +262,12 @@ def png_layout(cohort, root, rgb=()):
 
 def test_png_layout_imports(tmp_path, synth, capsys):
     stacks, clin, folds = png_layout(synth, tmp_path, rgb=('A0002',))
-    before = tree_hash(tmp_path/'png')
+    before = tree_digest(tmp_path/'png')
     rc, out, err = run_cli(capsys, 'import', 'png', tmp_path/'png', tmp_path/'out', '--clinical', tmp_path/'clinic_data.json',
                            '--folds', tmp_path/'data_fold.json', '--name', 'orig')
     assert rc == 0 and err == '', out + err
     assert 'imported with no problem' in out and '1 mm' in out
-    assert tree_hash(tmp_path/'png') == before
+    assert tree_digest(tmp_path/'png') == before
     c = Cohort.load(tmp_path/'out')
     assert c.validate(show_progress=False) == [] and c.name == 'orig'
     assert c.timepoints == ['pre', 'post'] and c.sequences == ['T1', 'T1V', 'T2'] and len(c) == 6
@@ -333,10 +298,10 @@ def test_png_faults_are_reported(tmp_path, synth, capsys):
     (png/'readme_slice.png').write_bytes(raw)                                                   # not in the layout
     clin['Z77'] = {'label': 1}; (tmp_path/'clinic_data.json').write_text(json.dumps(clin))      # JSON patient without images
     folds['test']['1'].append('A0001'); (tmp_path/'data_fold.json').write_text(json.dumps(folds))   # in two test folds
-    before = tree_hash(png)
+    before = tree_digest(png)
     rc, out, err = run_cli(capsys, 'import', 'png', png, tmp_path/'out', '--clinical', tmp_path/'clinic_data.json', '--folds', tmp_path/'data_fold.json')
     assert rc == 1 and err == ''
-    assert tree_hash(png) == before
+    assert tree_digest(png) == before
     expect = [f"T2/A0001_{y['A0001']}_start_T2_3.png: patient A0001, T2 slice 3: no end twin",
               'patient A0001, pre/T1: slice(s) [2] missing', f"A0002_{1 - y['A0002']}_start_T1V_0.png: patient A0002: label {y['A0002']} in the clinical JSON but",
               "extra/A0003", "unknown sequence 'FLAIR'", f"T2/A0004_{y['A0004']}_start_T2_1.png: patient A0004, pre/T2: unreadable PNG",
@@ -354,10 +319,10 @@ def test_png_faults_are_reported(tmp_path, synth, capsys):
 def test_png_refuses_existing_out_and_out_inside_src(tmp_path, synth, capsys):
     png_layout(synth, tmp_path)
     png, clin = tmp_path/'png', tmp_path/'clinic_data.json'
-    before = tree_hash(png)
+    before = tree_digest(png)
     rc, out, err = run_cli(capsys, 'import', 'png', png, png/'out', '--clinical', clin)
     assert rc == 1 and err.startswith('error: ') and 'inside the source folder' in err and 'Traceback' not in err
-    assert tree_hash(png) == before
+    assert tree_digest(png) == before
     assert run_cli(capsys, 'import', 'png', png, tmp_path/'out', '--clinical', clin)[0] == 0
     (tmp_path/'out'/'marker').write_text('old')
     rc, out, err = run_cli(capsys, 'import', 'png', png, tmp_path/'out', '--clinical', clin)
@@ -365,7 +330,7 @@ def test_png_refuses_existing_out_and_out_inside_src(tmp_path, synth, capsys):
     rc, out, err = run_cli(capsys, 'import', 'png', png, tmp_path/'out', '--clinical', clin, '--overwrite')
     assert rc == 0 and not (tmp_path/'out'/'marker').exists()
     rc, out, err = run_cli(capsys, 'import', 'png', png, tmp_path, '--clinical', clin, '--overwrite')   # OUT around SRC
-    assert rc == 1 and 'contains the source folder' in err and tree_hash(png) == before
+    assert rc == 1 and 'contains the source folder' in err and tree_digest(png) == before
     (tmp_path/'empty').mkdir()
     rc, out, err = run_cli(capsys, 'import', 'png', tmp_path/'empty', tmp_path/'new'/'out', '--clinical', clin)
     assert rc == 1 and 'no usable PNG slice' in err and not (tmp_path/'new').exists()
@@ -392,10 +357,10 @@ def loose_nifti(root, flat=True):
 def test_nifti_imports(tmp_path, capsys, flat):
     aff = loose_nifti(tmp_path/'src', flat)
     args = ['--pattern', '{patient}_{timepoint}_{sequence}.nii.gz'] if flat else []
-    before = tree_hash(tmp_path/'src')
+    before = tree_digest(tmp_path/'src')
     rc, out, err = run_cli(capsys, 'import', 'nifti', tmp_path/'src', tmp_path/'out', *args, '--clinical', tmp_path/'clin.csv', '--labs', tmp_path/'labs.csv')
     assert rc == 0, out + err
-    assert tree_hash(tmp_path/'src') == before
+    assert tree_digest(tmp_path/'src') == before
     c = Cohort.load(tmp_path/'out')
     assert c.validate(show_progress=False) == [] and c.ids == ['K1', 'K2', 'K3'] and c.timepoints == ['pre', 'post']
     assert c['K1'].label == 1.0 and np.isnan(c['K3'].label) and c['K2'].fold == 1 and c['K3'].covariates == {'bclc': 'C'}
@@ -415,7 +380,7 @@ def test_nifti_faults_are_reported(tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.ones((16, 14, 5), np.float32), aff), src/'K3_post_FLAIR.nii.gz')   # unknown sequence (API)
     nib.save(nib.Nifti1Image(np.ones((16, 14, 5), np.float32), aff), src/'K4_pre_T2.nii.gz')       # no clinical row
     pd.DataFrame({'patient_id': ['K1', 'K2', 'K3', 'K9'], 'pcr': ['1', 'yes', '', '0']}).to_csv(tmp_path/'clin.csv', index=False)
-    before = tree_hash(src)
+    before = tree_digest(src)
     rep = import_nifti(src, tmp_path/'out', '{patient}_{timepoint}_{sequence}.nii.gz', clinical=tmp_path/'clin.csv', sequences=['T2', 'AP', 'DWI'])
     msgs = '\n'.join(map(str, rep.problems))
     for e in ['K2_post_T2.nii.gz: patient K2, post/T2: unreadable or truncated NIfTI', "K1_pre.nii.gz: does not match the pattern",
@@ -423,7 +388,7 @@ def test_nifti_faults_are_reported(tmp_path, capsys):
               "K3_post_FLAIR.nii.gz: patient K3, post: unknown sequence 'FLAIR'", "clin.csv: line 3 (patient K2): pcr 'yes' is not 1, 0 or empty",
               'clin.csv: line 5 (patient K9): patient has no imported image', 'clin.csv: patient K4: has images but no row']:
         assert e in msgs, (e, msgs)
-    assert rep.exit_code == 1 and tree_hash(src) == before
+    assert rep.exit_code == 1 and tree_digest(src) == before
     c = Cohort.load(tmp_path/'out')
     assert c.validate(show_progress=False) == []
     assert not c['K2'].has('post', 'T2') and c['K1'].mask('post', 'AP') is None and c['K1'].mask('post', 'T2') is not None
@@ -432,7 +397,7 @@ def test_nifti_faults_are_reported(tmp_path, capsys):
     rc, out, err = run_cli(capsys, 'import', 'nifti', src, tmp_path/'o2')      # the default pattern matches nothing here
     assert rc == 1 and 'no NIfTI image matches the pattern' in err and not (tmp_path/'o2').exists()
     rc, out, err = run_cli(capsys, 'import', 'nifti', src, src/'sub', '--pattern', '{patient}_{timepoint}_{sequence}.nii.gz')
-    assert rc == 1 and 'inside the source folder' in err and tree_hash(src) == before
+    assert rc == 1 and 'inside the source folder' in err and tree_digest(src) == before
 
 
 def test_fatal_error_is_short_and_writes_nothing(tmp_path, capsys):

@@ -16,11 +16,7 @@ PRE = PreprocessConfig(roi_mm=64, roi_px=16, k=3)
 FAST = dict(epochs=1, batch_size=32, steps=2, show_progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv('LIVER_PCR_CACHE', str(tmp_path/'cache'))
-    monkeypatch.setenv('LIVER_PCR_QUIET', '1')
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures('_cache', '_one_thread')    # tests/conftest.py
 
 
 def _copy(tmp_path, name='copy', blank_labels=False):

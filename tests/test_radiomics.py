@@ -1,6 +1,5 @@
 "Delta-radiomics features: known answers, scale invariance, missing exams, determinism, the disk cache and the cohort folder."
-import hashlib, math, os, shutil
-from pathlib import Path
+import math, os
 
 import numpy as np
 import pandas as pd
@@ -8,31 +7,13 @@ import pytest
 
 import liver_pcr.radiomics as rad
 from liver_pcr.cohort import Cohort, Volume, save_nifti
-from liver_pcr.core import CohortError, ConfigError, sample_cohort_path
+from liver_pcr.core import CohortError, ConfigError
+from liver_pcr.testing import tree_digest
 from liver_pcr.radiomics import (EXAM_FEATURES, RadiomicsConfig, exam_features, glcm, glcm_features, patient_features,
                                  quantise, radiomics_cache_path, radiomics_table)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    "Every test gets its own empty cache folder."
-    monkeypatch.setenv('LIVER_PCR_CACHE', str(tmp_path/'cache'))
-    monkeypatch.setenv('LIVER_PCR_QUIET', '1')
-    return tmp_path/'cache'
-
-
-@pytest.fixture
-def cohort_dir(tmp_path):
-    "A private copy of the sample cohort, free to be changed."
-    return Path(shutil.copytree(sample_cohort_path(), tmp_path/'cohort'))
-
-
-def tree_digest(root) -> str:
-    h = hashlib.sha256()
-    for f in sorted(Path(root).rglob('*')):
-        h.update(str(f.relative_to(root)).encode())
-        if f.is_file(): h.update(f.read_bytes())
-    return h.hexdigest()
+pytestmark = pytest.mark.usefixtures('_cache')    # each test: its own empty cache folder (tests/conftest.py; also `cohort_dir`)
 
 
 def ball(shape=(40, 40, 16), sp=(1.5, 1.5, 2.5), r=10.0):

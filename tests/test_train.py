@@ -19,10 +19,7 @@ PRE = PreprocessConfig(roi_px=16, roi_mm=64)
 TINY = TrainConfig(epochs=2, min_epochs=1, patience=1, batch_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv('LIVER_PCR_CACHE', str(tmp_path/'cache')); monkeypatch.setenv('LIVER_PCR_QUIET', '1')
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures('_cache', '_one_thread')    # tests/conftest.py
 
 
 def _batch(B=3, k=3, H=16):
