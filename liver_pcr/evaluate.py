@@ -18,8 +18,8 @@ from .runs import Run, load_run, write_toy_run, few
 
 
 # %% auto #0
-__all__ = ['DeLong', 'METRICS', 'Calibration', 'binormal', 'true_auc', 'auc', 'bootstrap_indices', 'bootstrap_ci',
-           'bootstrap_auc_ci', 'delong_test', 'delong_vs_chance', 'youden_threshold', 'threshold_metrics', 'brier',
+__all__ = ['DeLong', 'METRICS', 'Calibration', 'true_auc', 'auc', 'bootstrap_indices', 'bootstrap_ci', 'bootstrap_auc_ci',
+           'delong_test', 'delong_vs_chance', 'youden_threshold', 'threshold_metrics', 'brier',
            'calibration_intercept_slope', 'wilson_ci', 'calibration_curve', 'lowess', 'net_benefit', 'roc_points',
            'roc_band', 'plot_roc', 'plot_calibration', 'plot_decision_curve', 'summarize_predictions', 'markdown_table',
            'compare_runs', 'cmd_compare']
@@ -40,16 +40,6 @@ def _yp(y, p, # outcomes (0/1) and predictions, one per patient
     return y, p
 
 # %% ../nbs/09_evaluate.ipynb #bdeb221c
-def binormal(n_pos: int = 60, n_neg: int = 60, # patients with and without the outcome
-             d: float = 1.0, # separation of the two unit-variance normals
-             seed: int = 0):
-    "Synthetic `(y, p)` with true AUC Φ(d/√2) and perfectly calibrated `p`, patients in random order."
-    rng = np.random.default_rng(seed)
-    s = np.r_[rng.normal(d, 1, n_pos), rng.normal(0, 1, n_neg)]
-    y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
-    o = rng.permutation(n_pos + n_neg)
-    return y[o], expit(np.log(n_pos / n_neg) + d * s[o] - d * d / 2)
-
 def true_auc(d: float) -> float: # separation of the two unit-variance normals
     "The AUC of the binormal model: Φ(d/√2)."
     return float(stats.norm.cdf(d / math.sqrt(2)))

@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 import numpy as np, pandas as pd
-from .core import LiverPcrError, ConfigError, atomic_path, write_text
+from .core import LiverPcrError, ConfigError, atomic_path, write_text, read_table, read_json_object
 
 # %% auto #0
-__all__ = ['RUN_FORMAT', 'COMPARED', 'to_json', 'few', 'read_json', 'Run', 'RunFolder', 'load_run', 'write_toy_run',
-           'save_tensors', 'load_tensors', 'load_model_file', 'FoldResult', 'Fitter', 'save_checkpoint',
-           'load_checkpoint']
+__all__ = ['RUN_FORMAT', 'COMPARED', 'to_json', 'few', 'Run', 'RunFolder', 'load_run', 'write_toy_run', 'save_tensors',
+           'load_tensors', 'load_model_file', 'FoldResult', 'Fitter', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/08a_runs.ipynb #c17e0677
 RUN_FORMAT = 2  # 1: pickled references and bundles (before 0.3); 2: JSON + plain tensors
@@ -49,20 +48,6 @@ def few(
     return ', '.join(map(str, xs[:k])) + more
 
 # %% ../nbs/08a_runs.ipynb #b91469e4
-def _read_csv(f: Path, cols: list[str]) -> pd.DataFrame:
-    if not f.is_file():
-        raise LiverPcrError(f"{f}: not found")
-    try:
-        df = pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[''])  # converted by the checks
-    except Exception as e:
-        raise LiverPcrError(f"{f}: cannot be read as CSV ({e})")
-    miss = [c for c in cols if c not in df.columns]
-    if miss:
-        has = few(map(repr, df.columns))
-        raise LiverPcrError(f"{f}: missing column(s) {few(map(repr, miss))} (it has {has})")
-    return df
-
-
 def _bad_rows(f, df, mask, col, what) -> list[str]:
     "One problem line for the rows of `df` where `mask` holds (line numbers as in the file)."
     i = np.flatnonzero(np.asarray(mask))
@@ -74,7 +59,7 @@ def _bad_rows(f, df, mask, col, what) -> list[str]:
 
 # %% ../nbs/08a_runs.ipynb #8706f5e8
 def _check_predictions(f: Path) -> pd.DataFrame:
-    df = _read_csv(f, ['patient_id', 'fold', 'y_true', 'p'])
+    df = read_table(f, ['patient_id', 'fold', 'y_true', 'p'], na=True)  # strings, converted by the checks
     p = pd.to_numeric(df.p, errors='coerce')
     yv = pd.to_numeric(df.y_true, errors='coerce')
     probs = (
@@ -98,7 +83,7 @@ def _check_predictions(f: Path) -> pd.DataFrame:
 def _check_thresholds(f: Path, folds) -> pd.DataFrame | None:
     if not f.exists():
         return None
-    df = _read_csv(f, ['fold', 'threshold'])
+    df = read_table(f, ['fold', 'threshold'], na=True)
     t = pd.to_numeric(df.threshold, errors='coerce')
     bad = t.isna() | (t < 0) | (t > 1)
     probs = _bad_rows(f, df, bad, 'threshold', 'threshold missing or outside [0, 1]')
@@ -113,23 +98,11 @@ def _check_thresholds(f: Path, folds) -> pd.DataFrame | None:
     return df.assign(threshold=t.astype(float))[['fold', 'threshold']]
 
 
-def read_json(
-    f: Path,  # a JSON file that must hold an object
-    missing_ok: bool = True,  # an absent file reads as {}
-) -> dict:
-    "The JSON object in `f`; a one-line `LiverPcrError` naming the file when it is not one."
-    f = Path(f)
-    if not f.exists():
-        if missing_ok:
-            return {}
-        raise LiverPcrError(f"{f}: not found")
-    try:
-        d = json.loads(f.read_text())
-    except (ValueError, OSError) as e:
-        raise LiverPcrError(f"{f}: not valid JSON ({e})")
-    if not isinstance(d, dict):
-        raise LiverPcrError(f"{f}: expected a JSON object, got {type(d).__name__}")
-    return d
+
+def _json_or_empty(f: Path) -> dict:
+    "The JSON object in `f`, or {} when there is no such file."
+    return read_json_object(f) if Path(f).exists() else {}
+
 
 # %% ../nbs/08a_runs.ipynb #beddd149
 @dataclass(frozen=True, eq=False)
@@ -190,7 +163,7 @@ def config(self: RunFolder) -> dict:
     f = self._file('config.json')
     if not f.exists():
         raise LiverPcrError(f'{self.path}: no config.json — not a run folder of liver-pcr cv or train')
-    return read_json(f)
+    return read_json_object(f)
 
 
 @patch
@@ -203,7 +176,7 @@ def start(
     record = {**record, 'format': RUN_FORMAT}
     old = self._file('config.json')
     if old.exists() and 'splits' in record:
-        prev = read_json(old)
+        prev = read_json_object(old)
         same = json.loads(to_json({k: record.get(k) for k in COMPARED}))
         if {k: prev.get(k) for k in COMPARED} != same:
             raise ConfigError(f'{self.path}: holds a run with another configuration or cohort; choose another --out')
@@ -232,7 +205,7 @@ def done(
 ) -> dict | None:
     "The fold's done marker (threshold, validation and test probabilities, log), or None while it is not done."
     f = self.fold_dir(fold)/'done.json'
-    return read_json(f) if f.exists() else None
+    return read_json_object(f) if f.exists() else None
 
 
 @patch
@@ -294,7 +267,8 @@ def read(self: RunFolder) -> Run:
         raise LiverPcrError(f"{self.path}: not a run folder (no such directory)")
     pr = _check_predictions(self._file('predictions.csv'))
     th = _check_thresholds(self._file('thresholds.csv'), pr.fold.unique())
-    return Run(self.path, pr, th, read_json(self._file('config.json')), read_json(self._file('metrics.json')))
+    cfg, met = _json_or_empty(self._file('config.json')), _json_or_empty(self._file('metrics.json'))
+    return Run(self.path, pr, th, cfg, met)
 
 
 def load_run(

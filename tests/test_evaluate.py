@@ -273,9 +273,9 @@ def test_load_run_checks_thresholds_and_the_folder(runs, tmp_path):
     with pytest.raises(LiverPcrError, match=r'thresholds\.csv: no threshold for fold\(s\) 3'): load_run(runs[3])
     with pytest.raises(LiverPcrError, match='not a run folder'): load_run(tmp_path / 'nowhere')
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(LiverPcrError, match=r'predictions\.csv: not found'): load_run(tmp_path / 'empty')
+    with pytest.raises(LiverPcrError, match=r'predictions\.csv: no such file'): load_run(tmp_path / 'empty')
     (runs[4] / 'config.json').write_text('{not json')
-    with pytest.raises(LiverPcrError, match=r'config\.json: not valid JSON'): load_run(runs[4])
+    with pytest.raises(LiverPcrError, match=r'config\.json: invalid JSON'): load_run(runs[4])
 
 
 def test_summarize_predictions_uses_fold_thresholds_or_says_default(runs):

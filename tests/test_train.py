@@ -129,7 +129,7 @@ def test_cv_outputs_and_threshold_ignores_test_labels(tmp_path):
     p = pd.read_csv(tmp_path/'r'/'predictions.csv')
     assert list(p.columns) == ['patient_id', 'fold', 'y_true', 'p'] and sorted(p.patient_id) == sorted(c.labelled_ids)
     assert {'auc', 'auc_ci', 'n', 'n_pos'} <= set(m) and m['n'] == len(c.labelled_ids)
-    for f in ('metrics.json', 'config.json', 'log.csv', 'thresholds.csv', 'fold0/model.pt'): assert (tmp_path/'r'/f).exists(), f
+    for f in ('metrics.json', 'config.json', 'log.csv', 'thresholds.csv', 'fold0/model.json', 'fold0/model.pt'): assert (tmp_path/'r'/f).exists(), f
     cfg = json.loads((tmp_path/'r'/'config.json').read_text())
     for s in cfg['splits']: check_no_leak(s['train'], s['val'], s['test'])
     # the threshold of each fold is a function of its inner-validation predictions only: permuting the test fold's labels
@@ -199,12 +199,26 @@ def test_cv_on_invalid_cohort_exit_1(tmp_path):
 
 
 def test_ensemble_members_are_averaged_and_saved(tmp_path):
+    "Each fold keeps every member; the run's test probabilities and `predict` are the members' means."
+    from liver_pcr.runs import RunFolder
+    from liver_pcr.train import load_models
     run_cv(None, neural(STAGES['single']), tmp_path/'e', n_folds=3, pre_cfg=PRE, train_cfg=replace(TINY, ensemble=2), show_progress=False, n_boot=100)
-    assert (tmp_path/'e'/'fold0'/'model.pt').exists() and (tmp_path/'e'/'fold0'/'model-1.pt').exists()
+    rf, c = RunFolder(tmp_path/'e'), Cohort.load()
+    assert rf.members(0) == [0, 1] and (tmp_path/'e'/'fold0'/'model-1.pt').exists()
     log = pd.read_csv(tmp_path/'e'/'log.csv')
     assert set(log.member) == {0, 1}
-    p = predict(tmp_path/'e', Cohort.load(), show_progress=False)      # 3 folds x 2 members, averaged
-    assert len(p) == 24 and p.p.between(0, 1).all()
+    preds = pd.read_csv(tmp_path/'e'/'predictions.csv').set_index('patient_id').p
+    each = {}
+    for s in rf.splits():
+        members = load_models(rf, s['fold'])
+        assert len(members) == 2
+        ps = [pd.Series(m.predict(c, show_progress=False), c.ids) for m in members]
+        assert (ps[0] - ps[1]).abs().max() > 1e-4                    # two different models
+        mean = (ps[0] + ps[1])/2
+        np.testing.assert_allclose(mean[s['test']].values, preds[s['test']].values, atol=2e-3)  # half-precision weights
+        each[s['fold']] = mean
+    p = predict(tmp_path/'e', c, show_progress=False).set_index('patient_id').p      # 3 folds x 2 members, averaged
+    np.testing.assert_allclose(p.values, pd.concat(each, axis=1).mean(1)[p.index].values, atol=1e-6)
 
 
 def test_linear_head_saved_and_loaded_predicts_the_same(tmp_path):
@@ -232,13 +246,13 @@ def test_linear_head_uses_the_inner_cv_not_the_test_fold(tmp_path):
     pre = preprocess_cohort(c, PRE, show_progress=False)
     s = cohort_splits(c, 3, 0)[0]
     ctx = Context(c, STAGES['multi'], PRE, TrainConfig(), 0, pre=pre, show_progress=False)
-    a = fit_linear_fold(ctx, s, tmp_path)[3]['model'].head.coef.clone()
+    a = fit_linear_fold(ctx, s, tmp_path).models[0].head.coef.clone()
     import copy
     pre2 = copy.copy(pre)
     pre2.images = np.array(pre.images)
     pre2.images[pre.index(s.test)] = 5.0                           # the test patients' images replaced
     ctx2 = Context(c, STAGES['multi'], PRE, TrainConfig(), 0, pre=pre2, show_progress=False)
-    b = fit_linear_fold(ctx2, s, tmp_path)[3]['model'].head.coef
+    b = fit_linear_fold(ctx2, s, tmp_path).models[0].head.coef
     assert torch.equal(a, b)
 
 
@@ -255,3 +269,72 @@ def test_weights_file_is_used_and_a_wrong_file_is_one_line(tmp_path):
     from liver_pcr.core import sample_cohort_path
     out = _cli('cv', str(sample_cohort_path()), '--model', 'baseline', '--out', str(tmp_path/'c'), '--weights', str(tmp_path/'bad.pt'))
     assert out.returncode == 1 and 'bad.pt' in out.stderr and 'Traceback' not in out.stderr
+
+
+class _Planted:
+    "A pickle that would create a file when unpickled."
+    def __init__(self, path): self.path = str(path)
+    def __reduce__(self): return (open, (self.path, 'w'))
+
+
+@pytest.fixture(scope='module')
+def linear_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('safe')/'run'
+    run_cv(None, 'multi', out, n_folds=3, pre_cfg=PRE, show_progress=False, n_boot=50)
+    return out
+
+
+def _copy_run(run, tmp_path):
+    d = tmp_path/'run'
+    shutil.copytree(run, d)
+    return d
+
+
+def test_planted_pickle_in_a_run_folder_is_refused_not_executed(linear_run, tmp_path):
+    "A run folder from elsewhere with a pickle that runs code: `predict` refuses it in one line, and the code never runs."
+    from liver_pcr.core import sample_cohort_path
+    run, flag = _copy_run(linear_run, tmp_path), tmp_path/'pwned'
+    torch.save({'trunk.w': _Planted(flag)}, run/'fold1'/'model.pt')
+    r = _cli('predict', str(run), str(sample_cohort_path()), '--out', str(tmp_path/'p.csv'))
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert 'refused' in r.stderr and str(run/'fold1'/'model.pt') in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not flag.exists() and not (tmp_path/'p.csv').exists()
+
+
+def test_truncated_model_file_is_one_line_naming_it(linear_run, tmp_path):
+    from liver_pcr.core import sample_cohort_path
+    run = _copy_run(linear_run, tmp_path)
+    f = run/'fold2'/'model.pt'
+    f.write_bytes(f.read_bytes()[:len(f.read_bytes())//2])
+    r = _cli('predict', str(run), str(sample_cohort_path()), '--out', str(tmp_path/'p.csv'))
+    assert r.returncode == 1 and 'Traceback' not in r.stderr and 'bug in liver_pcr' not in r.stderr
+    assert f'{f}: damaged or truncated model file' in r.stderr
+
+
+def test_run_folder_of_the_older_pickled_format_asks_for_a_rerun(linear_run, tmp_path):
+    run = _copy_run(linear_run, tmp_path)
+    for fold in (0, 1, 2):
+        (run/f'fold{fold}'/'model.json').unlink()
+        (run/f'fold{fold}'/'model.pkl').write_bytes(b'not read')
+    with pytest.raises(LiverPcrError, match='older liver_pcr .* re-run with this version'):
+        predict(run, Cohort.load(), show_progress=False)
+
+
+def test_damaged_checkpoint_restarts_the_fold(tmp_path):
+    "An unreadable resume checkpoint is reported in one line and the fold trains from the start."
+    out = tmp_path/'r'
+    (out/'fold0').mkdir(parents=True)
+    (out/'fold0'/'last.pt').write_bytes(b'garbage')
+    with pytest.warns(UserWarning, match='unreadable checkpoint'):
+        run_cv(None, neural(STAGES['baseline']), out, n_folds=3, pre_cfg=PRE, train_cfg=TINY, show_progress=False, n_boot=50)
+    assert (out/'predictions.csv').exists() and not (out/'fold0'/'last.pt').exists()
+
+
+def test_no_unpickling_anywhere_in_the_package():
+    "No pickle/joblib load, and every torch.load with weights_only=True, in liver_pcr/."
+    import re, liver_pcr
+    src = {f.name: f.read_text() for f in Path(liver_pcr.__file__).parent.glob('*.py')}
+    for name, text in src.items():
+        assert not re.search(r'\b(pickle|joblib|dill|cloudpickle)\.loads?\(', text), name
+        for call in re.findall(r'torch\.load\([^)]*\)', text):
+            assert 'weights_only=True' in call, (name, call)
