@@ -8,7 +8,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/cli.html.md"""
 from __future__ import annotations
 import argparse, importlib, sys, os
 from . import __version__
-from .core import run_main, LiverPcrError
+from .core import run_main
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument('cohort', help='the cohort folder')
     a.add_argument('--out', required=True, help='output folder (never inside the cohort)')
     _training_options(a)
-    a.set_defaults(func=_lazy('report', 'cmd_ablate'))
+    a.set_defaults(func=_lazy('ablation', 'cmd_ablate'))
 
     e = sub.add_parser('explain', help="one patient's attribution maps, input contributions and marker SHAP, from the model of the fold that tested him")
     e.add_argument('run', help='a run folder of liver-pcr cv: a deep model, or the clinical reference')
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--patient', required=True, help='the patient id')
     e.add_argument('--out', required=True, help='folder for the figures (never inside the cohort)')
     e.add_argument('--methods', nargs='+', choices=['gradcam', 'ig'], default=['gradcam', 'ig'], help='attribution methods (default: both)')
-    e.set_defaults(func=_lazy('interpret', 'cmd_explain'))
+    e.set_defaults(func=_lazy('explain', 'cmd_explain'))
 
     c = sub.add_parser('compare', help='compare runs: AUC [CI], sensitivity, specificity, Brier, calibration, DeLong p; figures')
     c.add_argument('runs', nargs='+', help='run folders (each with predictions.csv), the first is the reference')

@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['LiverPcrError', 'CohortError', 'ConfigError', 'set_seed', 'get_device', 'sample_cohort_path', 'data_root',
-           'cache_dir', 'atomic_path', 'write_text', 'read_table', 'read_json_object', 'is_inside', 'check_out_path',
-           'progress', 'is_tiny', 'run_main']
+           'cache_dir', 'atomic_path', 'write_text', 'figure_png', 'save_figure', 'read_table', 'read_json_object',
+           'is_inside', 'check_out_path', 'progress', 'is_tiny', 'run_main']
 
 # %% ../nbs/00_core.ipynb #ff771b53
 class LiverPcrError(Exception):
@@ -129,6 +129,33 @@ def write_text(
     "Write `text` to `path` atomically."
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+    return Path(path)
+
+# %% ../nbs/00_core.ipynb #f6ef17f3
+def figure_png(
+    fig,  # a matplotlib figure (closed afterwards)
+    dpi: int = 110,  # resolution
+) -> bytes:
+    "The figure as PNG bytes."
+    import io, matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def save_figure(
+    fig,  # a matplotlib figure (closed afterwards)
+    path,  # the PNG file to write (atomically)
+    dpi: int = 110,  # resolution
+) -> Path:
+    "Write the figure as a PNG file; return its path."
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
+    plt.close(fig)
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #c4a08a29

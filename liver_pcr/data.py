@@ -7,12 +7,12 @@ Docs: https://liver-pcr.github.io/liver_pcr/data.html.md"""
 # %% ../nbs/06_data.ipynb #91b891ec
 from __future__ import annotations
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import numpy as np, pandas as pd
 import torch
 from .core import LiverPcrError, ConfigError, CohortError
 from .cohort import Cohort
-from .preprocess import Preprocessed, PreprocessConfig, preprocess_cohort
+from .preprocess import Preprocessed
 
 # %% auto #0
 __all__ = ['Split', 'check_no_leak', 'make_splits', 'cohort_splits', 'wide_labs', 'ClinicalTransformer', 'transformer_state',

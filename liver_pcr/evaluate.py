@@ -6,16 +6,14 @@ Docs: https://liver-pcr.github.io/liver_pcr/evaluate.html.md"""
 
 # %% ../nbs/09_evaluate.ipynb #e407ea45
 from __future__ import annotations
-import json, math, warnings
+import math, warnings
 from collections import namedtuple
-from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd
 from scipy import stats
 from scipy.special import expit, logit
-from .core import LiverPcrError, ConfigError, atomic_path, write_text
-from .runs import Run, load_run, write_toy_run, few
-
+from .core import LiverPcrError, ConfigError, atomic_path, write_text, save_figure
+from .runs import Run, load_run, few
 
 # %% auto #0
 __all__ = ['DeLong', 'METRICS', 'Calibration', 'true_auc', 'auc', 'bootstrap_indices', 'bootstrap_ci', 'bootstrap_auc_ci',
@@ -381,11 +379,22 @@ def _ci_str(est, lo, hi) -> str: return f'{est:.2f} [{lo:.2f}, {hi:.2f}]'
 
 def _p_str(p) -> str: return '—' if pd.isna(p) else ('<0.001' if p < 0.001 else f'{p:.3f}')
 
-def markdown_table(df: pd.DataFrame) -> str:
-    "A DataFrame as a GitHub-flavoured Markdown table (no `tabulate` needed)."
-    cell = lambda v: str(v).replace('|', '\\|')
-    lines = ['| ' + ' | '.join(map(cell, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
-    return '\n'.join(lines + ['| ' + ' | '.join(map(cell, row)) + ' |' for row in df.itertuples(index=False)])
+def markdown_table(
+    df: pd.DataFrame,  # the table
+    signed=(),  # columns whose numbers are shown with their sign
+) -> str:
+    "A DataFrame as a GitHub-flavoured Markdown table (no `tabulate` needed): numbers to 3 decimals, NaN as —."
+
+    def cell(col, v):
+        if isinstance(v, (float, np.floating)):
+            if np.isnan(v):
+                return '—'
+            return f'{v:+.3f}' if col in signed else f'{v:.3f}'
+        return str(v).replace('|', '\\|')
+
+    lines = ['| ' + ' | '.join(cell(None, c) for c in df.columns) + ' |', '|' + '---|'*len(df.columns)]
+    rows = ['| ' + ' | '.join(cell(c, v) for c, v in zip(df.columns, r)) + ' |' for r in df.itertuples(index=False)]
+    return '\n'.join(lines + rows)
 
 # %% ../nbs/09_evaluate.ipynb #3d1ea011
 def _compare_row(name, r: Run, ref: pd.DataFrame, first: bool, n_boot, seed) -> tuple[dict, tuple]:
@@ -409,10 +418,6 @@ def _markdown(df: pd.DataFrame) -> str:
                          f'DeLong p vs {df.model.iloc[0]}': df.delong_p.map(_p_str)})
     return markdown_table(show)
 
-def _save_fig(fig, f: Path):
-    import matplotlib.pyplot as plt
-    with atomic_path(f) as tmp: fig.savefig(tmp, format='png', dpi=150, bbox_inches='tight')
-    plt.close(fig)
 
 # %% ../nbs/09_evaluate.ipynb #0e2c8b27
 def compare_runs(run_paths: list, # run folders (or `Run`s); the first is the reference for DeLong's test
@@ -437,7 +442,7 @@ def _write_comparison(df, runs: dict, out: Path, n_boot, seed) -> list[Path]:
     files = [out / 'comparison.csv', write_text(out / 'comparison.md', df.attrs['markdown'] + '\n')]
     for f, plot in [('roc.png', lambda: plot_roc(runs, n_boot=n_boot, seed=seed)),
                     ('calibration.png', lambda: plot_calibration(runs)), ('decision_curve.png', lambda: plot_decision_curve(runs))]:
-        _save_fig(plot(), out / f); files.append(out / f)
+        save_figure(plot(), out / f, dpi=150); files.append(out / f)
     return files
 
 # %% ../nbs/09_evaluate.ipynb #08b48fbc

@@ -7,7 +7,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/models.html.md"""
 # %% ../nbs/07_models.ipynb #72cb69d9
 from __future__ import annotations
 import math
-from dataclasses import dataclass, field, replace, asdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import ConfigError

@@ -6,7 +6,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/radiomics.html.md"""
 
 # %% ../nbs/10_radiomics.ipynb #c7130ee5
 from __future__ import annotations
-import hashlib, json, math, os
+import hashlib, json, math
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np, pandas as pd

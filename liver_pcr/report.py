@@ -1,4 +1,4 @@
-"""`liver-pcr ablate` (the relation model with one part removed at a time, by configuration), and `liver-pcr demo` — the main job: the model evolution and the two references cross-validated on the embedded data, in one self-contained HTML report.
+"""`liver-pcr demo`, the main job: the model evolution, the references and (optionally) the ablations on the embedded data, written as one self-contained HTML report.
 
 Docs: https://liver-pcr.github.io/liver_pcr/report.html.md"""
 
@@ -6,102 +6,18 @@ Docs: https://liver-pcr.github.io/liver_pcr/report.html.md"""
 
 # %% ../nbs/13_report.ipynb #425601c4
 from __future__ import annotations
-import base64, html, io, json, os, tempfile, time
-from dataclasses import replace, asdict
+import base64, html, time
 from pathlib import Path
-import numpy as np, pandas as pd
-from .core import LiverPcrError, ConfigError, atomic_path, write_text, check_out_path, progress, sample_cohort_path, is_tiny
+import pandas as pd
+from .core import write_text, check_out_path, sample_cohort_path, is_tiny
 from .cohort import Cohort
-from .models import ModelConfig, STAGES, neural
 from .train import run_cv, versions
 from .runs import to_json
 from .course import course_cohort
+from .ablation import run_ablation
 
 # %% auto #0
-__all__ = ['DEMO_MODELS', 'REFERENCES', 'DEMO_PATIENTS', 'TRIPOD_AI', 'ablations', 'ablation_table', 'run_ablation', 'cmd_ablate',
-           'demo_cohort', 'run_demo', 'write_report', 'cmd_demo']
-
-# %% ../nbs/13_report.ipynb #8aeac91e
-def ablations(cohort: Cohort, base: ModelConfig = STAGES['relation']) -> dict[str, ModelConfig]: # the cohort; the full model
-    "The full model, each one-part-removed variant and (linear head) each design choice undone, by name."
-    seqs, tps = list(base.sequences or cohort.sequences), list(base.timepoints or cohort.timepoints)
-    out = {'full': replace(base, name='full')}
-    if len(seqs) > 1:
-        for s in seqs: out[f'-{s}'] = replace(base, name=f'-{s}', sequences=tuple(x for x in seqs if x != s))
-    if len(tps) > 1:
-        for t in tps:
-            rest = tuple(x for x in tps if x != t)
-            out[f'-{t}'] = replace(base, name=f'-{t}', timepoints=rest, temporal='relation' if len(rest) > 1 else 'none')
-    if base.use_labs and cohort.markers: out['-markers'] = replace(base, name='-markers', use_labs=False)
-    if base.temporal == 'relation' and len(base.relation_parts) > 1:
-        for p in base.relation_parts:
-            if p == 'traj' and base.head == 'linear' and len(tps) < 3:
-                continue                                  # a slope needs three timepoints: nothing to remove
-            rest = tuple(x for x in base.relation_parts if x != p)
-            out[f'-{p}'] = replace(base, name=f'-{p}', relation_parts=rest)
-    if base.head == 'linear':                             # the design choices of the linear head
-        if base.pool == 'lesion':
-            out['global pool'] = replace(base, name='global pool', pool='global')
-        if base.stem == 'small':
-            out['imagenet stem'] = replace(base, name='imagenet stem', stem='imagenet')
-        if not base.radiomics:
-            out['+radiomics'] = replace(base, name='+radiomics', radiomics=True)
-    return out
-
-# %% ../nbs/13_report.ipynb #6a2a10d8
-_WHAT = {'markers': 'the markers (AFP, PIVKA-II)', 'diff': 'relation: difference', 'cos': 'relation: similarity',
-         'prod': 'relation: product', 'traj': 'relation: trajectory',
-         'global pool': 'lesion pooling (the ROI mean instead)', 'imagenet stem': 'the small-input stem (ImageNet stem instead)',
-         '+radiomics': 'nothing: hand-made radiomics features added (hybrid)'}
-
-def ablation_table(runs: dict, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame: # {variant: run folder}, 'full' first
-    "ΔAUC and DeLong's paired p of each variant against the full model."
-    from liver_pcr.evaluate import load_run, delong_test, bootstrap_auc_ci, auc
-    full = load_run(runs['full']).predictions.set_index('patient_id')
-    rows = []
-    for name, path in runs.items():
-        d = load_run(path).predictions.set_index('patient_id')
-        if set(d.index) != set(full.index): raise LiverPcrError(f'{path}: not on the same patients as the full model')
-        d = d.loc[full.index]; y = full.y_true.to_numpy()
-        a, (lo, hi) = auc(y, d.p.to_numpy()), bootstrap_auc_ci(y, d.p.to_numpy(), n_boot=n_boot, seed=seed)
-        p = np.nan if name == 'full' else delong_test(y, full.p.to_numpy(), d.p.to_numpy()).p
-        key = name.lstrip('-') if name.startswith('-') else name
-        rows.append({'variant': name, 'removed': '—' if name == 'full' else _WHAT.get(key, f'{key}'), 'AUC': a, 'AUC [95% CI]': f'{a:.2f} [{lo:.2f}, {hi:.2f}]',
-                     'ΔAUC': a - auc(y, full.p.to_numpy()), 'DeLong p': p})
-    return pd.DataFrame(rows)
-
-def run_ablation(cohort, out, preset_name: str = 'fast', n_folds: int = 5, seed: int = 0, epochs=None, # cohort; output folder; training
-                 base: ModelConfig = STAGES['relation'], show_progress: bool = True, n_boot: int = 2000) -> pd.DataFrame:
-    "Cross-validate the full model and every one-part-removed variant; write `ablation.csv` and `ablation.md` to `out`."
-    c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
-    out = check_out_path(out, cohort=c.root); out.mkdir(parents=True, exist_ok=True)
-    c.check(show_progress=show_progress)
-    variants, runs = ablations(c, base), {}
-    for name, cfg in progress(variants.items(), desc='ablations', total=len(variants), disable=not show_progress or None):
-        run_cv(c, cfg, out/name, n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs, check=False,
-               show_progress=show_progress, n_boot=200, save_models=False)
-        runs[name] = out/name
-    tab = ablation_table(runs, n_boot=n_boot, seed=seed)
-    with atomic_path(out/'ablation.csv') as f: tab.to_csv(f, index=False)
-    write_text(out/'ablation.md', _md(tab[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']]))
-    return tab
-
-def _md(df: pd.DataFrame, signed=('ΔAUC',)) -> str:
-    "A DataFrame as a Markdown table (numbers to 3 decimals; `signed` columns with their sign)."
-    def f(col, v):
-        if isinstance(v, (float, np.floating)):
-            return '—' if np.isnan(v) else (f'{v:+.3f}' if col in signed else f'{v:.3f}')
-        return str(v)
-    lines = ['| ' + ' | '.join(df.columns) + ' |', '|' + '---|'*len(df.columns)]
-    return '\n'.join(lines + ['| ' + ' | '.join(f(c, v) for c, v in zip(df.columns, r)) + ' |' for r in df.itertuples(index=False)])
-
-def cmd_ablate(args) -> int:
-    "`liver-pcr ablate COHORT --out DIR`."
-    from liver_pcr.train import model_config
-    base = model_config('relation', weights=args.weights, head=args.head)
-    tab = run_ablation(args.cohort, args.out, args.preset, args.folds, args.seed, args.epochs, base=base)
-    print(_md(tab[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']])); print(f'\nwrote {args.out}/ablation.csv, ablation.md and one run folder per variant')
-    return 0
+__all__ = ['DEMO_MODELS', 'REFERENCES', 'DEMO_PATIENTS', 'TRIPOD_AI', 'demo_cohort', 'run_demo', 'write_report', 'cmd_demo']
 
 # %% ../nbs/13_report.ipynb #79e3c946
 DEMO_MODELS = ('baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics')

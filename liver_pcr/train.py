@@ -18,7 +18,7 @@ from .data import (Split, check_no_leak, cohort_splits, ClinicalTransformer, wid
                             PatientDataset, Augment, transformer_state, transformer_from)
 from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neural
 from .probe import fit_linear_fold, radiomics_inputs
-from .runs import (RunFolder, FoldResult, to_json, load_model_file, save_checkpoint,
+from .runs import (RunFolder, FoldResult, load_model_file, save_checkpoint,
                             load_checkpoint)
 from .references import REFERENCE_MODELS, ReferenceFitter
 from .evaluate import youden_threshold, summarize_predictions

@@ -135,14 +135,14 @@ def test_shap_of_the_clinical_reference_adds_up_to_its_log_odds(runs, sample):
     logit = {}
     for s in run_splits(runs/'clinical'):
         st = load_reference(runs/'clinical', s['fold'])
-        logit |= dict(zip(s['test'], st['pipeline'].decision_function(reference_features(st, sample, s['test']))))
+        logit |= dict(zip(s['test'], st.decision(reference_features(st, sample, s['test']))))
     want = np.array([logit[i] for i in ex.instance_names])
     np.testing.assert_allclose(ex.base_values + ex.values.sum(1), want, atol=1e-6, rtol=0)
     assert sorted(ex.instance_names) == sorted(sample.labelled_ids)
     st = load_reference(runs/'clinical', 0)                                 # the base value: the mean log-odds over the training patients
     tr = run_splits(runs/'clinical')[0]['train']
     assert ex.base_values[list(ex.instance_names).index(run_splits(runs/'clinical')[0]['test'][0])] == pytest.approx(
-        st['pipeline'].decision_function(reference_features(st, sample, tr)).mean(), abs=1e-6)
+        st.decision(reference_features(st, sample, tr)).mean(), abs=1e-6)
 
 
 def test_shap_plots_survive_a_stale_ipython_hook(runs, sample, monkeypatch):
