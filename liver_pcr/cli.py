@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument('--n-boot', dest='n_boot', type=int, default=2000, help='bootstrap resamples (default 2000)')
     c.add_argument('--seed', type=int, default=0, help='bootstrap seed (default 0)')
     c.set_defaults(func=_lazy('evaluate', 'cmd_compare'))
+
+    k = sub.add_parser('course', help='copy the course (the tutorial notebooks) into a new folder')
+    k.add_argument('dir', help='the folder to create (it must not exist)')
+    k.set_defaults(func=_lazy('course', 'cmd_course'))
     return p
 
 # %% ../nbs/90_cli.ipynb #f6fa6f7b

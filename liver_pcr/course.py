@@ -1,4 +1,4 @@
-"""Where the tutorials keep their cohort and cross-validation runs, so that each notebook reuses the runs of the ones before it.
+"""Where the tutorials keep their cohort and cross-validation runs, so that each notebook reuses the runs of the ones before it; how a user of the installed package gets the notebooks; and the check that their committed outputs show figures and no errors.
 
 Docs: https://liver-pcr.github.io/liver_pcr/course.html.md"""
 
@@ -6,15 +6,15 @@ Docs: https://liver-pcr.github.io/liver_pcr/course.html.md"""
 
 # %% ../nbs/14_course.ipynb #898a0fc0
 from __future__ import annotations
-import os, shutil, tempfile
+import os, re, json, shlex, shutil, sys, tempfile, importlib.resources
 from pathlib import Path
 import pandas as pd
-from .core import ConfigError, cache_dir, is_tiny, sample_cohort_path
+from .core import ConfigError, LiverPcrError, cache_dir, is_tiny, sample_cohort_path
 from .cohort import Cohort
-from .train import run_cv
 
 # %% auto #0
-__all__ = ['course_dir', 'course_cohort', 'course_run']
+__all__ = ['course_dir', 'course_cohort', 'course_run', 'course_source', 'shown_images', 'course_files', 'copy_course',
+           'cmd_course', 'check_outputs']
 
 # %% ../nbs/14_course.ipynb #c17a6de8
 def course_dir() -> Path:
@@ -49,6 +49,7 @@ def course_run(
     **kw,  # passed to `run_cv`
 ) -> Path:
     "Cross-validate `model` on the course cohort (reusing a finished run); return the run folder."
+    from liver_pcr.train import run_cv  # here, so that copying the course needs no torch
     c, _ = course_cohort()
     name = model if isinstance(model, str) else model.name
     out = course_dir()/'runs'/name
@@ -61,3 +62,106 @@ def course_run(
         shutil.rmtree(out)
         run_cv(c, model, out, n_folds=folds, seed=seed, **kw)
     return out
+
+# %% ../nbs/14_course.ipynb #7a6361b1
+def course_source() -> Path:
+    "The course's notebooks: the package's `tutorials/`, else a source checkout's `nbs/tutorials`."
+    pkg = Path(str(importlib.resources.files('liver_pcr')))
+    for d in (pkg/'tutorials', pkg.parent/'nbs'/'tutorials'):
+        if any(d.glob('*.ipynb')):
+            return d
+    raise LiverPcrError(f"the course's notebooks were not found in {pkg/'tutorials'} "
+                        f"nor in {pkg.parent/'nbs'/'tutorials'}")
+
+# %% ../nbs/14_course.ipynb #e906fb8c
+_IMG = re.compile(r'!\[[^\]]*\]\(\s*<?([^)\s>]+)|<img\b[^>]*?\bsrc\s*=\s*["\']([^"\']+)')
+
+def shown_images(
+    nb: Path,  # a notebook
+) -> list[str]:
+    "The local images that the markdown cells of `nb` show, as written there (relative paths)."
+    cells = json.loads(Path(nb).read_text(encoding='utf-8'))['cells']
+    md = ''.join(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
+    refs = [a or b for a, b in _IMG.findall(md)]
+    return [r for r in dict.fromkeys(refs) if not re.match(r'[a-z][a-z0-9+.-]*:', r, re.I)]
+
+# %% ../nbs/14_course.ipynb #591a3e1b
+def course_files(
+    src: Path,  # the folder of the course's notebooks
+) -> list[Path]:
+    "The notebooks of `src` and the images they show, relative to `src`."
+    files, src = [], Path(src).resolve()
+    for nb in sorted(src.glob('*.ipynb')):
+        files.append(Path(nb.name))
+        for ref in shown_images(nb):
+            f = (src/ref).resolve()
+            if src not in f.parents or not f.is_file():
+                raise LiverPcrError(f'{nb}: shows {ref}, which is not a file inside {src}')
+            files.append(f.relative_to(src))
+    return list(dict.fromkeys(files))
+
+# %% ../nbs/14_course.ipynb #3460afbe
+def copy_course(
+    dest: str | os.PathLike,  # the folder to create (it must not exist)
+) -> Path:
+    "Copy the course's notebooks and the images they show into the new folder `dest`."
+    dest = Path(dest).expanduser().absolute()
+    if dest.exists():
+        raise ConfigError(f'{dest}: already exists; give a new folder (nothing is overwritten)')
+    src = course_source()
+    tmp = dest.parent/f'.{dest.name}.partial-{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for f in course_files(src):
+            (tmp/f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src/f, tmp/f)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+# %% ../nbs/14_course.ipynb #68d5b131
+def cmd_course(args) -> int:
+    "`liver-pcr course DIR`: copy the course's notebooks into the new folder DIR."
+    d = copy_course(args.dir)
+    n = len(list(d.glob('*.ipynb')))
+    print(f"wrote the course's {n} notebooks to {d}")
+    print(f'open them with:  jupyter lab {shlex.quote(str(d))}')
+    here = str(Path(sys.executable).parent)
+    if not (shutil.which('jupyter-lab', path=here) or shutil.which('jupyter-lab')):
+        print('(JupyterLab is not installed here: pip install "liver_pcr[course]")')
+    return 0
+
+# %% ../nbs/14_course.ipynb #d2e6420a
+def _output_problem(
+    o: dict,  # one output of a code cell
+) -> str | None:
+    "What is wrong with one output of a notebook, if anything."
+    data = o.get('data', {})
+    plain, text = (''.join(x) if isinstance(x, list) else x or ''
+                   for x in (data.get('text/plain'), o.get('text')))
+    if plain.startswith('<Figure size') and 'image/png' not in data:
+        return f'a bare matplotlib figure ({plain.strip()}) without its image/png'
+    if o.get('output_type') == 'error':
+        return f"an error output: {o.get('ename')}: {o.get('evalue')}"
+    if o.get('name') == 'stderr' and 'Traceback' in text:
+        return 'a traceback on stderr: ' + text.strip().splitlines()[-1]
+    return None
+
+# %% ../nbs/14_course.ipynb #2fce8300
+def check_outputs(
+    path: str | os.PathLike,  # a notebook, committed with its outputs
+) -> list[str]:
+    "The problems of a notebook's outputs: bare figures, errors, no image at all."
+    cells = json.loads(Path(path).read_text(encoding='utf-8'))['cells']
+    probs, pngs = [], 0
+    for i, c in enumerate(cells):
+        for o in c.get('outputs', []):
+            p = _output_problem(o)
+            if p:
+                probs.append(f'{path}: cell {i}: {p}')
+            pngs += 'image/png' in o.get('data', {})
+    if not pngs:
+        probs.append(f'{path}: no image/png output at all (run it in a kernel that shows figures)')
+    return probs
