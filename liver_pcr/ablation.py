@@ -18,24 +18,34 @@ from .evaluate import load_run, delong_test, bootstrap_auc_ci, auc, markdown_tab
 __all__ = ['SHOWN', 'ablations', 'ablation_table', 'run_ablation', 'cmd_ablate']
 
 # %% ../nbs/13a_ablation.ipynb #8aeac91e
-def ablations(cohort: Cohort, base: ModelConfig = STAGES['relation']) -> dict[str, ModelConfig]: # the cohort; the full model
+def ablations(
+    cohort: Cohort,  # the cohort
+    base: ModelConfig = STAGES['relation'],  # the full model
+) -> dict[str, ModelConfig]:
     "The full model, each one-part-removed variant and (linear head) each design choice undone, by name."
     seqs, tps = list(base.sequences or cohort.sequences), list(base.timepoints or cohort.timepoints)
     out = {'full': replace(base, name='full')}
     if len(seqs) > 1:
-        for s in seqs: out[f'-{s}'] = replace(base, name=f'-{s}', sequences=tuple(x for x in seqs if x != s))
+        for s in seqs:
+            out[f'-{s}'] = replace(base, name=f'-{s}', sequences=tuple(x for x in seqs if x != s))
     if len(tps) > 1:
         for t in tps:
             rest = tuple(x for x in tps if x != t)
-            out[f'-{t}'] = replace(base, name=f'-{t}', timepoints=rest, temporal='relation' if len(rest) > 1 else 'none')
-    if base.use_labs and cohort.markers: out['-markers'] = replace(base, name='-markers', use_labs=False)
+            out[f'-{t}'] = replace(
+                base,
+                name=f'-{t}',
+                timepoints=rest,
+                temporal='relation' if len(rest) > 1 else 'none',
+            )
+    if base.use_labs and cohort.markers:
+        out['-markers'] = replace(base, name='-markers', use_labs=False)
     if base.temporal == 'relation' and len(base.relation_parts) > 1:
         for p in base.relation_parts:
             if p == 'traj' and base.head == 'linear' and len(tps) < 3:
-                continue                                  # a slope needs three timepoints: nothing to remove
+                continue  # a slope needs three timepoints: nothing to remove
             rest = tuple(x for x in base.relation_parts if x != p)
             out[f'-{p}'] = replace(base, name=f'-{p}', relation_parts=rest)
-    if base.head == 'linear':                             # the design choices of the linear head
+    if base.head == 'linear':  # the design choices of the linear head
         if base.pool == 'lesion':
             out['global pool'] = replace(base, name='global pool', pool='global')
         if base.stem == 'small':
@@ -45,50 +55,102 @@ def ablations(cohort: Cohort, base: ModelConfig = STAGES['relation']) -> dict[st
     return out
 
 # %% ../nbs/13a_ablation.ipynb #6a2a10d8
-_WHAT = {'markers': 'the markers (AFP, PIVKA-II)', 'diff': 'relation: difference', 'cos': 'relation: similarity',
-         'prod': 'relation: product', 'traj': 'relation: trajectory',
-         'global pool': 'lesion pooling (the ROI mean instead)', 'imagenet stem': 'the small-input stem (ImageNet stem instead)',
-         '+radiomics': 'nothing: hand-made radiomics features added (hybrid)'}
+_WHAT = {
+    'markers': 'the markers (AFP, PIVKA-II)',
+    'diff': 'relation: difference',
+    'cos': 'relation: similarity',
+    'prod': 'relation: product',
+    'traj': 'relation: trajectory',
+    'global pool': 'lesion pooling (the ROI mean instead)',
+    'imagenet stem': 'the small-input stem (ImageNet stem instead)',
+    '+radiomics': 'nothing: hand-made radiomics features added (hybrid)',
+}
 
 SHOWN = ['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']
 
 
-def ablation_table(runs: dict, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame: # {variant: run folder}, 'full' first
+def ablation_table(
+    runs: dict,
+    n_boot: int = 2000,
+    seed: int = 0,  # {variant: run folder}, 'full' first
+) -> pd.DataFrame:
     "ΔAUC and DeLong's paired p of each variant against the full model."
     full = load_run(runs['full']).predictions.set_index('patient_id')
     rows = []
     for name, path in runs.items():
         d = load_run(path).predictions.set_index('patient_id')
-        if set(d.index) != set(full.index): raise LiverPcrError(f'{path}: not on the same patients as the full model')
-        d = d.loc[full.index]; y = full.y_true.to_numpy()
-        a, (lo, hi) = auc(y, d.p.to_numpy()), bootstrap_auc_ci(y, d.p.to_numpy(), n_boot=n_boot, seed=seed)
+        if set(d.index) != set(full.index):
+            raise LiverPcrError(f'{path}: not on the same patients as the full model')
+        d = d.loc[full.index]
+        y = full.y_true.to_numpy()
+        a, (lo, hi) = (
+            auc(y, d.p.to_numpy()),
+            bootstrap_auc_ci(y, d.p.to_numpy(), n_boot=n_boot, seed=seed),
+        )
         p = np.nan if name == 'full' else delong_test(y, full.p.to_numpy(), d.p.to_numpy()).p
         key = name.lstrip('-') if name.startswith('-') else name
-        rows.append({'variant': name, 'removed': '—' if name == 'full' else _WHAT.get(key, f'{key}'), 'AUC': a, 'AUC [95% CI]': f'{a:.2f} [{lo:.2f}, {hi:.2f}]',
-                     'ΔAUC': a - auc(y, full.p.to_numpy()), 'DeLong p': p})
+        rows.append(
+            {
+                'variant': name,
+                'removed': '—' if name == 'full' else _WHAT.get(key, f'{key}'),
+                'AUC': a,
+                'AUC [95% CI]': f'{a:.2f} [{lo:.2f}, {hi:.2f}]',
+                'ΔAUC': a - auc(y, full.p.to_numpy()),
+                'DeLong p': p,
+            }
+        )
     return pd.DataFrame(rows)
 
-def run_ablation(cohort, out, preset_name: str = 'fast', n_folds: int = 5, seed: int = 0, epochs=None, # cohort; output folder; training
-                 base: ModelConfig = STAGES['relation'], show_progress: bool = True, n_boot: int = 2000) -> pd.DataFrame:
+
+def run_ablation(
+    cohort,
+    out,
+    preset_name: str = 'fast',
+    n_folds: int = 5,
+    seed: int = 0,
+    epochs=None,  # cohort; output folder; training
+    base: ModelConfig = STAGES['relation'],
+    show_progress: bool = True,
+    n_boot: int = 2000,
+) -> pd.DataFrame:
     "Cross-validate the full model and every one-part-removed variant; write `ablation.csv` and `ablation.md` to `out`."
     c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
-    out = check_out_path(out, cohort=c.root); out.mkdir(parents=True, exist_ok=True)
+    out = check_out_path(out, cohort=c.root)
+    out.mkdir(parents=True, exist_ok=True)
     c.check(show_progress=show_progress)
     variants, runs = ablations(c, base), {}
-    for name, cfg in progress(variants.items(), desc='ablations', total=len(variants), disable=not show_progress or None):
-        run_cv(c, cfg, out/name, n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs, check=False,
-               show_progress=show_progress, n_boot=200, save_models=False)
-        runs[name] = out/name
+    for name, cfg in progress(
+        variants.items(), desc='ablations', total=len(variants), disable=not show_progress or None
+    ):
+        run_cv(
+            c,
+            cfg,
+            out / name,
+            n_folds=n_folds,
+            seed=seed,
+            preset_name=preset_name,
+            epochs=epochs,
+            check=False,
+            show_progress=show_progress,
+            n_boot=200,
+            save_models=False,
+        )
+        runs[name] = out / name
     tab = ablation_table(runs, n_boot=n_boot, seed=seed)
-    with atomic_path(out/'ablation.csv') as f: tab.to_csv(f, index=False)
-    write_text(out/'ablation.md', markdown_table(tab[SHOWN], signed=('ΔAUC',)))
+    with atomic_path(out / 'ablation.csv') as f:
+        tab.to_csv(f, index=False)
+    write_text(out / 'ablation.md', markdown_table(tab[SHOWN], signed=('ΔAUC',)))
     return tab
+
 
 def cmd_ablate(args) -> int:
     "`liver-pcr ablate COHORT --out DIR`."
     from liver_pcr.train import model_config
+
     base = model_config('relation', weights=args.weights, head=args.head)
-    tab = run_ablation(args.cohort, args.out, args.preset, args.folds, args.seed, args.epochs, base=base)
+    tab = run_ablation(
+        args.cohort, args.out, args.preset, args.folds, args.seed, args.epochs, base=base
+    )
     print(markdown_table(tab[SHOWN], signed=('ΔAUC',)))
     print(f'\nwrote {args.out}/ablation.csv, ablation.md and one run folder per variant')
     return 0

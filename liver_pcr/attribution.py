@@ -50,31 +50,40 @@ def fold_of(
         if patient in s['test']:
             return s['fold']
     n = sum(len(s['test']) for s in sp)
-    raise LiverPcrError(f"patient {patient!r} is not a test patient of any fold of run {run} "
-                        f"({n} test patients in {len(sp)} folds); only out-of-fold explanations are made")
+    raise LiverPcrError(
+        f"patient {patient!r} is not a test patient of any fold of run {run} "
+        f"({n} test patients in {len(sp)} folds); only out-of-fold explanations are made"
+    )
 
 # %% ../nbs/12a_attribution.ipynb #3153aa29
 @dataclass
 class FoldModel:
     "The trained model of one fold of a run, with its bundle and split."
+
     model: PCRModel
     bundle: dict
     fold: int | None
     split: dict
     run: Path
     name: str
+
     @property
     def pre_cfg(self) -> PreprocessConfig:
         "The preprocessing the model was trained on, for the inputs it uses."
         return pre_config(self.bundle, self.model)
+
     @property
     def clinical(self):
         "The fold's clinical transformer (fitted on its training patients), or None."
         return transformer_from(self.bundle['clinical']) if self.bundle['n_clinical'] else None
+
     def __repr__(self):
         s = self.split
-        return (f"FoldModel({self.name}, fold {self.fold}: {len(s['train'])} train / {len(s['val'])} val / {len(s['test'])} test; "
-                f"timepoints {self.model.timepoints}, sequences {self.model.sequences})")
+        return (
+            f"FoldModel({self.name}, fold {self.fold}: {len(s['train'])} train / {len(s['val'])} val / {len(s['test'])} test; "
+            f"timepoints {self.model.timepoints}, sequences {self.model.sequences})"
+        )
+
 
 def load_fold(
     run,  # a run folder
@@ -88,31 +97,48 @@ def load_fold(
         raise LiverPcrError(f'{rf.path}: no fold {fold} (it has {have})')
     meta, tensors = rf.load_model(fold)
     if meta.get('kind') != 'deep':
-        raise LiverPcrError(f'{rf.path}: fold {fold} holds a {meta.get("reference", meta.get("kind"))} reference, not a deep model')
+        raise LiverPcrError(
+            f'{rf.path}: fold {fold} holds a {meta.get("reference", meta.get("kind"))} reference, not a deep model'
+        )
     return FoldModel(model_from(meta, tensors), meta, fold, sp[fold], rf.path, rf.model_name())
 
 # %% ../nbs/12a_attribution.ipynb #8caed6a2
 def clinical_features(fm: FoldModel, cohort: Cohort, ids) -> pd.DataFrame:
     "The model's clinical input for `ids` (the fold's transformer); no columns for a model without labs."
     ct = fm.clinical
-    if ct is None: return pd.DataFrame(index=pd.Index(list(ids), name='patient_id'))
+    if ct is None:
+        return pd.DataFrame(index=pd.Index(list(ids), name='patient_id'))
     return ct.transform(wide_labs(cohort, list(ids), ct.timepoints, ct.markers))
 
-def fold_batch(fm: FoldModel, cohort: Cohort, ids=None, # the fold model; the cohort; patients (default: the fold's test patients)
-               show_progress: bool = False) -> dict:
+
+def fold_batch(
+    fm: FoldModel,
+    cohort: Cohort,
+    ids=None,  # the fold model; the cohort; patients (default: the fold's test patients)
+    show_progress: bool = False,
+) -> dict:
     "One batch of the patients' model inputs (images, masks, present, clinical, y, patient_id), with their timepoints and sequences."
     ids = list(fm.split['test'] if ids is None else ids)
     missing = [i for i in ids if i not in cohort.patients]
-    if missing: raise LiverPcrError(f'{len(missing)} patient(s) not in cohort {cohort.root}: {missing[:5]}')
+    if missing:
+        raise LiverPcrError(f'{len(missing)} patient(s) not in cohort {cohort.root}: {missing[:5]}')
     pre = preprocess_cohort(cohort, fm.pre_cfg, show_progress=show_progress)
     rad = None
     if fm.bundle.get('radiomics_columns'):
         from liver_pcr.probe import radiomics_inputs
-        rad = radiomics_inputs(cohort, fm.model.timepoints, fm.model.sequences, fm.bundle['radiomics_columns'])
+
+        rad = radiomics_inputs(
+            cohort, fm.model.timepoints, fm.model.sequences, fm.bundle['radiomics_columns']
+        )
     ds = PatientDataset(pre, cohort, ids, fm.clinical, radiomics=rad)
     b = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
-    b.update(timepoints=list(pre.timepoints), sequences=list(pre.sequences), clinical_names=list(clinical_features(fm, cohort, ids[:1]).columns))
+    b.update(
+        timepoints=list(pre.timepoints),
+        sequences=list(pre.sequences),
+        clinical_names=list(clinical_features(fm, cohort, ids[:1]).columns),
+    )
     return b
+
 
 def forward(model: PCRModel, b: dict, **kwargs):
     "The model's logits for a batch."
@@ -121,165 +147,314 @@ def forward(model: PCRModel, b: dict, **kwargs):
 # %% ../nbs/12a_attribution.ipynb #b6530d48
 _BLOCKS = ('layer4', 'layer3', 'layer2', 'layer1')
 
-def block_size(block: str, px: int, stem: str = 'imagenet') -> int: # a block; the input side; the trunk's stem
+
+def block_size(
+    block: str,  # a block
+    px: int,  # the input side
+    stem: str = 'imagenet',  # the trunk's stem
+) -> int:
     "Side of a ResNet18 block's maps for a `px`-pixel input (imagenet stem: stride 2 in conv1 and maxpool; then layer2-4)."
-    halvings = {'layer1': 2, 'layer2': 3, 'layer3': 4, 'layer4': 5}[block] - (2 if stem == 'small' else 0)
+    halvings = {'layer1': 2, 'layer2': 3, 'layer3': 4, 'layer4': 5}[block] - (
+        2 if stem == 'small' else 0
+    )
     for _ in range(halvings):
-        px = math.ceil(px/2)
+        px = math.ceil(px / 2)
     return px
 
-def gradcam_layer(model: PCRModel, s: int = 0, # the model; the sequence's index (per-sequence encoders have one trunk each)
-                  layer: str = 'auto', px: int = 32, min_px: int = 4) -> tuple[nn.Module, str]:
+
+def gradcam_layer(
+    model: PCRModel,
+    s: int = 0,  # the model; the sequence's index (per-sequence encoders have one trunk each)
+    layer: str = 'auto',
+    px: int = 32,
+    min_px: int = 4,
+) -> tuple[nn.Module, str]:
     "The trunk block Grad-CAM reads for sequence `s`: `layer` or, for 'auto', the deepest with maps of at least `min_px` pixels."
     enc = model.encoder
     trunk = enc.trunks[0 if enc.shared else s]
     cfg = model.cfg
-    read = [l for l in _BLOCKS if cfg.head != 'linear' or LAYERS.index(l) <= LAYERS.index(cfg.layer)]
+    read = [
+        l for l in _BLOCKS if cfg.head != 'linear' or LAYERS.index(l) <= LAYERS.index(cfg.layer)
+    ]
     if layer == 'auto':
         layer = next((l for l in read if block_size(l, px, cfg.stem) >= min_px), read[-1])
     if layer not in read:
-        raise ConfigError(f"Grad-CAM layer {layer!r}: choose 'auto' or one of {read} (the blocks this model reads)")
+        raise ConfigError(
+            f"Grad-CAM layer {layer!r}: choose 'auto' or one of {read} (the blocks this model reads)"
+        )
     return getattr(trunk.net, layer), layer
 
 # %% ../nbs/12a_attribution.ipynb #8dab10b2
 class _Signed(nn.Module):
     "The model's logit times a per-patient sign: what captum differentiates."
-    def __init__(self, model): super().__init__(); self.model = model
-    def forward(self, images, present, clinical, masks, sign): return self.model(images, present, clinical, masks)*sign
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, present, clinical, masks, sign):
+        return self.model(images, present, clinical, masks) * sign
+
 
 def target_sign(model: PCRModel, b: dict, target: str = 'predicted') -> torch.Tensor:
     "+1 / -1 per patient: explain the logit of pCR, of non-pCR, or of the predicted class."
-    if target not in ('pcr', 'no_pcr', 'predicted'): raise ConfigError(f"target {target!r}: choose 'pcr', 'no_pcr' or 'predicted'")
+    if target not in ('pcr', 'no_pcr', 'predicted'):
+        raise ConfigError(f"target {target!r}: choose 'pcr', 'no_pcr' or 'predicted'")
     n = len(b['images'])
-    if target != 'predicted': return torch.full((n,), 1.0 if target == 'pcr' else -1.0)
-    with torch.no_grad(): return torch.where(forward(model, b) >= 0, 1.0, -1.0)
+    if target != 'predicted':
+        return torch.full((n,), 1.0 if target == 'pcr' else -1.0)
+    with torch.no_grad():
+        return torch.where(forward(model, b) >= 0, 1.0, -1.0)
 
 # %% ../nbs/12a_attribution.ipynb #20aca283
 METHODS = ('gradcam', 'ig')
 
+
 def _gradcam(f, model, x, pr, args, layer):
     from captum.attr import LayerGradCam, LayerAttribution
-    B, T, S, k, H, W = x.shape; out = torch.zeros(B, T, S, H, W)
-    for s in ([0] if model.encoder.shared else range(S)):
-        rows = pr if model.encoder.shared else torch.zeros_like(pr).index_fill_(2, torch.tensor([s]), True) & pr
-        if not rows.any(): continue
+
+    B, T, S, k, H, W = x.shape
+    out = torch.zeros(B, T, S, H, W)
+    for s in [0] if model.encoder.shared else range(S):
+        rows = (
+            pr
+            if model.encoder.shared
+            else torch.zeros_like(pr).index_fill_(2, torch.tensor([s]), True) & pr
+        )
+        if not rows.any():
+            continue
         lay, _ = gradcam_layer(model, s, layer, H)
         a = LayerGradCam(f, lay).attribute(x, additional_forward_args=args, relu_attributions=True)
-        out[rows] = LayerAttribution.interpolate(a, (H, W), 'bilinear')[:, 0].detach().float()   # rows: (patient, timepoint[, sequence]) in order
+        out[rows] = (
+            LayerAttribution.interpolate(a, (H, W), 'bilinear')[:, 0].detach().float()
+        )  # rows: (patient, timepoint[, sequence]) in order
     return out
 
-def attribute(model: PCRModel, b: dict, method: str = 'gradcam', # a fold model; a batch from `fold_batch`; 'gradcam' or 'ig'
-              target: str = 'predicted', layer: str = 'auto',    # what is explained; Grad-CAM's block
-              n_steps: int = 32, internal_batch_size: int = 64, # integrated gradients' path steps and chunk
-              channels: bool = False) -> torch.Tensor:           # integrated gradients per 2.5-D channel (B, T, S, k, H, W)?
+
+def attribute(
+    model: PCRModel,
+    b: dict,
+    method: str = 'gradcam',  # a fold model; a batch from `fold_batch`; 'gradcam' or 'ig'
+    target: str = 'predicted',
+    layer: str = 'auto',  # what is explained; Grad-CAM's block
+    n_steps: int = 32,
+    internal_batch_size: int = 64,  # integrated gradients' path steps and chunk
+    channels: bool = False,  # integrated gradients per 2.5-D channel (B, T, S, k, H, W)?
+) -> torch.Tensor:
     "Attribution maps (B, T, S, H, W) of every image of the batch, on the ROI grid; zero where an image is absent."
     from captum.attr import IntegratedGradients
-    if method not in METHODS: raise ConfigError(f'attribution method {method!r}: choose one of {list(METHODS)}')
-    if channels and method != 'ig': raise ConfigError('only integrated gradients have per-channel maps (Grad-CAM reads a layer after conv1 has mixed the channels)')
+
+    if method not in METHODS:
+        raise ConfigError(f'attribution method {method!r}: choose one of {list(METHODS)}')
+    if channels and method != 'ig':
+        raise ConfigError(
+            'only integrated gradients have per-channel maps (Grad-CAM reads a layer after conv1 has mixed the channels)'
+        )
     model.eval()
     x, pr = b['images'].float(), b['present'].bool()
     f, args = _Signed(model), (pr, b['clinical'], b['masks'], target_sign(model, b, target))
-    with torch.backends.cudnn.flags(enabled=False):       # the GRU's backward in eval mode
-        if method == 'gradcam': return _gradcam(f, model, x, pr, args, layer)
-        a = IntegratedGradients(f).attribute(x, baselines=torch.zeros_like(x), additional_forward_args=args,
-                                             n_steps=n_steps, internal_batch_size=internal_batch_size)
-    a = a.detach().float()*pr[..., None, None, None]
+    with torch.backends.cudnn.flags(enabled=False):  # the GRU's backward in eval mode
+        if method == 'gradcam':
+            return _gradcam(f, model, x, pr, args, layer)
+        a = IntegratedGradients(f).attribute(
+            x,
+            baselines=torch.zeros_like(x),
+            additional_forward_args=args,
+            n_steps=n_steps,
+            internal_batch_size=internal_batch_size,
+        )
+    a = a.detach().float() * pr[..., None, None, None]
     return a if channels else a.sum(3)
 
 # %% ../nbs/12a_attribution.ipynb #9c8cea33
-def plot_maps(images, masks, present, maps, # one patient: (T, S, k, H, W), (T, k, H, W), (T, S), (T, S, H, W)
-              timepoints, sequences, method: str = 'gradcam', title: str = '', size: float = 2.0, alpha: float = 0.8):
+def plot_maps(
+    images,
+    masks,
+    present,
+    maps,  # one patient: (T, S, k, H, W), (T, k, H, W), (T, S), (T, S, H, W)
+    timepoints,
+    sequences,
+    method: str = 'gradcam',
+    title: str = '',
+    size: float = 2.0,
+    alpha: float = 0.8,
+):
     "Attribution maps over the ROI images, timepoints side by side, lesion outlined; the map's opacity grows with its magnitude."
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
+
     images, masks, present, maps = (np.asarray(a) for a in (images, masks, present, maps))
     T, S, k = images.shape[:3]
-    fig, axs = plt.subplots(S, T, figsize=(size*T + 1.2, size*S + 0.4), squeeze=False, layout='constrained')
+    fig, axs = plt.subplots(
+        S, T, figsize=(size * T + 1.2, size * S + 0.4), squeeze=False, layout='constrained'
+    )
     vmax = float(np.abs(maps).max()) or 1.0
-    cmap, norm = (plt.get_cmap('jet'), colors.Normalize(0, vmax)) if method == 'gradcam' else (plt.get_cmap('bwr'), colors.Normalize(-vmax, vmax))
+    cmap, norm = (
+        (plt.get_cmap('jet'), colors.Normalize(0, vmax))
+        if method == 'gradcam'
+        else (plt.get_cmap('bwr'), colors.Normalize(-vmax, vmax))
+    )
     for s in range(S):
         for t in range(T):
-            ax = axs[s, t]; ax.set_xticks([]); ax.set_yticks([])
-            if t == 0: ax.set_ylabel(sequences[s])
-            if s == 0: ax.set_title(timepoints[t], fontsize=10)
-            if not present[t, s]: ax.text(0.5, 0.5, 'missing', ha='center', va='center', transform=ax.transAxes); ax.set_facecolor('0.85'); continue
-            ax.imshow(images[t, s, k//2], cmap='gray')
-            rgba = cmap(norm(maps[t, s])); rgba[..., 3] = alpha*np.sqrt(np.clip(np.abs(maps[t, s])/vmax, 0, 1))
+            ax = axs[s, t]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if t == 0:
+                ax.set_ylabel(sequences[s])
+            if s == 0:
+                ax.set_title(timepoints[t], fontsize=10)
+            if not present[t, s]:
+                ax.text(0.5, 0.5, 'missing', ha='center', va='center', transform=ax.transAxes)
+                ax.set_facecolor('0.85')
+                continue
+            ax.imshow(images[t, s, k // 2], cmap='gray')
+            rgba = cmap(norm(maps[t, s]))
+            rgba[..., 3] = alpha * np.sqrt(np.clip(np.abs(maps[t, s]) / vmax, 0, 1))
             ax.imshow(rgba)
-            if masks[t, k//2].any(): ax.contour(masks[t, k//2] > 0.5, levels=[0.5], colors='lime', linewidths=1)
+            if masks[t, k // 2].any():
+                ax.contour(masks[t, k // 2] > 0.5, levels=[0.5], colors='lime', linewidths=1)
     fig.colorbar(cm.ScalarMappable(norm, cmap), ax=axs, shrink=0.6, label=f'{method} attribution')
-    if title: fig.suptitle('\n'.join(textwrap.wrap(title, int(14*fig.get_figwidth()))), fontsize=9)
+    if title:
+        fig.suptitle('\n'.join(textwrap.wrap(title, int(14 * fig.get_figwidth()))), fontsize=9)
     return fig
 
 # %% ../nbs/12a_attribution.ipynb #2a3e738f
-def lesion_share(maps, masks, present, dilate: int = 2) -> dict: # (B, T, S, H, W) maps; (B, T, k, H, W) masks; (B, T, S) present; rim width (px)
+def lesion_share(
+    maps,  # (B, T, S, H, W) maps
+    masks,  # (B, T, k, H, W) masks
+    present,  # (B, T, S) present
+    dilate: int = 2,  # rim width (px)
+) -> dict:
     "Share of positive attribution inside the lesion (`share_lesion`) and lesion + rim (`share_rim`), and the areas a uniform map would give."
     from scipy import ndimage
+
     maps, masks, present = (np.asarray(a) for a in (maps, masks, present))
-    m = masks[:, :, masks.shape[2]//2] > 0.5                                   # (B, T, H, W): the central slice
-    rim = np.stack([[ndimage.binary_dilation(x, np.ones((3, 3), bool), dilate) if dilate and x.any() else x for x in row] for row in m])
-    a = np.clip(maps.astype(float), 0, None); tot = a.sum((-2, -1))
+    m = masks[:, :, masks.shape[2] // 2] > 0.5  # (B, T, H, W): the central slice
+    rim = np.stack(
+        [
+            [
+                ndimage.binary_dilation(x, np.ones((3, 3), bool), dilate)
+                if dilate and x.any()
+                else x
+                for x in row
+            ]
+            for row in m
+        ]
+    )
+    a = np.clip(maps.astype(float), 0, None)
+    tot = a.sum((-2, -1))
     with np.errstate(invalid='ignore', divide='ignore'):
-        out = dict(share_lesion=(a*m[:, :, None]).sum((-2, -1))/tot, share_rim=(a*rim[:, :, None]).sum((-2, -1))/tot)
-    out.update(area_lesion=np.broadcast_to(m.mean((-2, -1))[:, :, None], tot.shape), area_rim=np.broadcast_to(rim.mean((-2, -1))[:, :, None], tot.shape))
-    ok = present.astype(bool) & m.any((-2, -1))[:, :, None]                   # images with a lesion; shares are NaN without positive mass
+        out = dict(
+            share_lesion=(a * m[:, :, None]).sum((-2, -1)) / tot,
+            share_rim=(a * rim[:, :, None]).sum((-2, -1)) / tot,
+        )
+    out.update(
+        area_lesion=np.broadcast_to(m.mean((-2, -1))[:, :, None], tot.shape),
+        area_rim=np.broadcast_to(rim.mean((-2, -1))[:, :, None], tot.shape),
+    )
+    ok = (
+        present.astype(bool) & m.any((-2, -1))[:, :, None]
+    )  # images with a lesion; shares are NaN without positive mass
     return {k: np.where(ok, v, np.nan) for k, v in out.items()}
+
 
 def shuffled_share(maps, masks, present, dilate: int = 2, seed: int = 0) -> dict:
     "`lesion_share` of each patient's mask against another patient's map (a random derangement)."
     maps, present = np.asarray(maps), np.asarray(present, bool)
     B = len(maps)
-    if B < 2: return {k: np.full(present.shape, np.nan) for k in ('shuffled_lesion', 'shuffled_rim')}
+    if B < 2:
+        return {k: np.full(present.shape, np.nan) for k in ('shuffled_lesion', 'shuffled_rim')}
     order = np.random.default_rng(seed).permutation(B)
-    other = np.roll(order, 1)[np.argsort(order)]                               # one cycle: nobody keeps his own map
+    other = np.roll(order, 1)[np.argsort(order)]  # one cycle: nobody keeps his own map
     r = lesion_share(maps[other], masks, present & present[other], dilate)
     return dict(shuffled_lesion=r['share_lesion'], shuffled_rim=r['share_rim'])
 
 # %% ../nbs/12a_attribution.ipynb #d07041fa
-def per_fold(run, cohort: Cohort, fn, folds=None) -> pd.DataFrame: # a cv run; the cohort; fn(fold_model, test_batch) -> DataFrame
+def per_fold(
+    run,
+    cohort: Cohort,
+    fn,
+    folds=None,  # a cv run; the cohort; fn(fold_model, test_batch) -> DataFrame
+) -> pd.DataFrame:
     "`fn` on every fold's model and test patients, stacked with `model` and `fold` columns."
     out = []
     for s in run_splits(run):
-        if (folds is not None and s['fold'] not in folds) or not s['test']: continue
+        if (folds is not None and s['fold'] not in folds) or not s['test']:
+            continue
         fm = load_fold(run, s['fold'])
         df = fn(fm, fold_batch(fm, cohort))
-        if df is not None and len(df): out.append(df.assign(model=fm.name, fold=s['fold']))
-    if not out: raise LiverPcrError(f'{run}: no fold with test patients (is it a cv run?)')
+        if df is not None and len(df):
+            out.append(df.assign(model=fm.name, fold=s['fold']))
+    if not out:
+        raise LiverPcrError(f'{run}: no fold with test patients (is it a cv run?)')
     return pd.concat(out, ignore_index=True)
+
 
 def _image_rows(b, values: dict) -> pd.DataFrame:
     "Per-image arrays (B, T, S) as rows (patient_id, timepoint, sequence, ...), absent images dropped."
     B, T, S = b['present'].shape
-    idx = pd.MultiIndex.from_product([b['patient_id'], b['timepoints'], b['sequences']], names=['patient_id', 'timepoint', 'sequence'])
+    idx = pd.MultiIndex.from_product(
+        [b['patient_id'], b['timepoints'], b['sequences']],
+        names=['patient_id', 'timepoint', 'sequence'],
+    )
     df = pd.DataFrame({k: np.asarray(v, float).reshape(-1) for k, v in values.items()}, index=idx)
     return df[np.asarray(b['present']).reshape(-1)].reset_index()
 
 # %% ../nbs/12a_attribution.ipynb #94e6dbfd
-def attribution_in_lesion(run, cohort: Cohort, methods=METHODS, # a cv run; the cohort; 'gradcam' and/or 'ig'
-                          dilate: int = 2, seed: int = 0, folds=None, **kwargs) -> pd.DataFrame:
+def attribution_in_lesion(
+    run,
+    cohort: Cohort,
+    methods=METHODS,  # a cv run; the cohort; 'gradcam' and/or 'ig'
+    dilate: int = 2,
+    seed: int = 0,
+    folds=None,
+    **kwargs,
+) -> pd.DataFrame:
     "Attribution share inside the lesion (and rim) for every test image of every fold, with the random-map baselines."
+
     def one(fm, b):
         rows = []
         for method in methods:
             a = attribute(fm.model, b, method, **kwargs).numpy()
-            r = lesion_share(a, b['masks'], b['present'], dilate) | shuffled_share(a, b['masks'], b['present'], dilate, seed)
+            r = lesion_share(a, b['masks'], b['present'], dilate) | shuffled_share(
+                a, b['masks'], b['present'], dilate, seed
+            )
             rows.append(_image_rows(b, r).assign(method=method))
         return pd.concat(rows, ignore_index=True)
+
     return per_fold(run, cohort, one, folds)
 
-def lesion_summary(df: pd.DataFrame, by=('model', 'method')) -> pd.DataFrame: # rows of `attribution_in_lesion`
+
+def lesion_summary(
+    df: pd.DataFrame,
+    by=('model', 'method'),  # rows of `attribution_in_lesion`
+) -> pd.DataFrame:
     "Mean shares per model and method against the uniform-map (area) and shuffled-map baselines, over the maps with positive mass."
-    cols = ['share_lesion', 'area_lesion', 'shuffled_lesion', 'share_rim', 'area_rim', 'shuffled_rim']
-    d = df.dropna(subset=['area_lesion']); g = d.groupby(list(by))
+    cols = [
+        'share_lesion',
+        'area_lesion',
+        'shuffled_lesion',
+        'share_rim',
+        'area_rim',
+        'shuffled_rim',
+    ]
+    d = df.dropna(subset=['area_lesion'])
+    g = d.groupby(list(by))
     s = d.dropna(subset=['share_lesion']).groupby(list(by))[cols].mean()
-    s = s.assign(ratio_to_area=s.share_lesion/s.area_lesion, n_images=g.size(), no_positive_mass=g.share_lesion.apply(lambda v: v.isna().mean()))
+    s = s.assign(
+        ratio_to_area=s.share_lesion / s.area_lesion,
+        n_images=g.size(),
+        no_positive_mass=g.share_lesion.apply(lambda v: v.isna().mean()),
+    )
     return s.round(3)
 
 # %% ../nbs/12a_attribution.ipynb #bffa3928
 @torch.no_grad()
 def ablation(model: PCRModel, b: dict) -> pd.DataFrame:
     "Probability without each (timepoint, sequence) image, and without each whole timepoint: one row per patient and removal."
-    model.eval(); p0 = torch.sigmoid(forward(model, b)); rows = []
+    model.eval()
+    p0 = torch.sigmoid(forward(model, b))
+    rows = []
     T, S = b['present'].shape[1:]
     for t in range(T):
         for s in [*range(S), None]:
@@ -288,27 +463,56 @@ def ablation(model: PCRModel, b: dict) -> pd.DataFrame:
             had = pr[sel].reshape(len(pr), -1).any(-1)
             pr[sel], x[sel] = False, 0
             p = torch.sigmoid(forward(model, {**b, 'present': pr, 'images': x}))
-            rows += [dict(patient_id=pid, timepoint=b['timepoints'][t], sequence='all' if s is None else b['sequences'][s], p=float(p0[j]),
-                          p_without=float(p[j]), delta=float(p[j] - p0[j]) if had[j] else np.nan) for j, pid in enumerate(b['patient_id'])]
+            rows += [
+                dict(
+                    patient_id=pid,
+                    timepoint=b['timepoints'][t],
+                    sequence='all' if s is None else b['sequences'][s],
+                    p=float(p0[j]),
+                    p_without=float(p[j]),
+                    delta=float(p[j] - p0[j]) if had[j] else np.nan,
+                )
+                for j, pid in enumerate(b['patient_id'])
+            ]
     return pd.DataFrame(rows)
 
-def contribution_summary(df: pd.DataFrame) -> pd.DataFrame: # rows of `ablation` (or of `per_fold(..., ablation)`)
+
+def contribution_summary(
+    df: pd.DataFrame,  # rows of `ablation` (or of `per_fold(..., ablation)`)
+) -> pd.DataFrame:
     "Mean |Δp| per timepoint (rows) and sequence (columns, 'all' = the whole timepoint)."
-    t = df.assign(abs_delta=df.delta.abs()).pivot_table(index='timepoint', columns='sequence', values='abs_delta', aggfunc='mean', sort=False)
-    return t.reindex(columns=[*[s for s in df.sequence.unique() if s != 'all'], 'all']).rename_axis(columns='mean |Δp| without')
+    t = df.assign(abs_delta=df.delta.abs()).pivot_table(
+        index='timepoint', columns='sequence', values='abs_delta', aggfunc='mean', sort=False
+    )
+    return t.reindex(columns=[*[s for s in df.sequence.unique() if s != 'all'], 'all']).rename_axis(
+        columns='mean |Δp| without'
+    )
 
 # %% ../nbs/12a_attribution.ipynb #7eaa6b60
-def plot_contributions(summary: pd.DataFrame, title: str = ''): # `contribution_summary`, or one patient's |Δp| table
+def plot_contributions(
+    summary: pd.DataFrame,
+    title: str = '',  # `contribution_summary`, or one patient's |Δp| table
+):
     "Bars of mean |Δp| per sequence (and the whole exam), grouped by timepoint."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(1.2 + 0.5*summary.size, 3))
-    n, w = summary.shape[1], 0.8/summary.shape[1]
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * summary.size, 3))
+    n, w = summary.shape[1], 0.8 / summary.shape[1]
     x = np.arange(len(summary))
     for j, col in enumerate(summary.columns):
-        ax.bar(x + (j - (n - 1)/2)*w, summary[col].values, w, label=str(col), color='0.3' if col == 'all' else None)
-    ax.set_xticks(x, summary.index); ax.set_ylabel('mean |Δp| when removed'); ax.legend(fontsize=8, ncol=2, frameon=False)
+        ax.bar(
+            x + (j - (n - 1) / 2) * w,
+            summary[col].values,
+            w,
+            label=str(col),
+            color='0.3' if col == 'all' else None,
+        )
+    ax.set_xticks(x, summary.index)
+    ax.set_ylabel('mean |Δp| when removed')
+    ax.legend(fontsize=8, ncol=2, frameon=False)
     ax.spines[['top', 'right']].set_visible(False)
-    if title: ax.set_title(title, fontsize=10)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -320,9 +524,11 @@ def _derangement(n: int, rng) -> np.ndarray:
     perm[order] = np.roll(order, 1)
     return perm
 
+
 def _swapped_radiomics(fm: FoldModel, cohort: Cohort, ids, perm) -> torch.Tensor:
     "The hybrid's radiomics columns with the baseline exam's features from patient `perm[i]`, changes recomputed."
     from liver_pcr.radiomics import radiomics_table, VOLUME_FLOOR_ML
+
     tps = list(fm.model.timepoints)
     t = radiomics_table(cohort, tps, fm.model.sequences, show_progress=False).loc[list(ids)].copy()
     base = [c for c in t.columns if c.startswith(f'{tps[0]}_')]
@@ -330,15 +536,23 @@ def _swapped_radiomics(fm: FoldModel, cohort: Cohort, ids, perm) -> torch.Tensor
     for c in t.columns:
         for tp in tps[1:]:
             if c.startswith(f'delta_{tp}_'):
-                feat = c[len(f'delta_{tp}_'):]
+                feat = c[len(f'delta_{tp}_') :]
                 t[c] = t[f'{tp}_{feat}'] - t[f'{tps[0]}_{feat}']
             elif c.startswith(f'logratio_{tp}_'):
-                feat = c[len(f'logratio_{tp}_'):]
+                feat = c[len(f'logratio_{tp}_') :]
                 v0, v1 = (np.maximum(t[f'{x}_{feat}'], VOLUME_FLOOR_ML) for x in (tps[0], tp))
-                t[c] = np.log(v1/v0)
-    return torch.as_tensor(t.reindex(columns=fm.bundle['radiomics_columns']).to_numpy(), dtype=torch.float32)
+                t[c] = np.log(v1 / v0)
+    return torch.as_tensor(
+        t.reindex(columns=fm.bundle['radiomics_columns']).to_numpy(), dtype=torch.float32
+    )
 
-def swap_baseline(fm: FoldModel, cohort: Cohort, b: dict, perm) -> dict: # fold model; cohort; its batch; donors
+
+def swap_baseline(
+    fm: FoldModel,  # fold model
+    cohort: Cohort,  # cohort
+    b: dict,  # its batch
+    perm,  # donors
+) -> dict:
     "The batch with each patient's baseline exam and baseline markers taken from patient `perm[i]` of the batch."
     perm = np.asarray(perm)
     s = dict(b)
@@ -358,21 +572,31 @@ def swap_baseline(fm: FoldModel, cohort: Cohort, b: dict, perm) -> dict: # fold 
         s['clinical'] = torch.cat(parts, 1)
     return s
 
+
 @torch.no_grad()
-def counterfactual_swap(run, cohort: Cohort, seed: int = 0) -> dict: # a cv run of a deep model; the cohort; swap seed
+def counterfactual_swap(
+    run,  # a cv run of a deep model
+    cohort: Cohort,  # the cohort
+    seed: int = 0,  # swap seed
+) -> dict:
     "AUC of the run's test predictions, and with every test patient's baseline exam and markers swapped: and the drop."
     from sklearn.metrics import roc_auc_score
+
     rng, rows = np.random.default_rng(seed), []
     for s in run_splits(run):
         fm = load_fold(run, s['fold'])
         if len(fm.model.timepoints) < 2:
-            raise ConfigError(f'{run}: the model reads one timepoint: there is no baseline exam to swap')
+            raise ConfigError(
+                f'{run}: the model reads one timepoint: there is no baseline exam to swap'
+            )
         b = fold_batch(fm, cohort)
         perm = _derangement(len(b['patient_id']), rng)
         p = torch.sigmoid(forward(fm.model, b)).numpy()
         q = torch.sigmoid(forward(fm.model, swap_baseline(fm, cohort, b, perm))).numpy()
-        rows += [dict(patient_id=i, fold=s['fold'], y=int(y), p=a, p_swapped=z)
-                 for i, y, a, z in zip(b['patient_id'], b['y'].tolist(), p, q)]
+        rows += [
+            dict(patient_id=i, fold=s['fold'], y=int(y), p=a, p_swapped=z)
+            for i, y, a, z in zip(b['patient_id'], b['y'].tolist(), p, q)
+        ]
     df = pd.DataFrame(rows)
     a, a_sw = roc_auc_score(df.y, df.p), roc_auc_score(df.y, df.p_swapped)
     return dict(auc=float(a), auc_swapped=float(a_sw), drop=float(a - a_sw), table=df)
@@ -381,13 +605,22 @@ def counterfactual_swap(run, cohort: Cohort, seed: int = 0) -> dict: # a cv run 
 @torch.no_grad()
 def fusion_weights(model: PCRModel, b: dict) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     "The relation module's part weights (patient × part) and the gated sequence-attention weights (rows), or None where the model has none."
-    model.eval(); forward(model, b)
+    model.eval()
+    forward(model, b)
     rel = next((m for m in model.modules() if isinstance(m, RelationModule)), None)
     fus = next((m for m in model.modules() if isinstance(m, SequenceFusion)), None)
     r = a = None
     if rel is not None and getattr(rel, 'weights_', None) is not None:
-        r = pd.DataFrame(rel.weights_.cpu().numpy(), index=pd.Index(b['patient_id'], name='patient_id'), columns=list(rel.parts))
-    if fus is not None and getattr(fus, 'kind', None) == 'gated' and getattr(fus, 'weights_', None) is not None:
+        r = pd.DataFrame(
+            rel.weights_.cpu().numpy(),
+            index=pd.Index(b['patient_id'], name='patient_id'),
+            columns=list(rel.parts),
+        )
+    if (
+        fus is not None
+        and getattr(fus, 'kind', None) == 'gated'
+        and getattr(fus, 'weights_', None) is not None
+    ):
         a = _image_rows(b, dict(weight=fus.weights_.cpu().numpy()))
     return r, a
 
@@ -395,19 +628,33 @@ def fusion_weights(model: PCRModel, b: dict) -> tuple[pd.DataFrame | None, pd.Da
 def plot_fusion(relation: pd.DataFrame | None, attention: pd.DataFrame | None, title: str = ''):
     "Box plots of the relation part weights, and the mean sequence-attention weight per timepoint × sequence."
     import matplotlib.pyplot as plt
+
     panels = [p for p in (relation, attention) if p is not None]
-    fig, axs = plt.subplots(1, max(len(panels), 1), figsize=(4*max(len(panels), 1), 3), squeeze=False)
+    fig, axs = plt.subplots(
+        1, max(len(panels), 1), figsize=(4 * max(len(panels), 1), 3), squeeze=False
+    )
     j = 0
     if relation is not None:
-        ax = axs[0, j]; j += 1
-        ax.boxplot([relation[c].values for c in relation.columns]); ax.set_xticks(range(1, relation.shape[1] + 1), relation.columns)
-        ax.axhline(1/relation.shape[1], color='0.6', ls=':'); ax.set_ylabel('relation weight'); ax.set_title('relation parts', fontsize=10)
+        ax = axs[0, j]
+        j += 1
+        ax.boxplot([relation[c].values for c in relation.columns])
+        ax.set_xticks(range(1, relation.shape[1] + 1), relation.columns)
+        ax.axhline(1 / relation.shape[1], color='0.6', ls=':')
+        ax.set_ylabel('relation weight')
+        ax.set_title('relation parts', fontsize=10)
     if attention is not None:
         ax = axs[0, j]
-        m = attention.pivot_table(index='sequence', columns='timepoint', values='weight', aggfunc='mean', sort=False)
-        im = ax.imshow(m.values, cmap='viridis', vmin=0); fig.colorbar(im, ax=ax, shrink=0.8)
-        ax.set_xticks(range(m.shape[1]), m.columns); ax.set_yticks(range(m.shape[0]), m.index); ax.set_title('sequence attention (mean)', fontsize=10)
-        for (y, x), v in np.ndenumerate(m.values): ax.text(x, y, f'{v:.2f}', ha='center', va='center', color='w', fontsize=8)
-    if title: fig.suptitle(title, fontsize=10)
+        m = attention.pivot_table(
+            index='sequence', columns='timepoint', values='weight', aggfunc='mean', sort=False
+        )
+        im = ax.imshow(m.values, cmap='viridis', vmin=0)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_xticks(range(m.shape[1]), m.columns)
+        ax.set_yticks(range(m.shape[0]), m.index)
+        ax.set_title('sequence attention (mean)', fontsize=10)
+        for (y, x), v in np.ndenumerate(m.values):
+            ax.text(x, y, f'{v:.2f}', ha='center', va='center', color='w', fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -16,135 +16,281 @@ __all__ = ['build_parser', 'main']
 # %% ../nbs/90_cli.ipynb #79d5272a
 def _lazy(mod, fn):
     "A handler that imports `liver_pcr.<mod>` only when called."
-    def _h(args): return getattr(importlib.import_module(f'liver_pcr.{mod}'), fn)(args)
+
+    def _h(args):
+        return getattr(importlib.import_module(f'liver_pcr.{mod}'), fn)(args)
+
     return _h
 
 # %% ../nbs/90_cli.ipynb #e033a327
 class _Parser(argparse.ArgumentParser):
     "argparse, but a usage error is one line on stderr and exit code 1 (like every other bad input)."
+
     def error(self, message):
         self.exit(1, f'error: {self.prog}: {message} (see {self.prog} --help)\n')
 
-def _training_options(p, folds_help: str | None = 'cross-validation folds (default 5)'): # a subparser; --folds help (None: no --folds)
+
+def _training_options(
+    p,  # a subparser
+    folds_help: str
+    | None = 'cross-validation folds (default 5)',  # --folds help (None: no --folds)
+):
     "The options every training command shares: folds, seed, preset, epochs."
-    if folds_help: p.add_argument('--folds', type=int, default=5, help=folds_help)
+    if folds_help:
+        p.add_argument('--folds', type=int, default=5, help=folds_help)
     p.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    p.add_argument('--preset', choices=['fast', 'full'], default='fast', help='training preset (default fast)')
-    p.add_argument('--epochs', type=int, help="override the preset's number of epochs (neural head)")
-    p.add_argument('--head', choices=['linear', 'neural'],
-                   help="how images are read: 'linear' (frozen trunk features, penalised logistic regression; "
-                        "the stages' default) or 'neural' (end to end, as the 2024 study)")
-    p.add_argument('--weights', help="trunk weights file (liver-pcr pretrain output, torchvision's ResNet18, "
-                                     "a state dict), or 'imagenet' for torchvision's file in torch's hub cache")
+    p.add_argument(
+        '--preset', choices=['fast', 'full'], default='fast', help='training preset (default fast)'
+    )
+    p.add_argument(
+        '--epochs', type=int, help="override the preset's number of epochs (neural head)"
+    )
+    p.add_argument(
+        '--head',
+        choices=['linear', 'neural'],
+        help="how images are read: 'linear' (frozen trunk features, penalised logistic regression; "
+        "the stages' default) or 'neural' (end to end, as the 2024 study)",
+    )
+    p.add_argument(
+        '--weights',
+        help="trunk weights file (liver-pcr pretrain output, torchvision's ResNet18, "
+        "a state dict), or 'imagenet' for torchvision's file in torch's hub cache",
+    )
+
 
 def build_parser() -> argparse.ArgumentParser:
     "The `liver-pcr` argument parser."
-    p = _Parser(prog='liver-pcr', description='Predict pCR after neoadjuvant therapy for liver cancer from multi-timepoint MRI and tumour markers.')
+    p = _Parser(
+        prog='liver-pcr',
+        description='Predict pCR after neoadjuvant therapy for liver cancer from multi-timepoint MRI and tumour markers.',
+    )
     p.add_argument('--version', action='version', version=f'liver_pcr {__version__}')
-    p.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
+    p.add_argument(
+        '--debug', action='store_true', help='show tracebacks instead of one-line errors'
+    )
     sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
-    d = sub.add_parser('demo', help='the main job: the model evolution on the embedded data, as a report')
-    d.add_argument('--out', default='liver_pcr_demo', help='output folder (default: ./liver_pcr_demo)')
-    d.add_argument('--patients', type=int,
-                   help='generate a synthetic cohort of this many patients into OUT (default: the cached 120-patient cohort)')
-    d.add_argument('--sample', action='store_true', help='use the packaged 24-patient sample (a quick look)')
+    d = sub.add_parser(
+        'demo', help='the main job: the model evolution on the embedded data, as a report'
+    )
+    d.add_argument(
+        '--out', default='liver_pcr_demo', help='output folder (default: ./liver_pcr_demo)'
+    )
+    d.add_argument(
+        '--patients',
+        type=int,
+        help='generate a synthetic cohort of this many patients into OUT (default: the cached 120-patient cohort)',
+    )
+    d.add_argument(
+        '--sample', action='store_true', help='use the packaged 24-patient sample (a quick look)'
+    )
     _training_options(d)
-    d.add_argument('--ablation', action='store_true', help='also run the ablations of the relation model (a few more minutes)')
+    d.add_argument(
+        '--ablation',
+        action='store_true',
+        help='also run the ablations of the relation model (a few more minutes)',
+    )
     d.set_defaults(func=_lazy('report', 'cmd_demo'))
 
     v = sub.add_parser('validate', help='check a cohort folder: every problem, or a summary')
     v.add_argument('cohort', help='the cohort folder')
-    v.add_argument('--shallow', action='store_true', help='check the tables and file layout only, without opening the volumes')
+    v.add_argument(
+        '--shallow',
+        action='store_true',
+        help='check the tables and file layout only, without opening the volumes',
+    )
     v.set_defaults(func=_lazy('cohort', 'cmd_validate'))
 
     s = sub.add_parser('synth', help='generate a synthetic liver-MRI response cohort')
     s.add_argument('out', help='the cohort folder to create')
     s.add_argument('--patients', type=int, default=120, help='number of patients (default 120)')
     s.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    s.add_argument('--timepoints', nargs='+', help='timepoint names, baseline first (default: pre post)')
-    s.add_argument('--sequences', nargs='+', help='sequences among T1 T2 DWI ADC AP PVP T1V (default: T2 DWI AP PVP)')
-    s.add_argument('--shape', nargs=3, type=int, metavar=('X', 'Y', 'Z'), help='grid size in voxels (default 96 96 16)')
-    s.add_argument('--spacing', nargs=3, type=float, metavar=('SX', 'SY', 'SZ'), help='voxel size in mm (default 3.5 3.5 6)')
-    s.add_argument('--truth', help='CSV file for the true pCR probabilities (kept outside the cohort)')
+    s.add_argument(
+        '--timepoints', nargs='+', help='timepoint names, baseline first (default: pre post)'
+    )
+    s.add_argument(
+        '--sequences',
+        nargs='+',
+        help='sequences among T1 T2 DWI ADC AP PVP T1V (default: T2 DWI AP PVP)',
+    )
+    s.add_argument(
+        '--shape',
+        nargs=3,
+        type=int,
+        metavar=('X', 'Y', 'Z'),
+        help='grid size in voxels (default 96 96 16)',
+    )
+    s.add_argument(
+        '--spacing',
+        nargs=3,
+        type=float,
+        metavar=('SX', 'SY', 'SZ'),
+        help='voxel size in mm (default 3.5 3.5 6)',
+    )
+    s.add_argument(
+        '--truth', help='CSV file for the true pCR probabilities (kept outside the cohort)'
+    )
     s.add_argument('--name', help="the cohort's name in cohort.json (default: the folder name)")
     s.add_argument('--overwrite', action='store_true', help='replace OUT if it exists')
-    s.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1), help='worker processes (default: up to 2)')
+    s.add_argument(
+        '--jobs',
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help='worker processes (default: up to 2)',
+    )
     s.set_defaults(func=_lazy('synth', 'cmd_synth'))
 
-    imp = sub.add_parser('import', help='import DICOM series, the original study\'s PNG slices, or loose NIfTI files into a new cohort')
+    imp = sub.add_parser(
+        'import',
+        help='import DICOM series, the original study\'s PNG slices, or loose NIfTI files into a new cohort',
+    )
     isub = imp.add_subparsers(dest='source', metavar='SOURCE', parser_class=_Parser)
-    i = isub.add_parser('dicom', help='DICOM series (grouped by SeriesInstanceUID, assigned by a mapping file)')
+    i = isub.add_parser(
+        'dicom', help='DICOM series (grouped by SeriesInstanceUID, assigned by a mapping file)'
+    )
     i.add_argument('src', help='folder of DICOM files (searched recursively; never modified)')
     i.add_argument('out', help='the cohort folder to create')
-    i.add_argument('--map', required=True, help='mapping file (YAML/JSON/CSV): patients, timepoints, sequence rules, masks')
-    i.add_argument('--salt', default=None, help='salt for hashed patient ids when the map has no pseudonym table')
+    i.add_argument(
+        '--map',
+        required=True,
+        help='mapping file (YAML/JSON/CSV): patients, timepoints, sequence rules, masks',
+    )
+    i.add_argument(
+        '--salt',
+        default=None,
+        help='salt for hashed patient ids when the map has no pseudonym table',
+    )
     i.set_defaults(func=_lazy('importers', 'cmd_import_dicom'))
-    i = isub.add_parser('png', help="the original 2024 study's layout: {PID}_{label}_{start|end}_{SEQ}_{slice}.png")
+    i = isub.add_parser(
+        'png', help="the original 2024 study's layout: {PID}_{label}_{start|end}_{SEQ}_{slice}.png"
+    )
     i.add_argument('src', help='folder of PNG slices (searched recursively; never modified)')
     i.add_argument('out', help='the cohort folder to create')
-    i.add_argument('--clinical', required=True, help='clinic_data.json: {"A25": {"bef_afp": ..., "bef_dcp": ..., "aft_afp": ..., "aft_dcp": ..., "label": 0}}')
-    i.add_argument('--folds', help='data_fold.json: {"train": {"0": [pids]}, "test": {"0": [pids]}}')
+    i.add_argument(
+        '--clinical',
+        required=True,
+        help='clinic_data.json: {"A25": {"bef_afp": ..., "bef_dcp": ..., "aft_afp": ..., "aft_dcp": ..., "label": 0}}',
+    )
+    i.add_argument(
+        '--folds', help='data_fold.json: {"train": {"0": [pids]}, "test": {"0": [pids]}}'
+    )
     i.set_defaults(func=_lazy('importers', 'cmd_import_png'))
     i = isub.add_parser('nifti', help='loose NIfTI files named by a pattern, plus a clinical table')
     i.add_argument('src', help='folder of NIfTI files (never modified)')
     i.add_argument('out', help='the cohort folder to create')
-    i.add_argument('--pattern', default='{patient}/{timepoint}/{sequence}.nii.gz', help="file name pattern, e.g. '{patient}_{timepoint}_{sequence}.nii.gz'")
-    i.add_argument('--clinical', help='CSV with patient_id, the label column, optional fold and covariates')
+    i.add_argument(
+        '--pattern',
+        default='{patient}/{timepoint}/{sequence}.nii.gz',
+        help="file name pattern, e.g. '{patient}_{timepoint}_{sequence}.nii.gz'",
+    )
+    i.add_argument(
+        '--clinical', help='CSV with patient_id, the label column, optional fold and covariates'
+    )
     i.add_argument('--labs', help='CSV with patient_id, timepoint and marker columns')
     i.set_defaults(func=_lazy('importers', 'cmd_import_nifti'))
     for k in ('png', 'nifti'):
-        isub.choices[k].add_argument('--sequences', nargs='+', help='sequence names to accept (default: the usual MRI names)' if k == 'png' else 'sequence names to accept (default: any)')
+        isub.choices[k].add_argument(
+            '--sequences',
+            nargs='+',
+            help='sequence names to accept (default: the usual MRI names)'
+            if k == 'png'
+            else 'sequence names to accept (default: any)',
+        )
     for i in isub.choices.values():
         i.add_argument('--overwrite', action='store_true', help='replace OUT if it exists')
         i.add_argument('--name', help="the cohort's name in cohort.json")
     imp.set_defaults(func=lambda a: imp.print_help() or 0)
 
     models = ['baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics']
-    for name, hlp, fn in [('cv', 'cross-validate a model: out-of-fold predictions, metrics, checkpoints', 'cmd_cv'),
-                          ('train', 'train a model on all labelled patients (inner validation for early stopping)', 'cmd_train')]:
+    for name, hlp, fn in [
+        ('cv', 'cross-validate a model: out-of-fold predictions, metrics, checkpoints', 'cmd_cv'),
+        (
+            'train',
+            'train a model on all labelled patients (inner validation for early stopping)',
+            'cmd_train',
+        ),
+    ]:
         t = sub.add_parser(name, help=hlp)
         t.add_argument('cohort', help='the cohort folder')
         t.add_argument('--model', required=True, choices=models, help='model stage or reference')
         t.add_argument('--out', required=True, help='run folder to write (never inside the cohort)')
-        _training_options(t, "number of folds (default 5; the cohort's fold column wins)" if name == 'cv' else None)
-        t.add_argument('--sequences', nargs='+', help="sequences the model uses (default: the stage's)")
+        _training_options(
+            t,
+            "number of folds (default 5; the cohort's fold column wins)" if name == 'cv' else None,
+        )
+        t.add_argument(
+            '--sequences', nargs='+', help="sequences the model uses (default: the stage's)"
+        )
         t.set_defaults(func=_lazy('train', fn))
-    t = sub.add_parser('predict', help='apply a trained run (train or cv) to a cohort, labelled or not')
+    t = sub.add_parser(
+        'predict', help='apply a trained run (train or cv) to a cohort, labelled or not'
+    )
     t.add_argument('run', help='a run folder of liver-pcr train or cv')
     t.add_argument('cohort', help='the cohort folder')
     t.add_argument('--out', required=True, help='CSV to write: patient_id,p')
     t.set_defaults(func=_lazy('train', 'cmd_predict'))
 
-    w = sub.add_parser('pretrain', help='learn the trunk from the exams of any number of cohorts, without labels')
+    w = sub.add_parser(
+        'pretrain', help='learn the trunk from the exams of any number of cohorts, without labels'
+    )
     w.add_argument('cohorts', nargs='+', help='cohort folders (labels are never read)')
     w.add_argument('--out', required=True, help='weights file to write (use it with --weights)')
     w.add_argument('--epochs', type=int, help='passes over the images (default: the method\'s)')
     w.add_argument('--batch', type=int, default=128, help='images per step (default 128)')
     w.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    w.add_argument('--layer', default='layer2', choices=['layer1', 'layer2', 'layer3', 'layer4'],
-                   help='the deepest block learnt and saved (default layer2)')
-    w.add_argument('--method', default='vicreg', choices=['vicreg', 'simclr'], help='self-supervised objective')
+    w.add_argument(
+        '--layer',
+        default='layer2',
+        choices=['layer1', 'layer2', 'layer3', 'layer4'],
+        help='the deepest block learnt and saved (default layer2)',
+    )
+    w.add_argument(
+        '--method', default='vicreg', choices=['vicreg', 'simclr'], help='self-supervised objective'
+    )
     w.add_argument('--device', help="'cpu', 'cuda', ... (default: the best available)")
     w.set_defaults(func=_lazy('pretrain', 'cmd_pretrain'))
 
-    a = sub.add_parser('ablate', help='the relation model with one part removed at a time: ΔAUC and DeLong p')
+    a = sub.add_parser(
+        'ablate', help='the relation model with one part removed at a time: ΔAUC and DeLong p'
+    )
     a.add_argument('cohort', help='the cohort folder')
     a.add_argument('--out', required=True, help='output folder (never inside the cohort)')
     _training_options(a)
     a.set_defaults(func=_lazy('ablation', 'cmd_ablate'))
 
-    e = sub.add_parser('explain', help="one patient's attribution maps, input contributions and marker SHAP, from the model of the fold that tested him")
-    e.add_argument('run', help='a run folder of liver-pcr cv: a deep model, or the clinical reference')
+    e = sub.add_parser(
+        'explain',
+        help="one patient's attribution maps, input contributions and marker SHAP, from the model of the fold that tested him",
+    )
+    e.add_argument(
+        'run', help='a run folder of liver-pcr cv: a deep model, or the clinical reference'
+    )
     e.add_argument('cohort', help='the cohort folder')
     e.add_argument('--patient', required=True, help='the patient id')
     e.add_argument('--out', required=True, help='folder for the figures (never inside the cohort)')
-    e.add_argument('--methods', nargs='+', choices=['gradcam', 'ig'], default=['gradcam', 'ig'], help='attribution methods (default: both)')
+    e.add_argument(
+        '--methods',
+        nargs='+',
+        choices=['gradcam', 'ig'],
+        default=['gradcam', 'ig'],
+        help='attribution methods (default: both)',
+    )
     e.set_defaults(func=_lazy('explain', 'cmd_explain'))
 
-    c = sub.add_parser('compare', help='compare runs: AUC [CI], sensitivity, specificity, Brier, calibration, DeLong p; figures')
-    c.add_argument('runs', nargs='+', help='run folders (each with predictions.csv), the first is the reference')
-    c.add_argument('--out', required=True, help='folder for comparison.csv, comparison.md and the figures')
-    c.add_argument('--n-boot', dest='n_boot', type=int, default=2000, help='bootstrap resamples (default 2000)')
+    c = sub.add_parser(
+        'compare',
+        help='compare runs: AUC [CI], sensitivity, specificity, Brier, calibration, DeLong p; figures',
+    )
+    c.add_argument(
+        'runs',
+        nargs='+',
+        help='run folders (each with predictions.csv), the first is the reference',
+    )
+    c.add_argument(
+        '--out', required=True, help='folder for comparison.csv, comparison.md and the figures'
+    )
+    c.add_argument(
+        '--n-boot', dest='n_boot', type=int, default=2000, help='bootstrap resamples (default 2000)'
+    )
     c.add_argument('--seed', type=int, default=0, help='bootstrap seed (default 0)')
     c.set_defaults(func=_lazy('evaluate', 'cmd_compare'))
 
@@ -160,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     if not getattr(args, 'func', None):
-        p.print_help(); return 0
+        p.print_help()
+        return 0
     debug = args.debug or '--debug' in argv
     return run_main(lambda: args.func(args), debug=debug)  # the console script exits with this code

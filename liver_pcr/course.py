@@ -20,10 +20,10 @@ __all__ = ['course_dir', 'course_cohort', 'course_run', 'course_source', 'shown_
 def course_dir() -> Path:
     "Where the course keeps its cohort and runs."
     if is_tiny():
-        d = Path(tempfile.gettempdir())/f'liver_pcr_course-{os.getpid()}'
+        d = Path(tempfile.gettempdir()) / f'liver_pcr_course-{os.getpid()}'
         d.mkdir(exist_ok=True)
         return d
-    return cache_dir()/'course'
+    return cache_dir() / 'course'
 
 # %% ../nbs/14_course.ipynb #a4820bb4
 def course_cohort(
@@ -32,12 +32,13 @@ def course_cohort(
 ) -> tuple[Cohort, pd.DataFrame]:
     "The course's cohort and its truth table (the packaged sample under the test run)."
     from liver_pcr.synth import SynthConfig, make_cohort, truth_table
+
     if is_tiny():
         c = Cohort.load(sample_cohort_path())
         return c, truth_table(SynthConfig(n_patients=len(c), seed=0))
-    d = course_dir()/f'cohort{n_patients}-seed{seed}'
+    d = course_dir() / f'cohort{n_patients}-seed{seed}'
     cfg = SynthConfig(n_patients=n_patients, seed=seed)
-    if not (d/'patients.csv').exists():
+    if not (d / 'patients.csv').exists():
         make_cohort(d, cfg, n_jobs=2, overwrite=d.exists())
     return Cohort.load(d), truth_table(cfg)
 
@@ -50,9 +51,10 @@ def course_run(
 ) -> Path:
     "Cross-validate `model` on the course cohort (reusing a finished run); return the run folder."
     from liver_pcr.train import run_cv  # here, so that copying the course needs no torch
+
     c, _ = course_cohort()
     name = model if isinstance(model, str) else model.name
-    out = course_dir()/'runs'/name
+    out = course_dir() / 'runs' / name
     folds = 3 if is_tiny() else n_folds
     try:
         run_cv(c, model, out, n_folds=folds, seed=seed, **kw)  # finished folds are reused
@@ -67,14 +69,17 @@ def course_run(
 def course_source() -> Path:
     "The course's notebooks: the package's `tutorials/`, else a source checkout's `nbs/tutorials`."
     pkg = Path(str(importlib.resources.files('liver_pcr')))
-    for d in (pkg/'tutorials', pkg.parent/'nbs'/'tutorials'):
+    for d in (pkg / 'tutorials', pkg.parent / 'nbs' / 'tutorials'):
         if any(d.glob('*.ipynb')):
             return d
-    raise LiverPcrError(f"the course's notebooks were not found in {pkg/'tutorials'} "
-                        f"nor in {pkg.parent/'nbs'/'tutorials'}")
+    raise LiverPcrError(
+        f"the course's notebooks were not found in {pkg / 'tutorials'} "
+        f"nor in {pkg.parent / 'nbs' / 'tutorials'}"
+    )
 
 # %% ../nbs/14_course.ipynb #e906fb8c
 _IMG = re.compile(r'!\[[^\]]*\]\(\s*<?([^)\s>]+)|<img\b[^>]*?\bsrc\s*=\s*["\']([^"\']+)')
+
 
 def shown_images(
     nb: Path,  # a notebook
@@ -94,7 +99,7 @@ def course_files(
     for nb in sorted(src.glob('*.ipynb')):
         files.append(Path(nb.name))
         for ref in shown_images(nb):
-            f = (src/ref).resolve()
+            f = (src / ref).resolve()
             if src not in f.parents or not f.is_file():
                 raise LiverPcrError(f'{nb}: shows {ref}, which is not a file inside {src}')
             files.append(f.relative_to(src))
@@ -109,13 +114,13 @@ def copy_course(
     if dest.exists():
         raise ConfigError(f'{dest}: already exists; give a new folder (nothing is overwritten)')
     src = course_source()
-    tmp = dest.parent/f'.{dest.name}.partial-{os.getpid()}'
+    tmp = dest.parent / f'.{dest.name}.partial-{os.getpid()}'
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         for f in course_files(src):
-            (tmp/f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src/f, tmp/f)
+            (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / f, tmp / f)
         tmp.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -139,8 +144,10 @@ def _output_problem(
 ) -> str | None:
     "What is wrong with one output of a notebook, if anything."
     data = o.get('data', {})
-    plain, text = (''.join(x) if isinstance(x, list) else x or ''
-                   for x in (data.get('text/plain'), o.get('text')))
+    plain, text = (
+        ''.join(x) if isinstance(x, list) else x or ''
+        for x in (data.get('text/plain'), o.get('text'))
+    )
     if plain.startswith('<Figure size') and 'image/png' not in data:
         return f'a bare matplotlib figure ({plain.strip()}) without its image/png'
     if o.get('output_type') == 'error':

@@ -22,89 +22,168 @@ __all__ = ['Split', 'check_no_leak', 'make_splits', 'cohort_splits', 'wide_labs'
 @dataclass(frozen=True)
 class Split:
     "One cross-validation fold: training, inner-validation and test patient ids."
+
     fold: int
     train: tuple
     val: tuple
     test: tuple
-    def __repr__(self): return f'Split(fold={self.fold}: {len(self.train)} train, {len(self.val)} val, {len(self.test)} test)'
 
-def check_no_leak(*groups, names=('train', 'val', 'test')): # id collections that must not overlap
+    def __repr__(self):
+        return f'Split(fold={self.fold}: {len(self.train)} train, {len(self.val)} val, {len(self.test)} test)'
+
+
+def check_no_leak(
+    *groups,
+    names=('train', 'val', 'test'),  # id collections that must not overlap
+):
     "Raise `LiverPcrError` if any patient id is in more than one group."
     probs = []
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
             both = sorted(str(x) for x in set(groups[i]) & set(groups[j]))
-            if both: probs.append(f'leak: {len(both)} patient(s) in both {names[i]} and {names[j]}: {both[:5]}')
-    if probs: raise LiverPcrError(probs)
+            if both:
+                probs.append(
+                    f'leak: {len(both)} patient(s) in both {names[i]} and {names[j]}: {both[:5]}'
+                )
+    if probs:
+        raise LiverPcrError(probs)
 
 # %% ../nbs/06_data.ipynb #56b39264
-def make_splits(ids, y, n_folds: int = 5, seed: int = 0, # labelled patient ids and their 0/1 labels; folds; seed
-                val_frac: float = 0.2,                    # share of each training fold held out for inner validation
-                folds=None) -> list[Split]:               # predefined fold per id (the cohort's `fold` column), if any
+def make_splits(
+    ids,
+    y,
+    n_folds: int = 5,
+    seed: int = 0,  # labelled patient ids and their 0/1 labels; folds; seed
+    val_frac: float = 0.2,  # share of each training fold held out for inner validation
+    folds=None,  # predefined fold per id (the cohort's `fold` column), if any
+) -> list[Split]:
     "Stratified patient-level folds, each with a stratified inner validation split."
     from sklearn.model_selection import StratifiedKFold, train_test_split
+
     ids, y = np.asarray([str(i) for i in ids], dtype=object), np.asarray(y, dtype=int)
-    if len(set(ids)) != len(ids): raise LiverPcrError('duplicate patient ids in the split input')
+    if len(set(ids)) != len(ids):
+        raise LiverPcrError('duplicate patient ids in the split input')
     n_pos, n_neg = int(y.sum()), int((1 - y).sum())
     if folds is not None:
         f = pd.Series(folds).reindex(ids)
-        if f.isna().any(): raise CohortError(f"patients.csv: fold: {int(f.isna().sum())} labelled patient(s) without a fold, e.g. {list(ids[f.isna().values][:5])}")
-        order = sorted(f.unique()); tests = [ids[(f == k).values] for k in order]; names = [int(k) for k in order]
+        if f.isna().any():
+            raise CohortError(
+                f"patients.csv: fold: {int(f.isna().sum())} labelled patient(s) without a fold, e.g. {list(ids[f.isna().values][:5])}"
+            )
+        order = sorted(f.unique())
+        tests = [ids[(f == k).values] for k in order]
+        names = [int(k) for k in order]
     else:
         if min(n_pos, n_neg) < n_folds:
-            raise ConfigError(f'too few patients for {n_folds} folds: {n_pos} pCR and {n_neg} non-pCR labelled patients '
-                              f'(each fold needs at least one of each); use fewer folds')
+            raise ConfigError(
+                f'too few patients for {n_folds} folds: {n_pos} pCR and {n_neg} non-pCR labelled patients '
+                f'(each fold needs at least one of each); use fewer folds'
+            )
         skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
         tests, names = [ids[te] for _, te in skf.split(ids, y)], list(range(n_folds))
     out, lab = [], dict(zip(ids, y))
     for k, te in zip(names, tests):
         tr = np.array([i for i in ids if i not in set(te)])
         ytr = np.array([lab[i] for i in tr])
-        if min(ytr.sum(), (1 - ytr).sum()) < 2: raise ConfigError(f'fold {k}: its training patients hold fewer than 2 of one class; use fewer folds')
-        n_val = max(2, int(round(val_frac*len(tr))))
-        tr2, va = train_test_split(tr, test_size=n_val, stratify=ytr, random_state=seed*1000 + k)
+        if min(ytr.sum(), (1 - ytr).sum()) < 2:
+            raise ConfigError(
+                f'fold {k}: its training patients hold fewer than 2 of one class; use fewer folds'
+            )
+        n_val = max(2, int(round(val_frac * len(tr))))
+        tr2, va = train_test_split(tr, test_size=n_val, stratify=ytr, random_state=seed * 1000 + k)
         s = Split(k, *(tuple(sorted(str(i) for i in g)) for g in (tr2, va, te)))
         check_no_leak(s.train, s.val, s.test)
         out.append(s)
     check_no_leak(*[s.test for s in out], names=tuple(f'test fold {s.fold}' for s in out))
     return out
 
-def cohort_splits(cohort: Cohort, n_folds: int = 5, seed: int = 0, val_frac: float = 0.2) -> list[Split]:
+
+def cohort_splits(
+    cohort: Cohort, n_folds: int = 5, seed: int = 0, val_frac: float = 0.2
+) -> list[Split]:
     "The splits of a cohort's labelled patients (its `fold` column when present)."
     y = cohort.labels.dropna()
-    if len(y) == 0: raise CohortError(f'{cohort.root}: no labelled patients ({cohort.label_col} is empty for everyone)')
+    if len(y) == 0:
+        raise CohortError(
+            f'{cohort.root}: no labelled patients ({cohort.label_col} is empty for everyone)'
+        )
     folds = cohort.folds.reindex(y.index) if cohort.folds is not None else None
     return make_splits(y.index, y.values.astype(int), n_folds, seed, val_frac, folds)
 
 # %% ../nbs/06_data.ipynb #d456bd7c
-def wide_labs(cohort: Cohort, ids, timepoints=None, markers=None) -> pd.DataFrame: # the cohort, which patients, timepoints, markers
+def wide_labs(
+    cohort: Cohort,
+    ids,
+    timepoints=None,
+    markers=None,  # the cohort, which patients, timepoints, markers
+) -> pd.DataFrame:
     "Raw marker values, one row per patient, columns `(marker, timepoint)`; NaN when missing."
-    tps, mks = list(timepoints or cohort.timepoints), list(cohort.markers if markers is None else markers)
+    tps, mks = (
+        list(timepoints or cohort.timepoints),
+        list(cohort.markers if markers is None else markers),
+    )
     cols = pd.MultiIndex.from_product([mks, tps], names=['marker', 'timepoint'])
-    return pd.DataFrame([[cohort[i].lab(t, m) for m, t in cols] for i in ids], index=pd.Index(list(ids), name='patient_id'), columns=cols)
+    return pd.DataFrame(
+        [[cohort[i].lab(t, m) for m, t in cols] for i in ids],
+        index=pd.Index(list(ids), name='patient_id'),
+        columns=cols,
+    )
+
 
 class ClinicalTransformer:
     "log markers per timepoint, log-ratio changes from baseline, missing indicators; standardised on the training patients."
-    def __init__(self, markers, timepoints): self.markers, self.timepoints = list(markers), list(timepoints)
+
+    def __init__(self, markers, timepoints):
+        self.markers, self.timepoints = list(markers), list(timepoints)
+
     def _raw(self, wide: pd.DataFrame) -> pd.DataFrame:
-        lg = {f'log_{m}_{t}': np.log1p(wide[(m, t)].astype(float)) for m in self.markers for t in self.timepoints}
-        d = {f'dlog_{m}_{t}': lg[f'log_{m}_{t}'] - lg[f'log_{m}_{self.timepoints[0]}'] for m in self.markers for t in self.timepoints[1:]}
+        lg = {
+            f'log_{m}_{t}': np.log1p(wide[(m, t)].astype(float))
+            for m in self.markers
+            for t in self.timepoints
+        }
+        d = {
+            f'dlog_{m}_{t}': lg[f'log_{m}_{t}'] - lg[f'log_{m}_{self.timepoints[0]}']
+            for m in self.markers
+            for t in self.timepoints[1:]
+        }
         return pd.DataFrame({**lg, **d}, index=wide.index)
-    def fit(self, wide: pd.DataFrame) -> 'ClinicalTransformer': # raw labs of the TRAINING patients only
+
+    def fit(
+        self,
+        wide: pd.DataFrame,  # raw labs of the TRAINING patients only
+    ) -> 'ClinicalTransformer':
         r = self._raw(wide)
         self.mean_, sd = r.mean(), r.std(ddof=0)
-        self.std_ = sd.where(sd > 1e-8, 1.0).fillna(1.0); self.mean_ = self.mean_.fillna(0.0)
-        self.columns_ = list(r.columns); return self
+        self.std_ = sd.where(sd > 1e-8, 1.0).fillna(1.0)
+        self.mean_ = self.mean_.fillna(0.0)
+        self.columns_ = list(r.columns)
+        return self
+
     def transform(self, wide: pd.DataFrame) -> pd.DataFrame:
         "Standardised features (missing → 0) and `miss_*` indicators."
-        r = self._raw(wide); z = ((r - self.mean_)/self.std_)
-        miss = r.isna().astype(float).add_prefix('miss_').rename(columns=lambda c: c.replace('miss_log_', 'miss_').replace('miss_dlog_', 'miss_d'))
+        r = self._raw(wide)
+        z = (r - self.mean_) / self.std_
+        miss = (
+            r.isna()
+            .astype(float)
+            .add_prefix('miss_')
+            .rename(
+                columns=lambda c: c.replace('miss_log_', 'miss_').replace('miss_dlog_', 'miss_d')
+            )
+        )
         return pd.concat([z.fillna(0.0), miss], axis=1).astype(np.float32)
+
     def per_timepoint(self, wide: pd.DataFrame):
         "Standardised log markers (N, T, F) with missing → 0, and the missing mask (N, T, F)."
         z = self.transform(wide)
-        v = np.stack([[z[f'log_{m}_{t}'].values for m in self.markers] for t in self.timepoints]).transpose(2, 0, 1)
-        r = self._raw(wide); miss = np.stack([[r[f'log_{m}_{t}'].isna().values for m in self.markers] for t in self.timepoints]).transpose(2, 0, 1)
+        v = np.stack(
+            [[z[f'log_{m}_{t}'].values for m in self.markers] for t in self.timepoints]
+        ).transpose(2, 0, 1)
+        r = self._raw(wide)
+        miss = np.stack(
+            [[r[f'log_{m}_{t}'].isna().values for m in self.markers] for t in self.timepoints]
+        ).transpose(2, 0, 1)
         return v.astype(np.float32), miss
 
 # %% ../nbs/06_data.ipynb #7adb8a87
@@ -114,8 +193,13 @@ def transformer_state(
     "The fitted statistics of `ct` as JSON-ready numbers."
     if ct is None:
         return None
-    return dict(markers=ct.markers, timepoints=ct.timepoints, mean=ct.mean_.to_dict(),
-                std=ct.std_.to_dict(), columns=ct.columns_)
+    return dict(
+        markers=ct.markers,
+        timepoints=ct.timepoints,
+        mean=ct.mean_.to_dict(),
+        std=ct.std_.to_dict(),
+        columns=ct.columns_,
+    )
 
 
 def transformer_from(
@@ -134,35 +218,58 @@ def transformer_from(
 @dataclass(frozen=True)
 class Augment:
     "Training-time augmentation."
-    flip: bool = True            # random left-right flip
-    rotate_deg: float = 10.0     # rotation range, ±degrees
-    scale: float = 0.05          # zoom range, ±share
-    shift_px: float = 2.0        # translation range, ±pixels
-    intensity: float = 0.1       # per-image gain and offset jitter, ±
-    drop_input: float = 0.0      # chance of hiding each (timepoint, sequence) image (present → False), keeping at least one
 
-def augment_exams(x: torch.Tensor, aug: Augment, g: torch.Generator, # a patient's exams (T, S, k, H, W); how; random stream
-                  masks: torch.Tensor | None = None):                 # their lesion masks (T, k, H, W), moved with the images
+    flip: bool = True  # random left-right flip
+    rotate_deg: float = 10.0  # rotation range, ±degrees
+    scale: float = 0.05  # zoom range, ±share
+    shift_px: float = 2.0  # translation range, ±pixels
+    intensity: float = 0.1  # per-image gain and offset jitter, ±
+    drop_input: float = 0.0  # chance of hiding each (timepoint, sequence) image (present → False), keeping at least one
+
+
+def augment_exams(
+    x: torch.Tensor,
+    aug: Augment,
+    g: torch.Generator,  # a patient's exams (T, S, k, H, W); how; random stream
+    masks: torch.Tensor | None = None,  # their lesion masks (T, k, H, W), moved with the images
+):
     "Per exam, one random spatial transform for all its sequences (and its mask), then an intensity jitter per sequence."
     import torch.nn.functional as F
-    T, S, k, H, W = x.shape
-    u = lambda: float(torch.rand((), generator=g))*2 - 1
-    A, gain, off = [], [], []
-    for _ in range(T):                          # draw exam by exam (the stream's order), then transform every exam in one call
-        th, sc = math.radians(aug.rotate_deg)*u(), 1 + aug.scale*u()
-        fl = -1.0 if aug.flip and float(torch.rand((), generator=g)) < 0.5 else 1.0
-        A.append([[fl*math.cos(th)/sc, -math.sin(th)/sc, 2*aug.shift_px*u()/W],
-                  [fl*math.sin(th)/sc, math.cos(th)/sc, 2*aug.shift_px*u()/H]])
-        gain.append(1 + aug.intensity*(torch.rand(S, 1, 1, 1, generator=g)*2 - 1))
-        off.append(aug.intensity*(torch.rand(S, 1, 1, 1, generator=g)*2 - 1))
-    grid = F.affine_grid(torch.tensor(A, dtype=x.dtype), (T, S*k, H, W), align_corners=False)
-    y = F.grid_sample(x.reshape(T, S*k, H, W), grid, mode='bilinear', padding_mode='border', align_corners=False).reshape(T, S, k, H, W)
-    y = y*torch.stack(gain) + torch.stack(off)
-    if masks is None: return y
-    return y, F.grid_sample(masks.float(), grid, mode='nearest', padding_mode='zeros', align_corners=False)
 
-def augment_exam(x: torch.Tensor, aug: Augment, g: torch.Generator, # one exam (S, k, H, W); how; random stream
-                 mask: torch.Tensor | None = None):                # its lesion mask (k, H, W), moved with the images
+    T, S, k, H, W = x.shape
+    u = lambda: float(torch.rand((), generator=g)) * 2 - 1
+    A, gain, off = [], [], []
+    for _ in range(
+        T
+    ):  # draw exam by exam (the stream's order), then transform every exam in one call
+        th, sc = math.radians(aug.rotate_deg) * u(), 1 + aug.scale * u()
+        fl = -1.0 if aug.flip and float(torch.rand((), generator=g)) < 0.5 else 1.0
+        A.append(
+            [
+                [fl * math.cos(th) / sc, -math.sin(th) / sc, 2 * aug.shift_px * u() / W],
+                [fl * math.sin(th) / sc, math.cos(th) / sc, 2 * aug.shift_px * u() / H],
+            ]
+        )
+        gain.append(1 + aug.intensity * (torch.rand(S, 1, 1, 1, generator=g) * 2 - 1))
+        off.append(aug.intensity * (torch.rand(S, 1, 1, 1, generator=g) * 2 - 1))
+    grid = F.affine_grid(torch.tensor(A, dtype=x.dtype), (T, S * k, H, W), align_corners=False)
+    y = F.grid_sample(
+        x.reshape(T, S * k, H, W), grid, mode='bilinear', padding_mode='border', align_corners=False
+    ).reshape(T, S, k, H, W)
+    y = y * torch.stack(gain) + torch.stack(off)
+    if masks is None:
+        return y
+    return y, F.grid_sample(
+        masks.float(), grid, mode='nearest', padding_mode='zeros', align_corners=False
+    )
+
+
+def augment_exam(
+    x: torch.Tensor,
+    aug: Augment,
+    g: torch.Generator,  # one exam (S, k, H, W); how; random stream
+    mask: torch.Tensor | None = None,  # its lesion mask (k, H, W), moved with the images
+):
     "`augment_exams` for one exam."
     r = augment_exams(x[None], aug, g, None if mask is None else mask[None])
     return r[0] if mask is None else (r[0][0], r[1][0])
@@ -170,10 +277,19 @@ def augment_exam(x: torch.Tensor, aug: Augment, g: torch.Generator, # one exam (
 # %% ../nbs/06_data.ipynb #343e0c51
 class PatientDataset(torch.utils.data.Dataset):
     "One patient per item, from a preprocessed cohort and the fold's fitted clinical transformer."
-    def __init__(self, pre: Preprocessed, cohort: Cohort, ids, # the cached tensors, the cohort (labels, labs), which patients
-                 clinical: ClinicalTransformer | None = None,  # fitted on the fold's training patients (None: no labs)
-                 augment: Augment | None = None, seed: int = 0,
-                 radiomics: pd.DataFrame | None = None):        # a feature table (rows: patient ids) appended to `clinical`
+
+    def __init__(
+        self,
+        pre: Preprocessed,
+        cohort: Cohort,
+        ids,  # the cached tensors, the cohort (labels, labs), which patients
+        clinical: ClinicalTransformer
+        | None = None,  # fitted on the fold's training patients (None: no labs)
+        augment: Augment | None = None,
+        seed: int = 0,
+        radiomics: pd.DataFrame
+        | None = None,  # a feature table (rows: patient ids) appended to `clinical`
+    ):
         self.ids, self.pos = list(ids), pre.index(list(ids))
         self.pre, self.augment, self.seed, self.epoch = pre, augment, seed, 0
         self.y = np.array([cohort[i].label for i in self.ids], dtype=np.float32)
@@ -184,23 +300,46 @@ class PatientDataset(torch.utils.data.Dataset):
             self.labs, self.labs_missing = clinical.per_timepoint(w)
         else:
             self.clin = np.zeros((len(self.ids), 0), np.float32)
-            self.labs, self.labs_missing = np.zeros((len(self.ids), T, 0), np.float32), np.zeros((len(self.ids), T, 0), bool)
+            self.labs, self.labs_missing = (
+                np.zeros((len(self.ids), T, 0), np.float32),
+                np.zeros((len(self.ids), T, 0), bool),
+            )
         if radiomics is not None:
-            r = radiomics.reindex(self.ids).values.astype(np.float32)     # NaN where missing: the model decides
+            r = radiomics.reindex(self.ids).values.astype(
+                np.float32
+            )  # NaN where missing: the model decides
             self.clin = np.concatenate([self.clin, r], 1)
-    def __len__(self): return len(self.ids)
-    def set_epoch(self, epoch: int): self.epoch = epoch
+
+    def __len__(self):
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
     def __getitem__(self, i):
         p = self.pos[i]
         x = torch.from_numpy(np.array(self.pre.images[p], dtype=np.float32))
         m = torch.from_numpy(np.array(self.pre.masks[p], dtype=np.float32))
         present = torch.from_numpy(np.array(self.pre.present[p], dtype=bool))
         if self.augment is not None:
-            g = torch.Generator().manual_seed(int(self.seed)*1_000_003 + self.epoch*10_007 + int(p))
+            g = torch.Generator().manual_seed(
+                int(self.seed) * 1_000_003 + self.epoch * 10_007 + int(p)
+            )
             x, m = augment_exams(x, self.augment, g, m)
             if self.augment.drop_input:
                 keep = (torch.rand(present.shape, generator=g) >= self.augment.drop_input) & present
-                if keep.any(): present = keep
-            x = x*present[..., None, None, None]          # missing (or hidden) stays zero after the jitter
-        return dict(images=x, masks=m, present=present, labs=torch.from_numpy(self.labs[i]), labs_missing=torch.from_numpy(self.labs_missing[i]),
-                    clinical=torch.from_numpy(self.clin[i]), y=torch.tensor(self.y[i]), patient_id=self.ids[i])
+                if keep.any():
+                    present = keep
+            x = (
+                x * present[..., None, None, None]
+            )  # missing (or hidden) stays zero after the jitter
+        return dict(
+            images=x,
+            masks=m,
+            present=present,
+            labs=torch.from_numpy(self.labs[i]),
+            labs_missing=torch.from_numpy(self.labs_missing[i]),
+            clinical=torch.from_numpy(self.clin[i]),
+            y=torch.tensor(self.y[i]),
+            patient_id=self.ids[i],
+        )

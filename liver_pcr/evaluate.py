@@ -23,79 +23,136 @@ __all__ = ['DeLong', 'METRICS', 'Calibration', 'true_auc', 'auc', 'bootstrap_ind
            'compare_runs', 'cmd_compare']
 
 # %% ../nbs/09_evaluate.ipynb #d7fe1da4
-def _yp(y, p, # outcomes (0/1) and predictions, one per patient
-        prob: bool = False, # must `p` be probabilities in [0, 1]?
-        both: bool = True): # must both outcomes be present?
+def _yp(
+    y,
+    p,  # outcomes (0/1) and predictions, one per patient
+    prob: bool = False,  # must `p` be probabilities in [0, 1]?
+    both: bool = True,  # must both outcomes be present?
+):
     "Check and return `(y, p)` as 1-D arrays of ints and floats."
     y, p = np.asarray(y), np.asarray(p, dtype=float)
     if y.ndim != 1 or y.shape != p.shape or len(y) == 0:
-        raise LiverPcrError(f"y and p must be 1-D, non-empty and of the same length; got shapes {y.shape} and {p.shape}")
-    if not np.isin(y, (0, 1)).all(): raise LiverPcrError(f"y must be 0/1; got {sorted(set(y.tolist()) - {0, 1})[:5]}")
-    if not np.isfinite(p).all(): raise LiverPcrError(f"p has {(~np.isfinite(p)).sum()} missing or infinite value(s)")
-    if prob and ((p < 0) | (p > 1)).any(): raise LiverPcrError(f"p must be probabilities in [0, 1]; got {p.min():.3g} to {p.max():.3g}")
+        raise LiverPcrError(
+            f"y and p must be 1-D, non-empty and of the same length; got shapes {y.shape} and {p.shape}"
+        )
+    if not np.isin(y, (0, 1)).all():
+        raise LiverPcrError(f"y must be 0/1; got {sorted(set(y.tolist()) - {0, 1})[:5]}")
+    if not np.isfinite(p).all():
+        raise LiverPcrError(f"p has {(~np.isfinite(p)).sum()} missing or infinite value(s)")
+    if prob and ((p < 0) | (p > 1)).any():
+        raise LiverPcrError(
+            f"p must be probabilities in [0, 1]; got {p.min():.3g} to {p.max():.3g}"
+        )
     y = y.astype(int)
-    if both and y.min() == y.max(): raise LiverPcrError(f"both outcomes are needed; all {len(y)} patients have y = {y[0]}")
+    if both and y.min() == y.max():
+        raise LiverPcrError(f"both outcomes are needed; all {len(y)} patients have y = {y[0]}")
     return y, p
 
 # %% ../nbs/09_evaluate.ipynb #bdeb221c
-def true_auc(d: float) -> float: # separation of the two unit-variance normals
+def true_auc(
+    d: float,  # separation of the two unit-variance normals
+) -> float:
     "The AUC of the binormal model: Φ(d/√2)."
     return float(stats.norm.cdf(d / math.sqrt(2)))
 
 # %% ../nbs/09_evaluate.ipynb #a6f3d4cf
-def _auc_rows(y, p): # (..., N) outcomes and predictions
+def _auc_rows(
+    y,
+    p,  # (..., N) outcomes and predictions
+):
     "AUC of each row by midranks; nan where a row lacks an outcome."
     r = stats.rankdata(p, axis=-1)
-    m = y.sum(-1); n = y.shape[-1] - m
+    m = y.sum(-1)
+    n = y.shape[-1] - m
     with np.errstate(invalid='ignore', divide='ignore'):
         return ((r * y).sum(-1) - m * (m + 1) / 2) / (m * n)
 
-def auc(y, p) -> float: # outcomes (0/1) and predictions, one per patient
+
+def auc(
+    y,
+    p,  # outcomes (0/1) and predictions, one per patient
+) -> float:
     "Area under the ROC curve (Mann–Whitney, ties count one half)."
     y, p = _yp(y, p)
     return float(_auc_rows(y, p))
 
 # %% ../nbs/09_evaluate.ipynb #27456044
-def bootstrap_indices(y, # outcomes (0/1), one per patient
-                      n_boot: int = 2000, seed: int = 0,
-                      stratified: bool = True): # resample positives and negatives separately
+def bootstrap_indices(
+    y,  # outcomes (0/1), one per patient
+    n_boot: int = 2000,
+    seed: int = 0,
+    stratified: bool = True,  # resample positives and negatives separately
+):
     "An `(n_boot, N)` matrix of patient indices, one bootstrap resample per row."
     y, rng = np.asarray(y), np.random.default_rng(seed)
-    if not stratified: return rng.integers(0, len(y), (n_boot, len(y)))
+    if not stratified:
+        return rng.integers(0, len(y), (n_boot, len(y)))
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y != 1)
-    return np.concatenate([rng.choice(pos, (n_boot, len(pos))), rng.choice(neg, (n_boot, len(neg)))], axis=1)
+    return np.concatenate(
+        [rng.choice(pos, (n_boot, len(pos))), rng.choice(neg, (n_boot, len(neg)))], axis=1
+    )
 
 # %% ../nbs/09_evaluate.ipynb #01601fd2
-def bootstrap_ci(stat_fn, # vectorised statistic: (y, p, *extra) as (B, N) matrices -> (B,) or (B, k)
-                 y, p, *extra, # outcomes, predictions and other per-patient arrays
-                 n_boot: int = 2000, seed: int = 0, stratified: bool = True,
-                 level: float = 0.95): # coverage of the percentile interval
+def bootstrap_ci(
+    stat_fn,  # vectorised statistic: (y, p, *extra) as (B, N) matrices -> (B,) or (B, k)
+    y,
+    p,
+    *extra,  # outcomes, predictions and other per-patient arrays
+    n_boot: int = 2000,
+    seed: int = 0,
+    stratified: bool = True,
+    level: float = 0.95,  # coverage of the percentile interval
+):
     "Percentile bootstrap interval `(low, high)` of a statistic, resampling patients."
     y, p = _yp(y, p, both=stratified)
     idx = bootstrap_indices(y, n_boot, seed, stratified)
     st = np.asarray(stat_fn(y[idx], p[idx], *(np.asarray(e)[idx] for e in extra)), dtype=float)
     a = (1 - level) / 2
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RuntimeWarning)   # a statistic undefined in every resample stays nan
+        warnings.simplefilter(
+            'ignore', RuntimeWarning
+        )  # a statistic undefined in every resample stays nan
         lo, hi = np.nanquantile(st, [a, 1 - a], axis=0)
     return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
 
-def bootstrap_auc_ci(y, p, # outcomes (0/1) and predictions
-                     n_boot: int = 2000, seed: int = 0, stratified: bool = True, level: float = 0.95):
+
+def bootstrap_auc_ci(
+    y,
+    p,  # outcomes (0/1) and predictions
+    n_boot: int = 2000,
+    seed: int = 0,
+    stratified: bool = True,
+    level: float = 0.95,
+):
     "Percentile bootstrap interval `(low, high)` of the AUC."
-    return bootstrap_ci(_auc_rows, y, p, n_boot=n_boot, seed=seed, stratified=stratified, level=level)
+    return bootstrap_ci(
+        _auc_rows, y, p, n_boot=n_boot, seed=seed, stratified=stratified, level=level
+    )
 
 # %% ../nbs/09_evaluate.ipynb #9be5cbac
 DeLong = namedtuple('DeLong', 'auc1 auc2 diff se z p')
 
-def _delong_cov(y, P): # outcomes (0/1) and (k, N) predictions of k models
+
+def _delong_cov(
+    y,
+    P,  # outcomes (0/1) and (k, N) predictions of k models
+):
     "AUCs of the k models and their DeLong covariance matrix, by midranks (Sun & Xu 2014)."
-    P = np.atleast_2d(P); pos = y == 1; m, n = pos.sum(), (~pos).sum()
-    if min(m, n) < 2: raise LiverPcrError(f"DeLong's variance needs at least 2 patients of each outcome; got {m} and {n}")
+    P = np.atleast_2d(P)
+    pos = y == 1
+    m, n = pos.sum(), (~pos).sum()
+    if min(m, n) < 2:
+        raise LiverPcrError(
+            f"DeLong's variance needs at least 2 patients of each outcome; got {m} and {n}"
+        )
     X, Y = P[:, pos], P[:, ~pos]
     tz = stats.rankdata(np.concatenate([X, Y], axis=1), axis=1)
-    v10 = (tz[:, :m] - stats.rankdata(X, axis=1)) / n        # placement of each positive among the negatives
-    v01 = 1 - (tz[:, m:] - stats.rankdata(Y, axis=1)) / m    # placement of each negative among the positives
+    v10 = (
+        tz[:, :m] - stats.rankdata(X, axis=1)
+    ) / n  # placement of each positive among the negatives
+    v01 = (
+        1 - (tz[:, m:] - stats.rankdata(Y, axis=1)) / m
+    )  # placement of each negative among the positives
     S = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
     return v10.mean(1), S
 
@@ -105,35 +162,59 @@ def _ztest(a1, a2, var):
     z = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
     return DeLong(float(a1), float(a2), diff, se, z, float(2 * stats.norm.sf(abs(z))))
 
-def delong_test(y, p1, p2) -> DeLong: # outcomes and two models' predictions for the same patients
+
+def delong_test(
+    y,
+    p1,
+    p2,  # outcomes and two models' predictions for the same patients
+) -> DeLong:
     "DeLong's paired test of two correlated AUCs (two-sided)."
-    y, p1 = _yp(y, p1); _, p2 = _yp(y, p2)
+    y, p1 = _yp(y, p1)
+    _, p2 = _yp(y, p2)
     (a1, a2), S = _delong_cov(y, np.vstack([p1, p2]))
     return _ztest(a1, a2, S[0, 0] + S[1, 1] - 2 * S[0, 1])
 
-def delong_vs_chance(y, p) -> DeLong: # outcomes and predictions
+
+def delong_vs_chance(
+    y,
+    p,  # outcomes and predictions
+) -> DeLong:
     "DeLong's test of one AUC against 0.5 (two-sided)."
     y, p = _yp(y, p)
     (a,), S = _delong_cov(y, p[None])
     return _ztest(a, 0.5, S[0, 0])
 
 # %% ../nbs/09_evaluate.ipynb #f6e3577b
-def youden_threshold(y, p) -> float: # outcomes (0/1) and predictions
+def youden_threshold(
+    y,
+    p,  # outcomes (0/1) and predictions
+) -> float:
     "The threshold maximising sensitivity + specificity − 1 (positive when p ≥ threshold); ties: the lowest."
     y, p = _yp(y, p)
     u, ps, ns = np.unique(p), np.sort(p[y == 1]), np.sort(p[y == 0])
-    sens = 1 - np.searchsorted(ps, u, 'left') / len(ps)   # positives with p >= u
-    spec = np.searchsorted(ns, u, 'left') / len(ns)       # negatives with p < u
-    k = int(np.argmax(sens + spec))                        # first maximum = lowest cut
+    sens = 1 - np.searchsorted(ps, u, 'left') / len(ps)  # positives with p >= u
+    spec = np.searchsorted(ns, u, 'left') / len(ns)  # negatives with p < u
+    k = int(np.argmax(sens + spec))  # first maximum = lowest cut
     return float(u[k] if k == 0 else (u[k - 1] + u[k]) / 2)
 
 # %% ../nbs/09_evaluate.ipynb #740745ad
 METRICS = ['sensitivity', 'specificity', 'ppv', 'npv', 'balanced_accuracy']
 
-def _confusion(y, p, t): # (..., N) outcomes, predictions and thresholds
+
+def _confusion(
+    y,
+    p,
+    t,  # (..., N) outcomes, predictions and thresholds
+):
     "TP, FN, FP, TN counts of each row."
     pred, pos = p >= t, y == 1
-    return (pred & pos).sum(-1), (~pred & pos).sum(-1), (pred & ~pos).sum(-1), (~pred & ~pos).sum(-1)
+    return (
+        (pred & pos).sum(-1),
+        (~pred & pos).sum(-1),
+        (pred & ~pos).sum(-1),
+        (~pred & ~pos).sum(-1),
+    )
+
 
 def _metric_rows(y, p, t):
     "The `METRICS` of each row: shape (..., 5); nan where undefined."
@@ -143,174 +224,301 @@ def _metric_rows(y, p, t):
         return np.stack([se, sp, tp / (tp + fp), tn / (tn + fn), (se + sp) / 2], axis=-1)
 
 # %% ../nbs/09_evaluate.ipynb #5df23045
-def _per_patient(threshold, n: int): # a number, or one number per patient
+def _per_patient(
+    threshold,
+    n: int,  # a number, or one number per patient
+):
     t = np.asarray(threshold, dtype=float)
-    if t.ndim == 0 or t.shape == (n,): return np.broadcast_to(t, (n,))
-    raise LiverPcrError(f"threshold must be one number or one per patient ({n}); got shape {t.shape}")
+    if t.ndim == 0 or t.shape == (n,):
+        return np.broadcast_to(t, (n,))
+    raise LiverPcrError(
+        f"threshold must be one number or one per patient ({n}); got shape {t.shape}"
+    )
 
-def threshold_metrics(y, p, # outcomes (0/1) and predictions
-                      threshold=0.5, # one threshold, or one per patient (its fold's)
-                      n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+
+def threshold_metrics(
+    y,
+    p,  # outcomes (0/1) and predictions
+    threshold=0.5,  # one threshold, or one per patient (its fold's)
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
     "Sensitivity, specificity, PPV, NPV, balanced accuracy with stratified bootstrap percentile CIs."
-    y, p = _yp(y, p); t = _per_patient(threshold, len(y))
+    y, p = _yp(y, p)
+    t = _per_patient(threshold, len(y))
     tp, fn, fp, tn = _confusion(y, p, t)
     lo, hi = bootstrap_ci(_metric_rows, y, p, t, n_boot=n_boot, seed=seed, level=level)
-    counts = [f'{tp}/{tp+fn}', f'{tn}/{tn+fp}', f'{tp}/{tp+fp}', f'{tn}/{tn+fn}', '']
-    return pd.DataFrame(dict(estimate=_metric_rows(y, p, t), ci_low=lo, ci_high=hi, counts=counts),
-                        index=pd.Index(METRICS, name='metric'))
+    counts = [f'{tp}/{tp + fn}', f'{tn}/{tn + fp}', f'{tp}/{tp + fp}', f'{tn}/{tn + fn}', '']
+    return pd.DataFrame(
+        dict(estimate=_metric_rows(y, p, t), ci_low=lo, ci_high=hi, counts=counts),
+        index=pd.Index(METRICS, name='metric'),
+    )
 
 # %% ../nbs/09_evaluate.ipynb #5bccf9cc
-def brier(y, p) -> float: # outcomes (0/1) and probabilities
+def brier(
+    y,
+    p,  # outcomes (0/1) and probabilities
+) -> float:
     "Brier score: mean squared difference between probability and outcome."
     y, p = _yp(y, p, prob=True, both=False)
     return float(np.mean((p - y) ** 2))
 
-def _logistic(X, y, offset, n_iter: int = 100, tol: float = 1e-10): # design, outcomes, fixed offset
+
+def _logistic(
+    X,
+    y,
+    offset,
+    n_iter: int = 100,
+    tol: float = 1e-10,  # design, outcomes, fixed offset
+):
     "Maximum-likelihood coefficients of logit P(y) = X·b + offset, by Newton–Raphson; nan if there is none."
     b = np.zeros(X.shape[1])
     for _ in range(n_iter):
         mu = expit(X @ b + offset)
         step = np.linalg.lstsq((X * (mu * (1 - mu))[:, None]).T @ X, X.T @ (y - mu), rcond=None)[0]
         b += step
-        if np.abs(step).max() < tol: return b
-    warnings.warn("logistic recalibration did not converge (are the outcomes separated by p?): returning nan")
+        if np.abs(step).max() < tol:
+            return b
+    warnings.warn(
+        "logistic recalibration did not converge (are the outcomes separated by p?): returning nan"
+    )
     return np.full_like(b, np.nan)
 
 # %% ../nbs/09_evaluate.ipynb #93f04e24
 Calibration = namedtuple('Calibration', 'intercept slope')
 
-def calibration_intercept_slope(y, p, # outcomes (0/1) and probabilities
-                                eps: float = 1e-6) -> Calibration: # p is clipped to [eps, 1 - eps]
+
+def calibration_intercept_slope(
+    y,
+    p,  # outcomes (0/1) and probabilities
+    eps: float = 1e-6,  # p is clipped to [eps, 1 - eps]
+) -> Calibration:
     "Calibration-in-the-large (intercept with logit(p) as offset) and calibration slope."
     y, p = _yp(y, p, prob=True)
     lp = logit(np.clip(p, eps, 1 - eps))
     a = _logistic(np.ones((len(y), 1)), y, lp)[0]
     return Calibration(float(a), float(_recalibration(y, lp)[1]))
 
-def _recalibration(y, lp): # outcomes and the model's log-odds
+
+def _recalibration(
+    y,
+    lp,  # outcomes and the model's log-odds
+):
     "`(a, b)` of the logistic recalibration fit  logit P(y=1) = a + b·lp."
     return _logistic(np.column_stack([np.ones(len(y)), lp]), np.asarray(y, float), np.zeros(len(y)))
 
 # %% ../nbs/09_evaluate.ipynb #ce3f87a1
-def wilson_ci(k, n, # successes and trials (numbers or arrays)
-              level: float = 0.95):
+def wilson_ci(
+    k,
+    n,  # successes and trials (numbers or arrays)
+    level: float = 0.95,
+):
     "Wilson score interval `(low, high)` for a proportion k/n."
-    k, n = np.asarray(k, float), np.asarray(n, float); z = stats.norm.ppf(1 - (1 - level) / 2)
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    z = stats.norm.ppf(1 - (1 - level) / 2)
     c = (k + z * z / 2) / (n + z * z)
     h = z * np.sqrt(n) / (n + z * z) * np.sqrt(k / n * (1 - k / n) + z * z / (4 * n))
     return np.clip(c - h, 0, 1), np.clip(c + h, 0, 1)
 
 # %% ../nbs/09_evaluate.ipynb #0d2bd7a7
-def calibration_curve(y, p, # outcomes (0/1) and probabilities
-                      n_bins: int = 5, strategy: str = 'quantile', # 'quantile': equal-sized bins; 'uniform': equal-width
-                      level: float = 0.95) -> pd.DataFrame:
+def calibration_curve(
+    y,
+    p,  # outcomes (0/1) and probabilities
+    n_bins: int = 5,
+    strategy: str = 'quantile',  # 'quantile': equal-sized bins; 'uniform': equal-width
+    level: float = 0.95,
+) -> pd.DataFrame:
     "Grouped calibration: mean predicted probability, observed rate with Wilson CI, and n per bin."
     y, p = _yp(y, p, prob=True, both=False)
-    if strategy == 'quantile': edges = np.unique(np.quantile(p, np.linspace(0, 1, n_bins + 1)))
-    elif strategy == 'uniform': edges = np.linspace(0, 1, n_bins + 1)
-    else: raise ConfigError(f"calibration_curve: strategy must be 'quantile' or 'uniform', not {strategy!r}")
+    if strategy == 'quantile':
+        edges = np.unique(np.quantile(p, np.linspace(0, 1, n_bins + 1)))
+    elif strategy == 'uniform':
+        edges = np.linspace(0, 1, n_bins + 1)
+    else:
+        raise ConfigError(
+            f"calibration_curve: strategy must be 'quantile' or 'uniform', not {strategy!r}"
+        )
     b = np.clip(np.searchsorted(edges, p, 'right') - 1, 0, max(len(edges) - 2, 0))
     g = pd.DataFrame(dict(bin=b, p=p, y=y)).groupby('bin')
-    df = g.agg(p_mean=('p', 'mean'), observed=('y', 'mean'), n=('y', 'size'), k=('y', 'sum')).reset_index(drop=True)
+    df = g.agg(
+        p_mean=('p', 'mean'), observed=('y', 'mean'), n=('y', 'size'), k=('y', 'sum')
+    ).reset_index(drop=True)
     df['ci_low'], df['ci_high'] = wilson_ci(df.k, df.n, level)
     return df.drop(columns='k')
 
 # %% ../nbs/09_evaluate.ipynb #b30ef19d
-def lowess(x, y, # points to smooth
-           frac: float = 2 / 3, # fraction of the points in each local fit
-           at=None): # where to evaluate (default: the distinct x)
+def lowess(
+    x,
+    y,  # points to smooth
+    frac: float = 2 / 3,  # fraction of the points in each local fit
+    at=None,  # where to evaluate (default: the distinct x)
+):
     "Locally linear smoother with tricube weights; returns `(at, fitted)`."
     x, y = np.asarray(x, float), np.asarray(y, float)
     at = np.unique(x) if at is None else np.asarray(at, float)
     d = np.abs(x[None, :] - at[:, None])
     h = np.sort(d, axis=1)[:, min(max(int(np.ceil(frac * len(x))), 2), len(x)) - 1]
     w = (1 - np.clip(d / np.maximum(h, 1e-12)[:, None], 0, 1) ** 3) ** 3
-    sw = w.sum(1); xm, ym = (w * x).sum(1) / sw, (w * y).sum(1) / sw
-    sxx = (w * (x - xm[:, None]) ** 2).sum(1); sxy = (w * (x - xm[:, None]) * (y - ym[:, None])).sum(1)
+    sw = w.sum(1)
+    xm, ym = (w * x).sum(1) / sw, (w * y).sum(1) / sw
+    sxx = (w * (x - xm[:, None]) ** 2).sum(1)
+    sxy = (w * (x - xm[:, None]) * (y - ym[:, None])).sum(1)
     return at, ym + np.divide(sxy, sxx, out=np.zeros_like(sxx), where=sxx > 1e-15) * (at - xm)
 
 # %% ../nbs/09_evaluate.ipynb #fe553b4c
-def net_benefit(y, p, # outcomes (0/1) and probabilities
-                thresholds=np.arange(0.05, 0.96, 0.01)) -> pd.DataFrame: # threshold probabilities in [0, 1)
+def net_benefit(
+    y,
+    p,  # outcomes (0/1) and probabilities
+    thresholds=np.arange(0.05, 0.96, 0.01),  # threshold probabilities in [0, 1)
+) -> pd.DataFrame:
     "Decision curve: net benefit of the model, of treating all and of treating none at each threshold."
     y, p = _yp(y, p, prob=True, both=False)
     t, n = np.asarray(thresholds, float), len(y)
-    if ((t < 0) | (t >= 1)).any(): raise LiverPcrError("net benefit thresholds must be in [0, 1)")
+    if ((t < 0) | (t >= 1)).any():
+        raise LiverPcrError("net benefit thresholds must be in [0, 1)")
     pred, w, prev = p[None, :] >= t[:, None], t / (1 - t), y.mean()
     tp, fp = (pred & (y == 1)).sum(1) / n, (pred & (y == 0)).sum(1) / n
-    return pd.DataFrame(dict(threshold=t, net_benefit=tp - fp * w, treat_all=prev - (1 - prev) * w, treat_none=0.0))
+    return pd.DataFrame(
+        dict(threshold=t, net_benefit=tp - fp * w, treat_all=prev - (1 - prev) * w, treat_none=0.0)
+    )
 
 # %% ../nbs/09_evaluate.ipynb #061b0aa8
 def _roc(y, p):
-    o = np.argsort(-p, kind='stable'); ps, ys = p[o], y[o]
-    last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]   # the last patient of each distinct score
-    tp = np.cumsum(ys)[last]; fp = last + 1 - tp
+    o = np.argsort(-p, kind='stable')
+    ps, ys = p[o], y[o]
+    last = np.r_[
+        np.flatnonzero(np.diff(ps)), len(ps) - 1
+    ]  # the last patient of each distinct score
+    tp = np.cumsum(ys)[last]
+    fp = last + 1 - tp
     return np.r_[0, fp / fp[-1]], np.r_[0, tp / tp[-1]]
 
-def roc_points(y, p): # outcomes (0/1) and predictions
+
+def roc_points(
+    y,
+    p,  # outcomes (0/1) and predictions
+):
     "`(fpr, tpr)` of the empirical ROC curve, from (0, 0) to (1, 1)."
     return _roc(*_yp(y, p))
 
-def roc_band(y, p, grid=np.linspace(0, 1, 101), # outcomes, predictions and the FPR grid
-             n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+
+def roc_band(
+    y,
+    p,
+    grid=np.linspace(0, 1, 101),  # outcomes, predictions and the FPR grid
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+):
     "`(grid, low, high)`: pointwise bootstrap percentile band of the TPR at each FPR."
     y, p = _yp(y, p)
-    tprs = np.stack([np.interp(grid, *_roc(y[i], p[i])) for i in bootstrap_indices(y, n_boot, seed)])
+    tprs = np.stack(
+        [np.interp(grid, *_roc(y[i], p[i])) for i in bootstrap_indices(y, n_boot, seed)]
+    )
     return grid, *np.quantile(tprs, [(1 - level) / 2, 1 - (1 - level) / 2], axis=0)
 
 # %% ../nbs/09_evaluate.ipynb #f21e33d9
 def _axes(ax=None, figsize=(5.5, 5)):
     import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=figsize)
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
     return ax.figure, ax
 
-def plot_roc(runs: dict, # {name: (y, p)}
-             ci: bool | str = 'auto', # True: a band per run; 'first': for the first run only; False: none; 'auto': all up to two runs, else 'first'
-             n_boot: int = 2000, seed: int = 0, ax=None):
+
+def plot_roc(
+    runs: dict,  # {name: (y, p)}
+    ci: bool
+    | str = 'auto',  # True: a band per run; 'first': for the first run only; False: none; 'auto': all up to two runs, else 'first'
+    n_boot: int = 2000,
+    seed: int = 0,
+    ax=None,
+):
     "ROC curves with AUC [95% CI] in the legend and bootstrap bands."
     fig, ax = _axes(ax)
-    if ci == 'auto': ci = True if len(runs) <= 2 else 'first'   # six overlapping bands hide every curve
+    if ci == 'auto':
+        ci = True if len(runs) <= 2 else 'first'  # six overlapping bands hide every curve
     for i, (name, (y, p)) in enumerate(runs.items()):
         lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot, seed=seed)
-        line, = ax.plot(*roc_points(y, p), lw=2, label=f'{name}: AUC {auc(y, p):.2f} [{lo:.2f}, {hi:.2f}]')
+        (line,) = ax.plot(
+            *roc_points(y, p), lw=2, label=f'{name}: AUC {auc(y, p):.2f} [{lo:.2f}, {hi:.2f}]'
+        )
         if ci is True or (ci == 'first' and i == 0):
-            ax.fill_between(*roc_band(y, p, n_boot=n_boot, seed=seed), color=line.get_color(), alpha=.15, lw=0)
+            ax.fill_between(
+                *roc_band(y, p, n_boot=n_boot, seed=seed), color=line.get_color(), alpha=0.15, lw=0
+            )
     ax.plot([0, 1], [0, 1], ls=':', color='grey', lw=1)
-    ax.set(xlabel='1 − specificity', ylabel='sensitivity', xlim=(0, 1), ylim=(0, 1.01),
-           title='ROC (95% bootstrap CI' + ('' if ci is True else f' band: {next(iter(runs))}' if ci else ' in the legend') + ')')
+    ax.set(
+        xlabel='1 − specificity',
+        ylabel='sensitivity',
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title='ROC (95% bootstrap CI'
+        + ('' if ci is True else f' band: {next(iter(runs))}' if ci else ' in the legend')
+        + ')',
+    )
     ax.legend(loc='lower right', fontsize='small')
     return fig
 
 # %% ../nbs/09_evaluate.ipynb #86ed867c
-def plot_calibration(runs: dict, # {name: (y, p)}
-                     n_bins: int = 5, smooth: bool | str = 'auto', # grouped points, and a curve: True/'lowess', 'logistic' (the recalibration fit), False; 'auto': LOWESS up to two runs, else logistic
-                     errorbars: bool | str = 'auto', # Wilson CIs of the grouped points ('auto': up to two runs)
-                     ax=None):
+def plot_calibration(
+    runs: dict,  # {name: (y, p)}
+    n_bins: int = 5,
+    smooth: bool
+    | str = 'auto',  # grouped points, and a curve: True/'lowess', 'logistic' (the recalibration fit), False; 'auto': LOWESS up to two runs, else logistic
+    errorbars: bool | str = 'auto',  # Wilson CIs of the grouped points ('auto': up to two runs)
+    ax=None,
+):
     "Calibration plot: binned observed rate (Wilson CI) against mean prediction, with slope and intercept in the legend."
     fig, ax = _axes(ax)
-    if errorbars == 'auto': errorbars = len(runs) <= 2
-    if smooth == 'auto': smooth = 'lowess' if len(runs) <= 2 else 'logistic'   # LOWESS of a few dozen 0/1 outcomes swings wildly
+    if errorbars == 'auto':
+        errorbars = len(runs) <= 2
+    if smooth == 'auto':
+        smooth = (
+            'lowess' if len(runs) <= 2 else 'logistic'
+        )  # LOWESS of a few dozen 0/1 outcomes swings wildly
     for name, (y, p) in runs.items():
         c, cal = calibration_curve(y, p, n_bins=n_bins), calibration_intercept_slope(y, p)
-        yerr = np.clip([c.observed - c.ci_low, c.ci_high - c.observed], 0, None) if errorbars else None
-        eb = ax.errorbar(c.p_mean, c.observed, yerr=yerr, fmt='o', capsize=3, ms=5 if errorbars else 4,
-                         label=f'{name} (slope {cal.slope:.2f}, intercept {cal.intercept:+.2f})')
+        yerr = (
+            np.clip([c.observed - c.ci_low, c.ci_high - c.observed], 0, None) if errorbars else None
+        )
+        eb = ax.errorbar(
+            c.p_mean,
+            c.observed,
+            yerr=yerr,
+            fmt='o',
+            capsize=3,
+            ms=5 if errorbars else 4,
+            label=f'{name} (slope {cal.slope:.2f}, intercept {cal.intercept:+.2f})',
+        )
         at = np.linspace(np.min(p), np.max(p), 50)
-        if smooth == 'logistic':                       # observed = expit(a + b·logit(p)): the curve behind the slope in the legend
+        if (
+            smooth == 'logistic'
+        ):  # observed = expit(a + b·logit(p)): the curve behind the slope in the legend
             lp = lambda q: logit(np.clip(q, 1e-6, 1 - 1e-6))
             a, b = _recalibration(y, lp(np.asarray(p, float)))
-            ax.plot(at, expit(a + b*lp(at)), color=eb.lines[0].get_color(), lw=1.5)
+            ax.plot(at, expit(a + b * lp(at)), color=eb.lines[0].get_color(), lw=1.5)
         elif smooth:
             at, fit = lowess(p, y, at=at)
             ax.plot(at, np.clip(fit, 0, 1), color=eb.lines[0].get_color(), lw=1.5)
     ax.plot([0, 1], [0, 1], ls=':', color='grey', lw=1)
-    ax.set(xlabel='predicted probability', ylabel='observed rate', xlim=(0, 1), ylim=(0, 1), title='Calibration')
+    ax.set(
+        xlabel='predicted probability',
+        ylabel='observed rate',
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title='Calibration',
+    )
     ax.legend(loc='upper left', fontsize='small')
     return fig
 
 # %% ../nbs/09_evaluate.ipynb #f4623ba5
-def plot_decision_curve(runs: dict, # {name: (y, p)}, on the same patients
-                        thresholds=np.arange(0.05, 0.96, 0.01), ax=None):
+def plot_decision_curve(
+    runs: dict,  # {name: (y, p)}, on the same patients
+    thresholds=np.arange(0.05, 0.96, 0.01),
+    ax=None,
+):
     "Decision curves of the runs, with treat-all and treat-none."
     fig, ax = _axes(ax)
     for name, (y, p) in runs.items():
@@ -319,7 +527,12 @@ def plot_decision_curve(runs: dict, # {name: (y, p)}, on the same patients
     ax.plot(nb.threshold, nb.treat_all, color='grey', lw=1, label='treat all')
     ax.axhline(0, color='black', lw=1, label='treat none')
     prev = max(float(np.mean(y)) for y, _ in runs.values())
-    ax.set(xlabel='threshold probability', ylabel='net benefit', ylim=(-0.05, prev + 0.05), title='Decision curve')
+    ax.set(
+        xlabel='threshold probability',
+        ylabel='net benefit',
+        ylim=(-0.05, prev + 0.05),
+        title='Decision curve',
+    )
     ax.legend(loc='upper right', fontsize='small')
     return fig
 
@@ -327,30 +540,53 @@ def plot_decision_curve(runs: dict, # {name: (y, p)}, on the same patients
 def _fold_thresholds(df, thresholds):
     "Each patient's threshold, the threshold per fold, and where they came from."
     folds = [str(f) for f in pd.unique(df.fold)]
-    if thresholds is None: t, src = {f: 0.5 for f in folds}, 'default 0.5'
+    if thresholds is None:
+        t, src = {f: 0.5 for f in folds}, 'default 0.5'
     elif isinstance(thresholds, (int, float, np.integer, np.floating)):
         t, src = {f: float(thresholds) for f in folds}, f'fixed {float(thresholds):g}'
     else:
-        m = dict(zip(thresholds.fold, thresholds.threshold)) if isinstance(thresholds, pd.DataFrame) else dict(thresholds)
+        m = (
+            dict(zip(thresholds.fold, thresholds.threshold))
+            if isinstance(thresholds, pd.DataFrame)
+            else dict(thresholds)
+        )
         m = {str(k): float(v) for k, v in m.items()}
         missing = [f for f in folds if f not in m]
-        if missing: raise LiverPcrError(f"no threshold for fold(s) {few(missing)}")
+        if missing:
+            raise LiverPcrError(f"no threshold for fold(s) {few(missing)}")
         t, src = {f: m[f] for f in folds}, 'per fold'
     return df.fold.astype(str).map(t).to_numpy(float), t, src
 
 # %% ../nbs/09_evaluate.ipynb #ecf06557
-def summarize_predictions(df: pd.DataFrame, # predictions: y_true, p, fold
-                          thresholds=None, # per fold (DataFrame fold, threshold or dict), one number, or None for 0.5
-                          n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def summarize_predictions(
+    df: pd.DataFrame,  # predictions: y_true, p, fold
+    thresholds=None,  # per fold (DataFrame fold, threshold or dict), one number, or None for 0.5
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     "The summary of one run's out-of-fold predictions, as a JSON-ready dict."
     y, p = _yp(df.y_true.to_numpy(), df.p.to_numpy(), prob=True)
     t, per_fold, src = _fold_thresholds(df, thresholds)
     lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot, seed=seed, level=level)
-    cal, tm = calibration_intercept_slope(y, p), threshold_metrics(y, p, t, n_boot=n_boot, seed=seed, level=level)
-    out = dict(n=len(y), n_pos=int(y.sum()), auc=auc(y, p), auc_ci=[lo, hi], auc_p_vs_chance=delong_vs_chance(y, p).p,
-               brier=brier(y, p), calibration_intercept=cal.intercept, calibration_slope=cal.slope,
-               threshold_source=src, thresholds=per_fold)
-    for m in METRICS: out |= {m: float(tm.estimate[m]), f'{m}_ci': [float(tm.ci_low[m]), float(tm.ci_high[m])]}
+    cal, tm = (
+        calibration_intercept_slope(y, p),
+        threshold_metrics(y, p, t, n_boot=n_boot, seed=seed, level=level),
+    )
+    out = dict(
+        n=len(y),
+        n_pos=int(y.sum()),
+        auc=auc(y, p),
+        auc_ci=[lo, hi],
+        auc_p_vs_chance=delong_vs_chance(y, p).p,
+        brier=brier(y, p),
+        calibration_intercept=cal.intercept,
+        calibration_slope=cal.slope,
+        threshold_source=src,
+        thresholds=per_fold,
+    )
+    for m in METRICS:
+        out |= {m: float(tm.estimate[m]), f'{m}_ci': [float(tm.ci_low[m]), float(tm.ci_high[m])]}
     return out
 
 # %% ../nbs/09_evaluate.ipynb #ef4619d8
@@ -362,12 +598,19 @@ def _same_patients(runs: list[Run]):
         ri = r.predictions.set_index('patient_id').y_true
         a, b = sorted(set(r0.index) - set(ri.index)), sorted(set(ri.index) - set(r0.index))
         if a or b:
-            probs.append(f"{r.path} and {ref.path} are on different patients: {len(a)} only in {ref.path.name} "
-                         f"({few(a)}), {len(b)} only in {r.path.name} ({few(b)})")
+            probs.append(
+                f"{r.path} and {ref.path} are on different patients: {len(a)} only in {ref.path.name} "
+                f"({few(a)}), {len(b)} only in {r.path.name} ({few(b)})"
+            )
             continue
         diff = r0.index[r0 != ri.loc[r0.index]]
-        if len(diff): probs.append(f"{r.path} and {ref.path} disagree on y_true for {len(diff)} patient(s) ({few(diff)})")
-    if probs: raise LiverPcrError(probs)
+        if len(diff):
+            probs.append(
+                f"{r.path} and {ref.path} disagree on y_true for {len(diff)} patient(s) ({few(diff)})"
+            )
+    if probs:
+        raise LiverPcrError(probs)
+
 
 def _names(runs: list[Run]) -> list[str]:
     "Run names, with the folder added where two runs share a model name."
@@ -375,9 +618,13 @@ def _names(runs: list[Run]) -> list[str]:
     return [f'{n} ({r.path.name})' if names.count(n) > 1 else n for n, r in zip(names, runs)]
 
 # %% ../nbs/09_evaluate.ipynb #8bc85dc5
-def _ci_str(est, lo, hi) -> str: return f'{est:.2f} [{lo:.2f}, {hi:.2f}]'
+def _ci_str(est, lo, hi) -> str:
+    return f'{est:.2f} [{lo:.2f}, {hi:.2f}]'
 
-def _p_str(p) -> str: return '—' if pd.isna(p) else ('<0.001' if p < 0.001 else f'{p:.3f}')
+
+def _p_str(p) -> str:
+    return '—' if pd.isna(p) else ('<0.001' if p < 0.001 else f'{p:.3f}')
+
 
 def markdown_table(
     df: pd.DataFrame,  # the table
@@ -392,64 +639,117 @@ def markdown_table(
             return f'{v:+.3f}' if col in signed else f'{v:.3f}'
         return str(v).replace('|', '\\|')
 
-    lines = ['| ' + ' | '.join(cell(None, c) for c in df.columns) + ' |', '|' + '---|'*len(df.columns)]
-    rows = ['| ' + ' | '.join(cell(c, v) for c, v in zip(df.columns, r)) + ' |' for r in df.itertuples(index=False)]
+    lines = [
+        '| ' + ' | '.join(cell(None, c) for c in df.columns) + ' |',
+        '|' + '---|' * len(df.columns),
+    ]
+    rows = [
+        '| ' + ' | '.join(cell(c, v) for c, v in zip(df.columns, r)) + ' |'
+        for r in df.itertuples(index=False)
+    ]
     return '\n'.join(lines + rows)
 
 # %% ../nbs/09_evaluate.ipynb #3d1ea011
 def _compare_row(name, r: Run, ref: pd.DataFrame, first: bool, n_boot, seed) -> tuple[dict, tuple]:
-    d = r.predictions.set_index('patient_id').loc[ref.index]      # the first run's patient order
+    d = r.predictions.set_index('patient_id').loc[ref.index]  # the first run's patient order
     s = summarize_predictions(r.predictions, r.thresholds, n_boot=n_boot, seed=seed)
     yp = (d.y_true.to_numpy(), d.p.to_numpy())
     dl = np.nan if first else delong_test(yp[0], ref.p.to_numpy(), yp[1]).p
-    row = {'model': name, 'run': str(r.path), 'n': s['n'], 'n_pos': s['n_pos'],
-           'AUC [95% CI]': _ci_str(s['auc'], *s['auc_ci']), 'auc': s['auc'], 'auc_low': s['auc_ci'][0], 'auc_high': s['auc_ci'][1],
-           'sensitivity': s['sensitivity'], 'sensitivity_low': s['sensitivity_ci'][0], 'sensitivity_high': s['sensitivity_ci'][1],
-           'specificity': s['specificity'], 'specificity_low': s['specificity_ci'][0], 'specificity_high': s['specificity_ci'][1],
-           'threshold': s['threshold_source'], 'brier': s['brier'], 'calibration_slope': s['calibration_slope'], 'delong_p': dl}
+    row = {
+        'model': name,
+        'run': str(r.path),
+        'n': s['n'],
+        'n_pos': s['n_pos'],
+        'AUC [95% CI]': _ci_str(s['auc'], *s['auc_ci']),
+        'auc': s['auc'],
+        'auc_low': s['auc_ci'][0],
+        'auc_high': s['auc_ci'][1],
+        'sensitivity': s['sensitivity'],
+        'sensitivity_low': s['sensitivity_ci'][0],
+        'sensitivity_high': s['sensitivity_ci'][1],
+        'specificity': s['specificity'],
+        'specificity_low': s['specificity_ci'][0],
+        'specificity_high': s['specificity_ci'][1],
+        'threshold': s['threshold_source'],
+        'brier': s['brier'],
+        'calibration_slope': s['calibration_slope'],
+        'delong_p': dl,
+    }
     return row, yp
 
 # %% ../nbs/09_evaluate.ipynb #67893511
 def _markdown(df: pd.DataFrame) -> str:
-    show = pd.DataFrame({'model': df.model, 'n (pCR)': [f'{n} ({k})' for n, k in zip(df.n, df.n_pos)], 'AUC [95% CI]': df['AUC [95% CI]'],
-                         'sensitivity': [_ci_str(*v) for v in zip(df.sensitivity, df.sensitivity_low, df.sensitivity_high)],
-                         'specificity': [_ci_str(*v) for v in zip(df.specificity, df.specificity_low, df.specificity_high)],
-                         'Brier': df.brier.map('{:.3f}'.format), 'calibration slope': df.calibration_slope.map('{:.2f}'.format),
-                         f'DeLong p vs {df.model.iloc[0]}': df.delong_p.map(_p_str)})
+    show = pd.DataFrame(
+        {
+            'model': df.model,
+            'n (pCR)': [f'{n} ({k})' for n, k in zip(df.n, df.n_pos)],
+            'AUC [95% CI]': df['AUC [95% CI]'],
+            'sensitivity': [
+                _ci_str(*v) for v in zip(df.sensitivity, df.sensitivity_low, df.sensitivity_high)
+            ],
+            'specificity': [
+                _ci_str(*v) for v in zip(df.specificity, df.specificity_low, df.specificity_high)
+            ],
+            'Brier': df.brier.map('{:.3f}'.format),
+            'calibration slope': df.calibration_slope.map('{:.2f}'.format),
+            f'DeLong p vs {df.model.iloc[0]}': df.delong_p.map(_p_str),
+        }
+    )
     return markdown_table(show)
 
-
 # %% ../nbs/09_evaluate.ipynb #0e2c8b27
-def compare_runs(run_paths: list, # run folders (or `Run`s); the first is the reference for DeLong's test
-                 out_dir=None, # if given: write comparison.csv/.md, roc.png, calibration.png, decision_curve.png there
-                 n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def compare_runs(
+    run_paths: list,  # run folders (or `Run`s); the first is the reference for DeLong's test
+    out_dir=None,  # if given: write comparison.csv/.md, roc.png, calibration.png, decision_curve.png there
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     "One row per run: AUC [95% CI], sensitivity, specificity, Brier, calibration slope, DeLong p against the first."
     runs = [r if isinstance(r, Run) else load_run(r) for r in run_paths]
-    if not runs: raise ConfigError("compare: no runs given")
+    if not runs:
+        raise ConfigError("compare: no runs given")
     _same_patients(runs)
     ref = runs[0].predictions.set_index('patient_id')
-    rows, data = zip(*[_compare_row(n, r, ref, i == 0, n_boot, seed) for i, (n, r) in enumerate(zip(_names(runs), runs))])
+    rows, data = zip(
+        *[
+            _compare_row(n, r, ref, i == 0, n_boot, seed)
+            for i, (n, r) in enumerate(zip(_names(runs), runs))
+        ]
+    )
     df = pd.DataFrame(list(rows))
     df.attrs['markdown'], df.attrs['files'] = _markdown(df), []
-    if out_dir is not None: df.attrs['files'] = _write_comparison(df, dict(zip(df.model, data)), Path(out_dir), n_boot, seed)
+    if out_dir is not None:
+        df.attrs['files'] = _write_comparison(
+            df, dict(zip(df.model, data)), Path(out_dir), n_boot, seed
+        )
     return df
 
 # %% ../nbs/09_evaluate.ipynb #8ee3b247
 def _write_comparison(df, runs: dict, out: Path, n_boot, seed) -> list[Path]:
     "Write the table, the CSV and the figures into `out`; return the files written."
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / 'comparison.csv') as tmp: df.to_csv(tmp, index=False)
+    with atomic_path(out / 'comparison.csv') as tmp:
+        df.to_csv(tmp, index=False)
     files = [out / 'comparison.csv', write_text(out / 'comparison.md', df.attrs['markdown'] + '\n')]
-    for f, plot in [('roc.png', lambda: plot_roc(runs, n_boot=n_boot, seed=seed)),
-                    ('calibration.png', lambda: plot_calibration(runs)), ('decision_curve.png', lambda: plot_decision_curve(runs))]:
-        save_figure(plot(), out / f, dpi=150); files.append(out / f)
+    for f, plot in [
+        ('roc.png', lambda: plot_roc(runs, n_boot=n_boot, seed=seed)),
+        ('calibration.png', lambda: plot_calibration(runs)),
+        ('decision_curve.png', lambda: plot_decision_curve(runs)),
+    ]:
+        save_figure(plot(), out / f, dpi=150)
+        files.append(out / f)
     return files
 
 # %% ../nbs/09_evaluate.ipynb #08b48fbc
-def cmd_compare(args) -> int: # args.runs: run folders; args.out: output folder or None
+def cmd_compare(
+    args,  # args.runs: run folders; args.out: output folder or None
+) -> int:
     "Compare run folders: print the Markdown table and the files written."
     out = getattr(args, 'out', None)
-    df = compare_runs(args.runs, out_dir=out, n_boot=getattr(args, 'n_boot', 2000), seed=getattr(args, 'seed', 0))
+    df = compare_runs(
+        args.runs, out_dir=out, n_boot=getattr(args, 'n_boot', 2000), seed=getattr(args, 'seed', 0)
+    )
     print(df.attrs['markdown'])
-    if df.attrs['files']: print(f"\nwrote {', '.join(f.name for f in df.attrs['files'])} to {Path(out)}")
+    if df.attrs['files']:
+        print(f"\nwrote {', '.join(f.name for f in df.attrs['files'])} to {Path(out)}")
     return 0

@@ -14,10 +14,28 @@ import torch
 from fastcore.basics import patch
 from .core import LiverPcrError, ConfigError, check_out_path, write_text, save_figure
 from .cohort import Cohort
-from .attribution import (METHODS, run_model, run_splits, fold_of, load_fold, fold_batch, forward, attribute,
-                                   ablation, fusion_weights)
-from .attribution import plot_maps as plot_roi_maps, plot_contributions as plot_input_contributions
-from .shap_markers import shap_clinical_branch, shap_reference_fold, load_reference, plot_waterfall
+from liver_pcr.attribution import (
+    METHODS,
+    run_model,
+    run_splits,
+    fold_of,
+    load_fold,
+    fold_batch,
+    forward,
+    attribute,
+    ablation,
+    fusion_weights,
+)
+from liver_pcr.attribution import (
+    plot_maps as plot_roi_maps,
+    plot_contributions as plot_input_contributions,
+)
+from liver_pcr.shap_markers import (
+    shap_clinical_branch,
+    shap_reference_fold,
+    load_reference,
+    plot_waterfall,
+)
 
 # %% auto #0
 __all__ = ['PatientExplanation', 'explain_patient', 'explain_to', 'cmd_explain']
@@ -26,6 +44,7 @@ __all__ = ['PatientExplanation', 'explain_patient', 'explain_to', 'cmd_explain']
 @dataclass
 class PatientExplanation:
     "Everything shown about one patient: prediction, maps, contributions, fusion weights, clinical SHAP."
+
     patient: str
     fold: int | None
     model: str
@@ -34,85 +53,183 @@ class PatientExplanation:
     threshold: float
     timepoints: list
     sequences: list
-    images: np.ndarray            # (T, S, k, H, W) ROI images
-    masks: np.ndarray             # (T, k, H, W) lesion masks
-    present: np.ndarray           # (T, S)
-    maps: dict                    # method -> (T, S, H, W)
-    contributions: pd.DataFrame   # ablation rows of this patient
+    images: np.ndarray  # (T, S, k, H, W) ROI images
+    masks: np.ndarray  # (T, k, H, W) lesion masks
+    present: np.ndarray  # (T, S)
+    maps: dict  # method -> (T, S, H, W)
+    contributions: pd.DataFrame  # ablation rows of this patient
     relation: pd.Series | None = None
     attention: pd.DataFrame | None = None
-    shap: object = None           # shap.Explanation of the clinical branch (one row), or None
+    shap: object = None  # shap.Explanation of the clinical branch (one row), or None
+
     def title(self, what: str = '') -> str:
         lab = {1.0: 'pCR', 0.0: 'no pCR'}.get(self.label, 'unlabelled')
         f = 'train run (in-sample)' if self.fold is None else f'fold {self.fold} (test)'
-        return f'{self.patient} · {self.model}, {f} · p(pCR) = {self.p:.2f} (threshold {self.threshold:.2f}) · truth: {lab}' + (f' · {what}' if what else '')
-    def __repr__(self): return f'PatientExplanation({self.title()}; maps: {list(self.maps)})'
+        return (
+            f'{self.patient} · {self.model}, {f} · p(pCR) = {self.p:.2f} (threshold {self.threshold:.2f}) · truth: {lab}'
+            + (f' · {what}' if what else '')
+        )
+
+    def __repr__(self):
+        return f'PatientExplanation({self.title()}; maps: {list(self.maps)})'
 
 # %% ../nbs/12c_explain.ipynb #6ffcdc6f
 @patch
 def plot_maps(self: PatientExplanation, method: str = 'gradcam'):
     "The patient's maps of `method` over his ROI images."
-    if method not in self.maps: raise ConfigError(f'no {method!r} maps computed (have {list(self.maps)})')
-    return plot_roi_maps(self.images, self.masks, self.present, self.maps[method], self.timepoints, self.sequences, method, self.title(method))
+    if method not in self.maps:
+        raise ConfigError(f'no {method!r} maps computed (have {list(self.maps)})')
+    return plot_roi_maps(
+        self.images,
+        self.masks,
+        self.present,
+        self.maps[method],
+        self.timepoints,
+        self.sequences,
+        method,
+        self.title(method),
+    )
+
 
 @patch
 def contribution_table(self: PatientExplanation) -> pd.DataFrame:
     "Δp when each input is removed: timepoint × sequence ('all': the whole exam)."
     d = self.contributions
-    return d.pivot_table(index='timepoint', columns='sequence', values='delta', sort=False).reindex(columns=[*self.sequences, 'all'])
+    return d.pivot_table(index='timepoint', columns='sequence', values='delta', sort=False).reindex(
+        columns=[*self.sequences, 'all']
+    )
+
 
 @patch
 def plot_contributions(self: PatientExplanation):
     "|Δp| when each input is removed."
-    return plot_input_contributions(self.contribution_table().abs(), self.title('what removing an input changes'))
+    return plot_input_contributions(
+        self.contribution_table().abs(), self.title('what removing an input changes')
+    )
+
 
 @patch
 def plot_shap(self: PatientExplanation):
     "The waterfall of the clinical branch's SHAP values (None without labs)."
-    return None if self.shap is None else plot_waterfall(self.shap, 0, title=self.title('clinical branch, images fixed'))
+    return (
+        None
+        if self.shap is None
+        else plot_waterfall(self.shap, 0, title=self.title('clinical branch, images fixed'))
+    )
 
 # %% ../nbs/12c_explain.ipynb #8c2dc717
-def explain_patient(run, cohort: Cohort, patient: str, methods=METHODS, # a cv (or train) run of a deep model; the cohort; the patient
-                    target: str = 'predicted', shap: bool = True, nsamples: int = 300, n_steps: int = 32) -> PatientExplanation:
+def explain_patient(
+    run,
+    cohort: Cohort,
+    patient: str,
+    methods=METHODS,  # a cv (or train) run of a deep model; the cohort; the patient
+    target: str = 'predicted',
+    shap: bool = True,
+    nsamples: int = 300,
+    n_steps: int = 32,
+) -> PatientExplanation:
     "Explain one patient with the model of the fold whose test set holds him."
-    if patient not in cohort.patients: raise LiverPcrError(f'patient {patient!r} is not in cohort {cohort.root}')
+    if patient not in cohort.patients:
+        raise LiverPcrError(f'patient {patient!r} is not in cohort {cohort.root}')
     fold = fold_of(run, patient)
-    fm = load_fold(run, fold); b = fold_batch(fm, cohort, [patient])
-    with torch.no_grad(): p = float(torch.sigmoid(forward(fm.model, b))[0])
+    fm = load_fold(run, fold)
+    b = fold_batch(fm, cohort, [patient])
+    with torch.no_grad():
+        p = float(torch.sigmoid(forward(fm.model, b))[0])
     maps = {m: attribute(fm.model, b, m, target, n_steps=n_steps)[0].numpy() for m in methods}
     rel, att = fusion_weights(fm.model, b)
-    sx = shap_clinical_branch(fm, cohort, b, 0, nsamples) if shap and b['clinical'].shape[1] else None
-    return PatientExplanation(patient, fold, fm.name, cohort[patient].label, p, fm.bundle['threshold'], b['timepoints'], b['sequences'],
-                              b['images'][0].numpy(), b['masks'][0].numpy(), b['present'][0].numpy(), maps, ablation(fm.model, b),
-                              None if rel is None else rel.iloc[0], att, sx)
+    sx = (
+        shap_clinical_branch(fm, cohort, b, 0, nsamples)
+        if shap and b['clinical'].shape[1]
+        else None
+    )
+    return PatientExplanation(
+        patient,
+        fold,
+        fm.name,
+        cohort[patient].label,
+        p,
+        fm.bundle['threshold'],
+        b['timepoints'],
+        b['sequences'],
+        b['images'][0].numpy(),
+        b['masks'][0].numpy(),
+        b['present'][0].numpy(),
+        maps,
+        ablation(fm.model, b),
+        None if rel is None else rel.iloc[0],
+        att,
+        sx,
+    )
 
 # %% ../nbs/12c_explain.ipynb #e22349e4
 def _summary(px: PatientExplanation) -> dict:
-    return dict(patient=px.patient, model=px.model, fold=px.fold, label=px.label, p=px.p, threshold=px.threshold,
-                delta_p={f'{r.timepoint}/{r.sequence}': None if pd.isna(r.delta) else float(r.delta) for r in px.contributions.itertuples()},
-                relation_weights=None if px.relation is None else px.relation.round(4).to_dict())
+    return dict(
+        patient=px.patient,
+        model=px.model,
+        fold=px.fold,
+        label=px.label,
+        p=px.p,
+        threshold=px.threshold,
+        delta_p={
+            f'{r.timepoint}/{r.sequence}': None if pd.isna(r.delta) else float(r.delta)
+            for r in px.contributions.itertuples()
+        },
+        relation_weights=None if px.relation is None else px.relation.round(4).to_dict(),
+    )
 
-def explain_to(run, cohort: Cohort, patient: str, out, methods=METHODS, **kwargs) -> list[Path]: # writes into the folder `out`
+
+def explain_to(
+    run,
+    cohort: Cohort,
+    patient: str,
+    out,
+    methods=METHODS,
+    **kwargs,  # writes into the folder `out`
+) -> list[Path]:
     "Write one patient's explanation figures (and a JSON summary) into `out`; return the paths."
     out = check_out_path(out, cohort=cohort.root)
-    if patient not in cohort.patients: raise LiverPcrError(f'patient {patient!r} is not in cohort {cohort.root}')
-    kind, fold = run_model(run), fold_of(run, patient)                        # refused before anything is written
-    if kind == 'radiomics': raise LiverPcrError(f'{run}: a radiomics reference run; explain takes a deep-model run or the clinical reference')
+    if patient not in cohort.patients:
+        raise LiverPcrError(f'patient {patient!r} is not in cohort {cohort.root}')
+    kind, fold = run_model(run), fold_of(run, patient)  # refused before anything is written
+    if kind == 'radiomics':
+        raise LiverPcrError(
+            f'{run}: a radiomics reference run; explain takes a deep-model run or the clinical reference'
+        )
     out.mkdir(parents=True, exist_ok=True)
     if kind == 'clinical':
         s = next(s for s in run_splits(run) if s['fold'] == fold)
         ex = shap_reference_fold(load_reference(run, fold), cohort, s['train'], [patient])
-        return [save_figure(plot_waterfall(ex, 0, title=f'{patient}: clinical reference, fold {fold} (log-odds)'), out/f'{patient}_marker_shap.png')]
+        return [
+            save_figure(
+                plot_waterfall(
+                    ex, 0, title=f'{patient}: clinical reference, fold {fold} (log-odds)'
+                ),
+                out / f'{patient}_marker_shap.png',
+            )
+        ]
     px = explain_patient(run, cohort, patient, methods, **kwargs)
-    files = [save_figure(px.plot_maps(m), out/f'{patient}_{m}.png') for m in methods]
-    files.append(save_figure(px.plot_contributions(), out/f'{patient}_contributions.png'))
-    if px.shap is not None: files.append(save_figure(px.plot_shap(), out/f'{patient}_clinical_shap.png'))
-    files.append(write_text(out/f'{patient}_explanation.json', json.dumps(_summary(px), indent=1, allow_nan=False, default=float)))
+    files = [save_figure(px.plot_maps(m), out / f'{patient}_{m}.png') for m in methods]
+    files.append(save_figure(px.plot_contributions(), out / f'{patient}_contributions.png'))
+    if px.shap is not None:
+        files.append(save_figure(px.plot_shap(), out / f'{patient}_clinical_shap.png'))
+    files.append(
+        write_text(
+            out / f'{patient}_explanation.json',
+            json.dumps(_summary(px), indent=1, allow_nan=False, default=float),
+        )
+    )
     return files
+
 
 def cmd_explain(args) -> int:
     "`liver-pcr explain RUN COHORT --patient ID --out DIR`."
     c = Cohort.load(args.cohort)
-    files = explain_to(args.run, c, args.patient, args.out, tuple(getattr(args, 'methods', None) or METHODS))
-    print(f'wrote {len(files)} files for {args.patient} into {args.out}: ' + ', '.join(f.name for f in files))
+    files = explain_to(
+        args.run, c, args.patient, args.out, tuple(getattr(args, 'methods', None) or METHODS)
+    )
+    print(
+        f'wrote {len(files)} files for {args.patient} into {args.out}: '
+        + ', '.join(f.name for f in files)
+    )
     return 0

@@ -22,25 +22,66 @@ __all__ = ['ExplainViewer', 'view_explanations']
 # %% ../nbs/12d_explain_viewer.ipynb #aaf569e5
 def _reference_row(clinical_run, cohort, patient):
     "The clinical reference's SHAP Explanation of one patient (his fold's model), or None."
-    if clinical_run is None: return None
+    if clinical_run is None:
+        return None
     s = next((s for s in run_splits(clinical_run) if patient in s['test']), None)
-    return None if s is None else shap_reference_fold(load_reference(clinical_run, s['fold']), cohort, s['train'], [patient])
+    return (
+        None
+        if s is None
+        else shap_reference_fold(
+            load_reference(clinical_run, s['fold']), cohort, s['train'], [patient]
+        )
+    )
 
 # %% ../nbs/12d_explain_viewer.ipynb #bca84fa2
 class ExplainViewer(widgets.VBox):
     "Pick a patient: maps per timepoint × sequence, input contributions, marker SHAP, prediction, fold and label."
-    def __init__(self, run, cohort: Cohort, patient: str | None = None, # a cv run of a deep model; the cohort; the patient shown first
-                 clinical_run=None, cache: int = 3, **kwargs):          # a cv run of the clinical reference (SHAP of the markers); patients kept
+
+    def __init__(
+        self,
+        run,
+        cohort: Cohort,
+        patient: str | None = None,  # a cv run of a deep model; the cohort; the patient shown first
+        clinical_run=None,
+        cache: int = 3,
+        **kwargs,  # a cv run of the clinical reference (SHAP of the markers); patients kept
+    ):
         from liver_pcr.viewer import LRU
-        self.run, self.cohort, self.clinical_run, self.kwargs, self.cache = Path(run), cohort, clinical_run, kwargs, LRU(cache)
+
+        self.run, self.cohort, self.clinical_run, self.kwargs, self.cache = (
+            Path(run),
+            cohort,
+            clinical_run,
+            kwargs,
+            LRU(cache),
+        )
         ids = sorted(i for s in run_splits(run) for i in s['test'] if i in cohort.patients)
-        if not ids: raise LiverPcrError(f'{run}: no test patient of this run is in cohort {cohort.root}')
-        if patient is not None and patient not in ids: raise LiverPcrError(f'patient {patient!r} is not a test patient of {run} in cohort {cohort.root}')
+        if not ids:
+            raise LiverPcrError(f'{run}: no test patient of this run is in cohort {cohort.root}')
+        if patient is not None and patient not in ids:
+            raise LiverPcrError(
+                f'patient {patient!r} is not a test patient of {run} in cohort {cohort.root}'
+            )
         self.patient = widgets.Dropdown(options=ids, value=patient or ids[0], description='patient')
-        self.method = widgets.ToggleButtons(options=[('Grad-CAM', 'gradcam'), ('integrated gradients', 'ig')], value='gradcam')
-        self.panel, self.maps, self.bars, self.shap = widgets.HTML(), widgets.Image(format='png'), widgets.Image(format='png'), widgets.Image(format='png')
-        super().__init__([widgets.HBox([self.patient, self.method]), self.panel, self.maps, widgets.HBox([self.bars, self.shap])])
-        self.patient.observe(self.render, 'value'); self.method.observe(self.render, 'value')
+        self.method = widgets.ToggleButtons(
+            options=[('Grad-CAM', 'gradcam'), ('integrated gradients', 'ig')], value='gradcam'
+        )
+        self.panel, self.maps, self.bars, self.shap = (
+            widgets.HTML(),
+            widgets.Image(format='png'),
+            widgets.Image(format='png'),
+            widgets.Image(format='png'),
+        )
+        super().__init__(
+            [
+                widgets.HBox([self.patient, self.method]),
+                self.panel,
+                self.maps,
+                widgets.HBox([self.bars, self.shap]),
+            ]
+        )
+        self.patient.observe(self.render, 'value')
+        self.method.observe(self.render, 'value')
         self.render()
 
 # %% ../nbs/12d_explain_viewer.ipynb #62f737b9
@@ -50,30 +91,47 @@ def explanation(self: ExplainViewer, patient: str | None = None) -> PatientExpla
     pid = patient or self.patient.value
     return self.cache.get(pid, lambda: explain_patient(self.run, self.cohort, pid, **self.kwargs))
 
+
 @patch
 def render(self: ExplainViewer, change=None):
     "Draw the current patient and method."
     px = self.explanation()
     lab = {1.0: 'pCR', 0.0: 'no pCR'}.get(px.label, 'unlabelled')
     call = 'pCR' if px.p >= px.threshold else 'no pCR'
-    self.panel.value = (f'<b>{html.escape(px.patient)}</b> · {html.escape(px.model)}, fold {px.fold} (a test patient of this fold) · '
-                        f'p(pCR) = <b>{px.p:.2f}</b> → {call} (threshold {px.threshold:.2f}) · truth: <b>{lab}</b>')
+    self.panel.value = (
+        f'<b>{html.escape(px.patient)}</b> · {html.escape(px.model)}, fold {px.fold} (a test patient of this fold) · '
+        f'p(pCR) = <b>{px.p:.2f}</b> → {call} (threshold {px.threshold:.2f}) · truth: <b>{lab}</b>'
+    )
     self.maps.value = figure_png(px.plot_maps(self.method.value), dpi=90)
     self.bars.value = figure_png(px.plot_contributions(), dpi=90)
     ref = _reference_row(self.clinical_run, self.cohort, px.patient)
-    fig = plot_waterfall(ref, 0, title='clinical reference (log-odds)') if ref is not None else px.plot_shap()
+    fig = (
+        plot_waterfall(ref, 0, title='clinical reference (log-odds)')
+        if ref is not None
+        else px.plot_shap()
+    )
     self.shap.value = figure_png(fig, dpi=90) if fig is not None else b''
 
 # %% ../nbs/12d_explain_viewer.ipynb #6bdb5913
-def view_explanations(run, cohort: Cohort | str | None = None, patient: str | None = None, # a cv run; the cohort; a patient
-                      widget: bool | None = None, **kwargs):                              # widget or static figure (default: widget in Jupyter)
+def view_explanations(
+    run,
+    cohort: Cohort | str | None = None,
+    patient: str | None = None,  # a cv run; the cohort; a patient
+    widget: bool | None = None,
+    **kwargs,  # widget or static figure (default: widget in Jupyter)
+):
     "An `ExplainViewer` in Jupyter; elsewhere the static figure of one patient's Grad-CAM maps."
     from liver_pcr.viewer import in_notebook
+
     c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
-    if widget is None: widget = in_notebook()
-    if widget: return ExplainViewer(run, c, patient, **kwargs)
+    if widget is None:
+        widget = in_notebook()
+    if widget:
+        return ExplainViewer(run, c, patient, **kwargs)
     pid = patient or sorted(i for s in run_splits(run) for i in s['test'])[0]
     kw = {k: v for k, v in kwargs.items() if k != 'clinical_run'}
     fig = explain_patient(run, c, pid, methods=('gradcam',), shap=False, **kw).plot_maps('gradcam')
-    import matplotlib.pyplot as plt; plt.close(fig)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     return fig

@@ -21,87 +21,153 @@ __all__ = ['LAYERS', 'STAGES', 'CHANNELS', 'ModelConfig', 'neural', 'select_inpu
 @dataclass(frozen=True)
 class ModelConfig:
     "A member of the model family."
+
     name: str = 'relation'
-    sequences: tuple | None = None     # sequences used (None: all of the cohort's)
-    timepoints: tuple | None = None    # timepoints used (None: all); 'first'/'last' name the cohort's first/last
-    use_labs: bool = True              # the clinical (markers) branch
-    head: str = 'linear'               # 'linear': penalised logistic regression on trunk features; 'neural': end to end
-    stem: str = 'small'                # 'small': 3×3 stride-1 conv1, no max-pool; 'imagenet': 7×7 stride 2 + max-pool
-    layer: str = 'layer1'              # linear head: the deepest trunk block that is read
-    pool: str = 'lesion'               # 'lesion': mean and SD in the lesion, mean on its rim and ROI; 'global': ROI mean
-    radiomics: bool = False            # linear head: add the hand-made lesion features (deep + radiomics hybrid)
-    weights: str | None = None         # trunk weights file (liver-pcr pretrain, torchvision's ResNet18, a state dict)
-    trunk_seed: int = 0                # seed of the trunk's random initialisation when no weights are given
-    encoder: str = 'shared'            # 'shared' trunk with a sequence embedding, or 'per_sequence' trunks (neural)
-    fusion: str = 'gated'              # sequence fusion (neural): 'gated' attention over present sequences, or 'concat'
-    temporal: str = 'relation'         # 'relation', 'concat', or 'none' (one timepoint)
-    relation_parts: tuple = ('diff', 'cos', 'prod', 'traj')   # what the relation module compares
-    feat_dim: int = 128                # image feature size after the trunk (neural)
-    clin_dim: int = 32                 # clinical branch size (neural)
+    sequences: tuple | None = None  # sequences used (None: all of the cohort's)
+    timepoints: tuple | None = (
+        None  # timepoints used (None: all); 'first'/'last' name the cohort's first/last
+    )
+    use_labs: bool = True  # the clinical (markers) branch
+    head: str = (
+        'linear'  # 'linear': penalised logistic regression on trunk features; 'neural': end to end
+    )
+    stem: str = (
+        'small'  # 'small': 3×3 stride-1 conv1, no max-pool; 'imagenet': 7×7 stride 2 + max-pool
+    )
+    layer: str = 'layer1'  # linear head: the deepest trunk block that is read
+    pool: str = (
+        'lesion'  # 'lesion': mean and SD in the lesion, mean on its rim and ROI; 'global': ROI mean
+    )
+    radiomics: bool = (
+        False  # linear head: add the hand-made lesion features (deep + radiomics hybrid)
+    )
+    weights: str | None = (
+        None  # trunk weights file (liver-pcr pretrain, torchvision's ResNet18, a state dict)
+    )
+    trunk_seed: int = 0  # seed of the trunk's random initialisation when no weights are given
+    encoder: str = (
+        'shared'  # 'shared' trunk with a sequence embedding, or 'per_sequence' trunks (neural)
+    )
+    fusion: str = (
+        'gated'  # sequence fusion (neural): 'gated' attention over present sequences, or 'concat'
+    )
+    temporal: str = 'relation'  # 'relation', 'concat', or 'none' (one timepoint)
+    relation_parts: tuple = ('diff', 'cos', 'prod', 'traj')  # what the relation module compares
+    feat_dim: int = 128  # image feature size after the trunk (neural)
+    clin_dim: int = 32  # clinical branch size (neural)
     dropout: float = 0.2
-    pretrained: bool = False           # ImageNet weights for the trunk (downloaded: opt-in only)
-    loss: str = 'bce'                  # 'bce', 'weighted_bce' or 'focal' (neural)
+    pretrained: bool = False  # ImageNet weights for the trunk (downloaded: opt-in only)
+    loss: str = 'bce'  # 'bce', 'weighted_bce' or 'focal' (neural)
     focal_alpha: float = 0.4
     focal_gamma: float = 3.0
-    balanced_sampler: bool = False     # oversample the minority class in training batches (neural)
-    mask_input: bool = False           # give the trunk the exam's lesion mask as k extra channels
+    balanced_sampler: bool = False  # oversample the minority class in training batches (neural)
+    mask_input: bool = False  # give the trunk the exam's lesion mask as k extra channels
+
     def __post_init__(self):
-        checks = [('head', ('linear', 'neural')), ('stem', ('small', 'imagenet')), ('layer', LAYERS),
-                  ('pool', ('lesion', 'global')), ('encoder', ('shared', 'per_sequence')),
-                  ('fusion', ('gated', 'concat')), ('temporal', ('relation', 'concat', 'none')),
-                  ('loss', ('bce', 'weighted_bce', 'focal'))]
+        checks = [
+            ('head', ('linear', 'neural')),
+            ('stem', ('small', 'imagenet')),
+            ('layer', LAYERS),
+            ('pool', ('lesion', 'global')),
+            ('encoder', ('shared', 'per_sequence')),
+            ('fusion', ('gated', 'concat')),
+            ('temporal', ('relation', 'concat', 'none')),
+            ('loss', ('bce', 'weighted_bce', 'focal')),
+        ]
         for k, ok in checks:
             if getattr(self, k) not in ok:
                 raise ConfigError(f'{k}={getattr(self, k)!r}: choose one of {list(ok)}')
         bad = set(self.relation_parts) - {'diff', 'cos', 'prod', 'traj'}
         if bad:
-            raise ConfigError(f'unknown relation parts {sorted(bad)} (known: diff, cos, prod, traj)')
+            raise ConfigError(
+                f'unknown relation parts {sorted(bad)} (known: diff, cos, prod, traj)'
+            )
         if self.temporal == 'relation' and not self.relation_parts:
             raise ConfigError('the relation module needs at least one part')
         if self.radiomics and self.head != 'linear':
             raise ConfigError('radiomics=True (the hybrid) needs the linear head')
 
+
 LAYERS = ('layer1', 'layer2', 'layer3', 'layer4')
 
 STAGES = {
-    'baseline': ModelConfig('baseline', sequences=('AP',), timepoints=('last',), use_labs=False,
-                            temporal='none', fusion='concat'),
+    'baseline': ModelConfig(
+        'baseline',
+        sequences=('AP',),
+        timepoints=('last',),
+        use_labs=False,
+        temporal='none',
+        fusion='concat',
+    ),
     'single': ModelConfig('single', sequences=('AP',), temporal='concat', fusion='concat'),
     'multi': ModelConfig('multi', temporal='concat', fusion='gated', loss='weighted_bce'),
-    'relation': ModelConfig('relation', temporal='relation', fusion='gated', loss='weighted_bce',
-                            relation_parts=('diff', 'traj')),
+    'relation': ModelConfig(
+        'relation',
+        temporal='relation',
+        fusion='gated',
+        loss='weighted_bce',
+        relation_parts=('diff', 'traj'),
+    ),
 }
+
 
 def neural(cfg: ModelConfig) -> ModelConfig:
     "The end-to-end version of a stage, as the 2024 study trained it (ImageNet stem, global pool, neural head)."
     parts = ('diff', 'cos', 'prod', 'traj') if cfg.temporal == 'relation' else cfg.relation_parts
-    return replace(cfg, head='neural', stem='imagenet', pool='global', radiomics=False, relation_parts=parts)
+    return replace(
+        cfg, head='neural', stem='imagenet', pool='global', radiomics=False, relation_parts=parts
+    )
 
 # %% ../nbs/07_models.ipynb #f36e7cd4
-def select_inputs(cfg: ModelConfig, timepoints, sequences) -> tuple[list[int], list[int]]: # the config; what the data has
+def select_inputs(
+    cfg: ModelConfig,
+    timepoints,
+    sequences,  # the config; what the data has
+) -> tuple[list[int], list[int]]:
     "Indices of the timepoints and sequences the model uses."
     timepoints, sequences = list(timepoints), list(sequences)
     alias = {'first': timepoints[0], 'last': timepoints[-1]} if timepoints else {}
     tps = [alias.get(t, t) for t in (cfg.timepoints or timepoints)]
     seqs = list(cfg.sequences or sequences)
-    probs = [f"model {cfg.name!r} needs timepoint {t!r}, which the data lacks (it has {', '.join(timepoints)})" for t in tps if t not in timepoints]
-    probs += [f"model {cfg.name!r} needs sequence {s!r}, which the data lacks (it has {', '.join(sequences)}); "
-              f"choose others with --sequences" for s in seqs if s not in sequences]
-    if probs: raise ConfigError(probs)
-    if cfg.temporal == 'none' and len(tps) != 1: raise ConfigError(f"model {cfg.name!r}: temporal='none' needs exactly one timepoint, got {tps}")
-    if cfg.temporal == 'relation' and len(tps) < 2: raise ConfigError(f"model {cfg.name!r}: the relation module needs at least two timepoints, got {tps}")
+    probs = [
+        f"model {cfg.name!r} needs timepoint {t!r}, which the data lacks (it has {', '.join(timepoints)})"
+        for t in tps
+        if t not in timepoints
+    ]
+    probs += [
+        f"model {cfg.name!r} needs sequence {s!r}, which the data lacks (it has {', '.join(sequences)}); "
+        f"choose others with --sequences"
+        for s in seqs
+        if s not in sequences
+    ]
+    if probs:
+        raise ConfigError(probs)
+    if cfg.temporal == 'none' and len(tps) != 1:
+        raise ConfigError(
+            f"model {cfg.name!r}: temporal='none' needs exactly one timepoint, got {tps}"
+        )
+    if cfg.temporal == 'relation' and len(tps) < 2:
+        raise ConfigError(
+            f"model {cfg.name!r}: the relation module needs at least two timepoints, got {tps}"
+        )
     return [timepoints.index(t) for t in tps], [sequences.index(s) for s in seqs]
 
 # %% ../nbs/07_models.ipynb #8b729a46
 CHANNELS = dict(layer1=64, layer2=128, layer3=256, layer4=512)
 
+
 class ResNetTrunk(nn.Module):
     "ResNet18 features: (N, k, H, W) → (N, 512), or the maps of one block with `maps`."
-    def __init__(self, in_ch: int = 3, # channels of the input (the k slices of the 2.5-D stack)
-                 pretrained: bool = False, # ImageNet weights from torchvision (downloaded: opt-in only)
-                 stem: str = 'imagenet'): # 'imagenet' (7×7 stride 2 + max-pool) or 'small' (3×3 stride 1)
+
+    def __init__(
+        self,
+        in_ch: int = 3,  # channels of the input (the k slices of the 2.5-D stack)
+        pretrained: bool = False,  # ImageNet weights from torchvision (downloaded: opt-in only)
+        stem: str = 'imagenet',  # 'imagenet' (7×7 stride 2 + max-pool) or 'small' (3×3 stride 1)
+    ):
         super().__init__()
         from torchvision.models import resnet18, ResNet18_Weights
+
         m = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if pretrained else None)
         w = m.conv1.weight.data
         if stem == 'small':
@@ -119,27 +185,36 @@ class ResNetTrunk(nn.Module):
     def forward(self, x):
         return self.net(x)
 
-    def maps(self, x, layer: str = 'layer4'): # images (N, k, H, W); the last block to run
+    def maps(
+        self,
+        x,  # images (N, k, H, W)
+        layer: str = 'layer4',  # the last block to run
+    ):
         "Feature maps (N, C, h, w) after `layer`."
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        for name in LAYERS[:LAYERS.index(layer) + 1]:
+        for name in LAYERS[: LAYERS.index(layer) + 1]:
             x = getattr(n, name)(x)
         return x
 
 # %% ../nbs/07_models.ipynb #c7b2c31b
-def adapt_conv1(w: torch.Tensor, shape) -> torch.Tensor: # pretrained filters (64, c, kh, kw); the wanted shape
+def adapt_conv1(
+    w: torch.Tensor,  # pretrained filters (64, c, kh, kw)
+    shape,  # the wanted shape
+) -> torch.Tensor:
     "First-layer filters for another number of input channels and another kernel size."
     out, cin, kh, kw = shape
     w = w.float()
     if w.shape[1] != cin:
-        w = w.mean(1, keepdim=True).repeat(1, cin, 1, 1)*w.shape[1]/cin
+        w = w.mean(1, keepdim=True).repeat(1, cin, 1, 1) * w.shape[1] / cin
     if tuple(w.shape[2:]) != (kh, kw):
-        area = w.shape[2]*w.shape[3]/(kh*kw)
-        w = F.interpolate(w, (kh, kw), mode='bilinear', align_corners=False, antialias=True)*area
+        area = w.shape[2] * w.shape[3] / (kh * kw)
+        w = F.interpolate(w, (kh, kw), mode='bilinear', align_corners=False, antialias=True) * area
     return w
 
+
 _PREFIXES = ('module.', 'net.', 'trunk.', 'encoder.', 'backbone.')
+
 
 def _state_dict(path: Path) -> dict:
     "The tensors of a weights file (nothing but tensors is accepted)."
@@ -147,16 +222,22 @@ def _state_dict(path: Path) -> dict:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         msg = str(e).splitlines()[0][:120]
-        raise ConfigError(f'{path}: not a readable weights file (a state dict of tensors was expected): {msg}')
+        raise ConfigError(
+            f'{path}: not a readable weights file (a state dict of tensors was expected): {msg}'
+        )
     sd = obj.get('state_dict', obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
         raise ConfigError(f'{path}: no state dict of tensors in this file')
     for p in _PREFIXES:
         if all(k.startswith(p) for k in sd):
-            sd = {k[len(p):]: v for k, v in sd.items()}
+            sd = {k[len(p) :]: v for k, v in sd.items()}
     return {k: v for k, v in sd.items() if not k.startswith('fc.')}
 
-def load_weights(trunk: ResNetTrunk, path) -> ResNetTrunk: # the trunk to fill; a weights file
+
+def load_weights(
+    trunk: ResNetTrunk,  # the trunk to fill
+    path,  # a weights file
+) -> ResNetTrunk:
     "Load ResNet18 weights from `path` into `trunk`, adapting conv1; a clear error for a wrong file."
     path = Path(path)
     if not path.is_file():
@@ -164,11 +245,16 @@ def load_weights(trunk: ResNetTrunk, path) -> ResNetTrunk: # the trunk to fill; 
     sd, own = _state_dict(path), trunk.net.state_dict()
     unknown = [k for k in sd if k not in own]
     if unknown or 'conv1.weight' not in sd:
-        raise ConfigError(f'{path}: not ResNet18 trunk weights (expected keys such as conv1.weight, '
-                          f'layer1.0.conv1.weight; found {", ".join(list(sd)[:3])}, ...)')
+        raise ConfigError(
+            f'{path}: not ResNet18 trunk weights (expected keys such as conv1.weight, '
+            f'layer1.0.conv1.weight; found {", ".join(list(sd)[:3])}, ...)'
+        )
     sd['conv1.weight'] = adapt_conv1(sd['conv1.weight'], own['conv1.weight'].shape)
-    bad = [f'{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})' for k, v in sd.items()
-           if v.shape != own[k].shape]
+    bad = [
+        f'{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})'
+        for k, v in sd.items()
+        if v.shape != own[k].shape
+    ]
     if bad:
         raise ConfigError(f'{path}: tensors of the wrong shape: {"; ".join(bad[:3])}')
     trunk.net.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
@@ -176,13 +262,16 @@ def load_weights(trunk: ResNetTrunk, path) -> ResNetTrunk: # the trunk to fill; 
     return trunk
 
 # %% ../nbs/07_models.ipynb #d1c0af18
-def lesion_pool(f: torch.Tensor, mask: torch.Tensor, # maps (N, C, h, w); lesion masks (N, 1, H, W) on the ROI grid
-                rim_px: int = 2) -> torch.Tensor:     # rim width in ROI pixels
+def lesion_pool(
+    f: torch.Tensor,
+    mask: torch.Tensor,  # maps (N, C, h, w); lesion masks (N, 1, H, W) on the ROI grid
+    rim_px: int = 2,  # rim width in ROI pixels
+) -> torch.Tensor:
     "(N, 4C): mean and SD inside the lesion, mean on its rim, mean over the ROI (no lesion: the ROI)."
     size = f.shape[-2:]
     mask = (mask > 0).to(f.dtype)
     has = mask.flatten(1).amax(1) > 0
-    ring = (F.max_pool2d(mask, 2*rim_px + 1, 1, rim_px) - mask).clamp(min=0)
+    ring = (F.max_pool2d(mask, 2 * rim_px + 1, 1, rim_px) - mask).clamp(min=0)
     inside = F.adaptive_avg_pool2d(mask, size)
     rim = F.adaptive_avg_pool2d(ring, size)
     everywhere = torch.ones_like(inside)
@@ -190,23 +279,36 @@ def lesion_pool(f: torch.Tensor, mask: torch.Tensor, # maps (N, C, h, w); lesion
     rim = torch.where((rim.flatten(1).sum(1) > 0)[:, None, None, None], rim, inside)
 
     def mean(v, w):
-        return (v*w).sum((2, 3))/w.sum((2, 3)).clamp(min=1e-6)
+        return (v * w).sum((2, 3)) / w.sum((2, 3)).clamp(min=1e-6)
+
     mu = mean(f, inside)
-    sd = (mean((f - mu[..., None, None])**2, inside) + 1e-6).sqrt()
+    sd = (mean((f - mu[..., None, None]) ** 2, inside) + 1e-6).sqrt()
     return torch.cat([mu, sd, mean(f, rim), f.mean((2, 3))], 1)
 
-def image_masks(masks: torch.Tensor, S: int) -> torch.Tensor: # exam masks (B, T, k, H, W); sequences per exam
+
+def image_masks(
+    masks: torch.Tensor,  # exam masks (B, T, k, H, W)
+    S: int,  # sequences per exam
+) -> torch.Tensor:
     "The lesion mask of every image, (B, T, S, 1, H, W): the middle slice of its exam's mask."
     B, T, k, H, W = masks.shape
-    return masks[:, :, k//2:k//2 + 1][:, :, None].expand(B, T, S, 1, H, W)
+    return masks[:, :, k // 2 : k // 2 + 1][:, :, None].expand(B, T, S, 1, H, W)
 
 # %% ../nbs/07_models.ipynb #6b98a622
 class ImageEncoder(nn.Module):
     "(B, T, S, k, H, W) images + (B, T, S) present → (B, T, S, D) features (zeros where missing)."
-    def __init__(self, n_seq: int, k: int, dim: int, shared: bool = True, pretrained: bool = False,
-                 stem: str = 'imagenet', # the trunk's stem
-                 pool: str = 'global',   # 'global' (the trunk's average pool) or 'lesion' (`lesion_pool` of layer4)
-                 weights=None):          # a weights file for the trunk(s)
+
+    def __init__(
+        self,
+        n_seq: int,
+        k: int,
+        dim: int,
+        shared: bool = True,
+        pretrained: bool = False,
+        stem: str = 'imagenet',  # the trunk's stem
+        pool: str = 'global',  # 'global' (the trunk's average pool) or 'lesion' (`lesion_pool` of layer4)
+        weights=None,  # a weights file for the trunk(s)
+    ):
         super().__init__()
         self.shared, self.dim, self.pool = shared, dim, pool
         n = 1 if shared else n_seq
@@ -214,7 +316,7 @@ class ImageEncoder(nn.Module):
         for t in self.trunks:
             if weights:
                 load_weights(t, weights)
-        width = 512*(4 if pool == 'lesion' else 1)
+        width = 512 * (4 if pool == 'lesion' else 1)
         self.proj = nn.ModuleList([nn.Linear(width, dim) for _ in range(n)])
         self.seq_emb = nn.Parameter(torch.zeros(n_seq, dim)) if shared else None
 
@@ -223,7 +325,12 @@ class ImageEncoder(nn.Module):
             return self.trunks[i](x)
         return lesion_pool(self.trunks[i].maps(x, 'layer4'), m)
 
-    def forward(self, x, present, masks=None): # images; present; lesion masks (B, T, k, H, W), for pool='lesion'
+    def forward(
+        self,
+        x,  # images
+        present,  # present
+        masks=None,  # lesion masks (B, T, k, H, W), for pool='lesion'
+    ):
         B, T, S, k, H, W = x.shape
         out = x.new_zeros(B, T, S, self.dim)
         if masks is None:
@@ -244,79 +351,135 @@ class ImageEncoder(nn.Module):
 # %% ../nbs/07_models.ipynb #fb11da21
 class SequenceFusion(nn.Module):
     "(B, T, S, D) features + (B, T, S) present → (B, T, D) exam features and (B, T) exam present."
+
     def __init__(self, n_seq: int, dim: int, kind: str = 'gated'):
         super().__init__()
         self.kind = kind
-        if kind == 'gated': self.V, self.U, self.w = nn.Linear(dim, dim//2), nn.Linear(dim, dim//2), nn.Linear(dim//2, 1)
-        else: self.lin = nn.Linear(n_seq*(dim + 1), dim)
+        if kind == 'gated':
+            self.V, self.U, self.w = (
+                nn.Linear(dim, dim // 2),
+                nn.Linear(dim, dim // 2),
+                nn.Linear(dim // 2, 1),
+            )
+        else:
+            self.lin = nn.Linear(n_seq * (dim + 1), dim)
+
     def forward(self, f, present):
         if self.kind == 'gated':
-            a = self.w(torch.tanh(self.V(f))*torch.sigmoid(self.U(f))).squeeze(-1).masked_fill(~present, float('-inf'))
-            a = torch.nan_to_num(torch.softmax(a, -1), nan=0.0)        # an exam with no sequence: all weights 0
+            a = (
+                self.w(torch.tanh(self.V(f)) * torch.sigmoid(self.U(f)))
+                .squeeze(-1)
+                .masked_fill(~present, float('-inf'))
+            )
+            a = torch.nan_to_num(
+                torch.softmax(a, -1), nan=0.0
+            )  # an exam with no sequence: all weights 0
             self.weights_ = a.detach()
-            e = (a[..., None]*f).sum(-2)
+            e = (a[..., None] * f).sum(-2)
         else:
             B, T, S, D = f.shape
-            e = F.relu(self.lin(torch.cat([f*present[..., None], present[..., None].float()], -1).reshape(B, T, S*(D + 1))))
-        return e*present.any(-1, keepdim=True), present.any(-1)
+            e = F.relu(
+                self.lin(
+                    torch.cat([f * present[..., None], present[..., None].float()], -1).reshape(
+                        B, T, S * (D + 1)
+                    )
+                )
+            )
+        return e * present.any(-1, keepdim=True), present.any(-1)
 
 # %% ../nbs/07_models.ipynb #ecb18eaf
 class ConcatTemporal(nn.Module):
     "Concatenate the exam features of all timepoints with their presence flags."
+
     def __init__(self, n_t: int, dim: int):
-        super().__init__(); self.lin, self.out_dim = nn.Linear(n_t*(dim + 1), dim), dim
+        super().__init__()
+        self.lin, self.out_dim = nn.Linear(n_t * (dim + 1), dim), dim
+
     def forward(self, e, ep, times=None):
         return F.relu(self.lin(torch.cat([e, ep[..., None].float()], -1).flatten(1)))
 
+
 class SingleTemporal(nn.Module):
     "One timepoint: its exam feature."
-    def __init__(self, dim: int): super().__init__(); self.out_dim = dim
-    def forward(self, e, ep, times=None): return e[:, 0]
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, e, ep, times=None):
+        return e[:, 0]
 
 # %% ../nbs/07_models.ipynb #419c5a52
 class RelationModule(nn.Module):
     "Compare each later exam with the baseline (difference, similarity, product) and follow the trajectory; fuse with learned weights."
+
     def __init__(self, dim: int, parts=('diff', 'cos', 'prod', 'traj')):
         super().__init__()
-        self.parts, self.out_dim = tuple(parts), 2*dim
-        self.proj = nn.ModuleDict({'diff': nn.Linear(dim, dim), 'cos': nn.Linear(1, dim), 'prod': nn.Linear(dim, dim)})
+        self.parts, self.out_dim = tuple(parts), 2 * dim
+        self.proj = nn.ModuleDict(
+            {'diff': nn.Linear(dim, dim), 'cos': nn.Linear(1, dim), 'prod': nn.Linear(dim, dim)}
+        )
         self.gru = nn.GRU(dim + 2, dim, batch_first=True)
-        self.gate = nn.Linear(len(self.parts)*dim, len(self.parts))
+        self.gate = nn.Linear(len(self.parts) * dim, len(self.parts))
+
     def pair_parts(self, e, ep):
         "Masked means over later timepoints of the pair comparisons with the baseline."
         e0, et = e[:, :1], e[:, 1:]
-        valid = (ep[:, :1] & ep[:, 1:]).float()[..., None]                 # (B, T-1, 1)
+        valid = (ep[:, :1] & ep[:, 1:]).float()[..., None]  # (B, T-1, 1)
         n = valid.sum(1).clamp(min=1)
-        cmp = {'diff': et - e0, 'cos': F.cosine_similarity(e0.expand_as(et), et, dim=-1, eps=1e-6)[..., None], 'prod': e0*et}
-        return {k: (v*valid).sum(1)/n for k, v in cmp.items()}, valid.sum(1) > 0
-    def forward(self, e, ep, times=None): # (B, T, D) exam features, (B, T) present, (B, T) times (None: ranks)
+        cmp = {
+            'diff': et - e0,
+            'cos': F.cosine_similarity(e0.expand_as(et), et, dim=-1, eps=1e-6)[..., None],
+            'prod': e0 * et,
+        }
+        return {k: (v * valid).sum(1) / n for k, v in cmp.items()}, valid.sum(1) > 0
+
+    def forward(
+        self,
+        e,
+        ep,
+        times=None,  # (B, T, D) exam features, (B, T) present, (B, T) times (None: ranks)
+    ):
         B, T, D = e.shape
-        if times is None: times = torch.arange(T, device=e.device, dtype=e.dtype).expand(B, T)/max(T - 1, 1)
+        if times is None:
+            times = torch.arange(T, device=e.device, dtype=e.dtype).expand(B, T) / max(T - 1, 1)
         pairs, has_pair = self.pair_parts(e, ep)
-        comps = [F.relu(self.proj[k](pairs[k]))*has_pair.float() for k in self.parts if k != 'traj']
+        comps = [
+            F.relu(self.proj[k](pairs[k])) * has_pair.float() for k in self.parts if k != 'traj'
+        ]
         if 'traj' in self.parts:
             _, h = self.gru(torch.cat([e, ep[..., None].float(), times[..., None]], -1))
             comps.append(h[-1])
-        c = torch.stack(comps, 1)                                          # (B, P, D)
+        c = torch.stack(comps, 1)  # (B, P, D)
         w = torch.softmax(self.gate(c.flatten(1)), -1)
         self.weights_ = w.detach()
-        fused = (w[..., None]*c).sum(1)
+        fused = (w[..., None] * c).sum(1)
         return torch.cat([fused, e[:, 0]], -1)
 
 # %% ../nbs/07_models.ipynb #9db3e116
 class TrunkFeatures(nn.Module):
     "(B, T, S, k, H, W) images, (B, T, k, H, W) masks, (B, T, S) present → (B, T, S, F) pooled maps (zeros where missing)."
-    def __init__(self, k: int, cfg: ModelConfig): # channels of an image; the config (stem, layer, pool, weights)
+
+    def __init__(
+        self,
+        k: int,  # channels of an image
+        cfg: ModelConfig,  # the config (stem, layer, pool, weights)
+    ):
         super().__init__()
         with torch.random.fork_rng():
             torch.manual_seed(cfg.trunk_seed)
             trunk = ResNetTrunk(k, cfg.pretrained, cfg.stem)
         if cfg.weights:
             load_weights(trunk, cfg.weights)
-        for name in LAYERS[LAYERS.index(cfg.layer) + 1:]:
-            setattr(trunk.net, name, nn.Identity())      # blocks after `layer` are never read: not kept
-        self.trunks, self.shared, self.layer, self.pool = nn.ModuleList([trunk]), True, cfg.layer, cfg.pool
-        self.dim = CHANNELS[cfg.layer]*(4 if cfg.pool == 'lesion' else 1)
+        for name in LAYERS[LAYERS.index(cfg.layer) + 1 :]:
+            setattr(trunk.net, name, nn.Identity())  # blocks after `layer` are never read: not kept
+        self.trunks, self.shared, self.layer, self.pool = (
+            nn.ModuleList([trunk]),
+            True,
+            cfg.layer,
+            cfg.pool,
+        )
+        self.dim = CHANNELS[cfg.layer] * (4 if cfg.pool == 'lesion' else 1)
         self.eval()
 
     def train(self, mode: bool = True):
@@ -336,16 +499,23 @@ class TrunkFeatures(nn.Module):
 # %% ../nbs/07_models.ipynb #49f5e673
 def _slope(f, ok, times):
     "Least-squares slope of each feature over the present timepoints: (B, T, S, F) → (B, S, F)."
-    w = ok.float()[..., None]                                     # (B, T, S, 1)
+    w = ok.float()[..., None]  # (B, T, S, 1)
     t = times[:, :, None, None]
     n = w.sum(1).clamp(min=1)
-    tm, fm = (w*t).sum(1)/n, (w*f).sum(1)/n
-    cov = (w*(t - tm[:, None])*(f - fm[:, None])).sum(1)
-    var = (w*(t - tm[:, None])**2).sum(1)
-    return torch.where(var > 1e-8, cov/var.clamp(min=1e-8), torch.zeros_like(cov)), (w.sum(1) < 3).expand_as(cov)
+    tm, fm = (w * t).sum(1) / n, (w * f).sum(1) / n
+    cov = (w * (t - tm[:, None]) * (f - fm[:, None])).sum(1)
+    var = (w * (t - tm[:, None]) ** 2).sum(1)
+    return torch.where(var > 1e-8, cov / var.clamp(min=1e-8), torch.zeros_like(cov)), (
+        w.sum(1) < 3
+    ).expand_as(cov)
 
-def linear_blocks(f, present, cfg: ModelConfig, # exam features (B, T, S, F); present (B, T, S); the config
-                  times=None) -> dict:             # (B, T) exam times (None: ranks 0..1)
+
+def linear_blocks(
+    f,
+    present,
+    cfg: ModelConfig,  # exam features (B, T, S, F); present (B, T, S); the config
+    times=None,  # (B, T) exam times (None: ranks 0..1)
+) -> dict:
     "The image blocks of the linear head: name → ((B, P) values, (B, P) missing)."
     B, T, S, D = f.shape
     miss = (~present)[..., None].expand(B, T, S, D)
@@ -360,10 +530,10 @@ def linear_blocks(f, present, cfg: ModelConfig, # exam features (B, T, S, F); pr
         c = F.cosine_similarity(f0.expand_as(ft), ft, dim=-1, eps=1e-6)
         out['cos'] = (c.reshape(B, -1), both[..., 0].reshape(B, -1))
     if 'prod' in cfg.relation_parts:
-        out['prod'] = ((f0*ft).reshape(B, -1), both.reshape(B, -1))
+        out['prod'] = ((f0 * ft).reshape(B, -1), both.reshape(B, -1))
     if 'traj' in cfg.relation_parts and T >= 3:
         if times is None:
-            times = torch.arange(T, device=f.device, dtype=f.dtype).expand(B, T)/(T - 1)
+            times = torch.arange(T, device=f.device, dtype=f.dtype).expand(B, T) / (T - 1)
         s, m = _slope(f, present, times)
         out['traj'] = (s.reshape(B, -1), m.reshape(B, -1))
     return out
@@ -371,25 +541,42 @@ def linear_blocks(f, present, cfg: ModelConfig, # exam features (B, T, S, F); pr
 # %% ../nbs/07_models.ipynb #8632a63c
 class LinearHead(nn.Module):
     "logit = ((x − mean)/scale) · coef + bias; a missing value takes the training mean. Fitted by `liver_pcr.probe`."
-    def __init__(self, width: int): # length of the patient's feature vector
+
+    def __init__(
+        self,
+        width: int,  # length of the patient's feature vector
+    ):
         super().__init__()
-        lim = 1/math.sqrt(max(width, 1))
+        lim = 1 / math.sqrt(max(width, 1))
         self.register_buffer('mean', torch.zeros(width))
         self.register_buffer('scale', torch.ones(width))
-        self.register_buffer('coef', torch.empty(width).uniform_(-lim, lim))   # until fitted: random, as nn.Linear
+        self.register_buffer(
+            'coef', torch.empty(width).uniform_(-lim, lim)
+        )  # until fitted: random, as nn.Linear
         self.register_buffer('bias', torch.zeros(()))
         self.register_buffer('fitted', torch.zeros((), dtype=torch.bool))
 
-    def forward(self, x, miss): # values (B, P); missing flags (B, P)
+    def forward(
+        self,
+        x,  # values (B, P)
+        miss,  # missing flags (B, P)
+    ):
         x = torch.where(miss, self.mean.to(x.dtype), x)
-        return ((x - self.mean)/self.scale) @ self.coef + self.bias
+        return ((x - self.mean) / self.scale) @ self.coef + self.bias
 
 # %% ../nbs/07_models.ipynb #be5a40b1
 class PCRModel(nn.Module):
     "Images (B, T, S, k, H, W), present (B, T, S) and clinical features (B, C) → one logit of pCR per patient."
-    def __init__(self, cfg: ModelConfig, timepoints, sequences, # the config; the data's timepoints and sequences
-                 k: int = 3, n_clinical: int = 0, # slices per image; width of the clinical input
-                 n_radiomics: int = 0):           # of which the last `n_radiomics` columns are radiomics (hybrid)
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        timepoints,
+        sequences,  # the config; the data's timepoints and sequences
+        k: int = 3,
+        n_clinical: int = 0,  # slices per image; width of the clinical input
+        n_radiomics: int = 0,  # of which the last `n_radiomics` columns are radiomics (hybrid)
+    ):
         super().__init__()
         self.cfg = cfg
         t_idx, s_idx = select_inputs(cfg, timepoints, sequences)
@@ -397,7 +584,7 @@ class PCRModel(nn.Module):
         self.sequences = [list(sequences)[i] for i in s_idx]
         self.register_buffer('t_idx', torch.tensor(t_idx), persistent=False)
         self.register_buffer('s_idx', torch.tensor(s_idx), persistent=False)
-        D, S, T, kk = cfg.feat_dim, len(s_idx), len(t_idx), k*(2 if cfg.mask_input else 1)
+        D, S, T, kk = cfg.feat_dim, len(s_idx), len(t_idx), k * (2 if cfg.mask_input else 1)
         self.n_radiomics = n_radiomics if cfg.radiomics else 0
         self.n_clinical = (n_clinical - n_radiomics if cfg.use_labs else 0) + self.n_radiomics
         if cfg.head == 'linear':
@@ -408,23 +595,35 @@ class PCRModel(nn.Module):
             self.blocks = {b: w for b, w in widths.items() if w}
             self.head = LinearHead(sum(self.blocks.values()))
             return
-        self.encoder = ImageEncoder(S, kk, D, cfg.encoder == 'shared', cfg.pretrained, cfg.stem, cfg.pool,
-                                    cfg.weights)
+        self.encoder = ImageEncoder(
+            S, kk, D, cfg.encoder == 'shared', cfg.pretrained, cfg.stem, cfg.pool, cfg.weights
+        )
         self.fusion = SequenceFusion(S, D, cfg.fusion)
-        self.temporal = {'none': lambda: SingleTemporal(D), 'concat': lambda: ConcatTemporal(T, D),
-                         'relation': lambda: RelationModule(D, cfg.relation_parts)}[cfg.temporal]()
+        self.temporal = {
+            'none': lambda: SingleTemporal(D),
+            'concat': lambda: ConcatTemporal(T, D),
+            'relation': lambda: RelationModule(D, cfg.relation_parts),
+        }[cfg.temporal]()
         self.clinical = None
         if self.n_clinical:
-            self.clinical = nn.Sequential(nn.Linear(self.n_clinical, cfg.clin_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
+            self.clinical = nn.Sequential(
+                nn.Linear(self.n_clinical, cfg.clin_dim), nn.ReLU(), nn.Dropout(cfg.dropout)
+            )
         width = self.temporal.out_dim + (cfg.clin_dim if self.n_clinical else 0)
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, 1))
+        self.head = nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, 1)
+        )
 
     def _select(self, images, present, masks):
         "The timepoints and sequences this model uses (and the mask channels, with `mask_input`)."
         x = images.index_select(1, self.t_idx).index_select(2, self.s_idx)
         pr = present.index_select(1, self.t_idx).index_select(2, self.s_idx).bool()
         B, T, S, k, H, W = x.shape
-        m = x.new_zeros(B, T, k, H, W) if masks is None else masks.index_select(1, self.t_idx).to(x.dtype)
+        m = (
+            x.new_zeros(B, T, k, H, W)
+            if masks is None
+            else masks.index_select(1, self.t_idx).to(x.dtype)
+        )
         if self.cfg.mask_input:
             x = torch.cat([x, m[:, :, None].expand(-1, -1, S, -1, -1, -1)], 3)
         return x, pr, m
@@ -433,9 +632,11 @@ class PCRModel(nn.Module):
         "The clinical columns this model reads: the markers (if `use_labs`), then the radiomics (hybrid)."
         if clinical is None or not self.n_clinical:
             return None
-        return clinical[:, :self.n_clinical]
+        return clinical[:, : self.n_clinical]
 
-    def linear_inputs(self, images, present, clinical=None, masks=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def linear_inputs(
+        self, images, present, clinical=None, masks=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         "The linear head's input: (B, P) values and (B, P) missing flags, block after block (`self.blocks`)."
         x, pr, m = self._select(images, present, masks)
         f = self.encoder(x, m, pr)
@@ -459,31 +660,47 @@ class PCRModel(nn.Module):
                 return dict(features=vals, missing=miss, logit=logit)
             return logit
         x, pr, m = self._select(images, present, masks)
-        f = self.encoder(x, pr, m)                    # (B, T, S, D)
-        e, ep = self.fusion(f, pr)                    # (B, T, D), (B, T)
-        h = self.temporal(e, ep)                      # (B, D') image representation
+        f = self.encoder(x, pr, m)  # (B, T, S, D)
+        e, ep = self.fusion(f, pr)  # (B, T, D), (B, T)
+        h = self.temporal(e, ep)  # (B, D') image representation
         z = [h]
         if self.clinical is not None:
             z.append(self.clinical(self._clinical(clinical)))
         logit = self.head(torch.cat(z, -1)).squeeze(-1)
         if return_parts:
-            return dict(features=f, exam=e, exam_present=ep, image=h, clinical=z[1] if len(z) > 1 else None, logit=logit)
+            return dict(
+                features=f,
+                exam=e,
+                exam_present=ep,
+                image=h,
+                clinical=z[1] if len(z) > 1 else None,
+                logit=logit,
+            )
         return logit
 
 # %% ../nbs/07_models.ipynb #9c94729f
 class FocalLoss(nn.Module):
     "Binary focal loss on logits (Lin et al., 2017)."
-    def __init__(self, alpha: float = 0.4, gamma: float = 3.0): super().__init__(); self.alpha, self.gamma = alpha, gamma
+
+    def __init__(self, alpha: float = 0.4, gamma: float = 3.0):
+        super().__init__()
+        self.alpha, self.gamma = alpha, gamma
+
     def forward(self, logit, y):
         bce = F.binary_cross_entropy_with_logits(logit, y, reduction='none')
         p_t = torch.exp(-bce)
-        a_t = self.alpha*y + (1 - self.alpha)*(1 - y)
-        return (a_t*(1 - p_t)**self.gamma*bce).mean()
+        a_t = self.alpha * y + (1 - self.alpha) * (1 - y)
+        return (a_t * (1 - p_t) ** self.gamma * bce).mean()
 
-def make_loss(cfg: ModelConfig, y_train) -> nn.Module: # the config; the training labels (for the class weight)
+
+def make_loss(
+    cfg: ModelConfig,  # the config
+    y_train,  # the training labels (for the class weight)
+) -> nn.Module:
     "The loss a configuration asks for."
-    if cfg.loss == 'focal': return FocalLoss(cfg.focal_alpha, cfg.focal_gamma)
+    if cfg.loss == 'focal':
+        return FocalLoss(cfg.focal_alpha, cfg.focal_gamma)
     if cfg.loss == 'weighted_bce':
         y = torch.as_tensor(y_train, dtype=torch.float32)
-        return nn.BCEWithLogitsLoss(pos_weight=((1 - y).sum()/y.sum().clamp(min=1)).reshape(1))
+        return nn.BCEWithLogitsLoss(pos_weight=((1 - y).sum() / y.sum().clamp(min=1)).reshape(1))
     return nn.BCEWithLogitsLoss()

@@ -11,8 +11,14 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np
 from scipy import ndimage
-from .core import (LiverPcrError, ConfigError, CohortError, cache_dir, check_out_path,
-                            progress)
+from liver_pcr.core import (
+    LiverPcrError,
+    ConfigError,
+    CohortError,
+    cache_dir,
+    check_out_path,
+    progress,
+)
 from .cohort import Cohort, Patient, load_volume, Volume
 
 # %% auto #0
@@ -23,90 +29,129 @@ __all__ = ['CACHE_FORMAT', 'PreprocessConfig', 'body_mask', 'normalise', 'ROI', 
 @dataclass(frozen=True)
 class PreprocessConfig:
     "How volumes become model inputs."
-    timepoints: tuple | None = None        # None: the cohort's timepoints, in order
-    sequences: tuple | None = None         # None: the cohort's sequences
-    roi_mm: float = 96.0                   # side of the square ROI around the lesion, mm
-    roi_px: int = 32                       # its side in pixels (in-plane spacing = roi_mm / roi_px)
-    k: int = 3                             # adjacent slices stacked as channels (2.5-D)
-    clip: tuple = (0.5, 99.5)              # intensity percentiles clipped before the z-score
+
+    timepoints: tuple | None = None  # None: the cohort's timepoints, in order
+    sequences: tuple | None = None  # None: the cohort's sequences
+    roi_mm: float = 96.0  # side of the square ROI around the lesion, mm
+    roi_px: int = 32  # its side in pixels (in-plane spacing = roi_mm / roi_px)
+    k: int = 3  # adjacent slices stacked as channels (2.5-D)
+    clip: tuple = (0.5, 99.5)  # intensity percentiles clipped before the z-score
+
     def __post_init__(self):
         if self.roi_px < 8 or self.roi_mm <= 0:
             raise ConfigError(f'ROI of {self.roi_px} px / {self.roi_mm} mm is too small')
         if self.k < 1:
             raise ConfigError('k must be at least 1')
+
     @property
-    def spacing(self) -> float: return self.roi_mm/self.roi_px
+    def spacing(self) -> float:
+        return self.roi_mm / self.roi_px
+
     def key(self) -> str:
         "A short hash of the configuration: part of the cache entry's name."
         text = json.dumps(asdict(self), sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 # %% ../nbs/05_preprocess.ipynb #681af327
-def body_mask(data: np.ndarray, frac: float = 0.1) -> np.ndarray: # a volume; threshold as a share of its 99th percentile
+def body_mask(
+    data: np.ndarray,  # a volume
+    frac: float = 0.1,  # threshold as a share of its 99th percentile
+) -> np.ndarray:
     "Voxels inside the body: above a low threshold, holes filled slice by slice."
-    m = data > frac*np.percentile(data, 99)
+    m = data > frac * np.percentile(data, 99)
     if not m.any():
         return np.ones_like(m)
     return np.stack([ndimage.binary_fill_holes(m[..., z]) for z in range(m.shape[2])], -1)
 
-def normalise(data: np.ndarray, clip=(0.5, 99.5)) -> tuple[np.ndarray, float]: # a volume; percentiles to clip at
+
+def normalise(
+    data: np.ndarray,  # a volume
+    clip=(0.5, 99.5),  # percentiles to clip at
+) -> tuple[np.ndarray, float]:
     "Clip and z-score inside the body; return the normalised volume and the value of the clipped floor (used outside the image)."
     body = body_mask(data)
     v = data[body]
     lo, hi = np.percentile(v, clip)
     v = np.clip(v, lo, hi)
     mu, sd = float(v.mean()), float(v.std()) or 1.0
-    return ((np.clip(data, lo, hi) - mu)/sd).astype(np.float32), float((lo - mu)/sd)
+    return ((np.clip(data, lo, hi) - mu) / sd).astype(np.float32), float((lo - mu) / sd)
 
 # %% ../nbs/05_preprocess.ipynb #e8d3e328
 @dataclass
 class ROI:
     "Where one exam is sampled: a centre (mm), in-plane axes, slice offsets and pixel size."
-    centre: np.ndarray          # world position (mm) of the ROI centre, on the central slice
-    slice_step: np.ndarray      # world vector (mm) from one slice to the next
-    offsets: np.ndarray         # slice offsets of the k slices (in slices, relative to the central one)
-    pixel_mm: float             # in-plane pixel size of the ROI
-    px: int                     # ROI side in pixels
+
+    centre: np.ndarray  # world position (mm) of the ROI centre, on the central slice
+    slice_step: np.ndarray  # world vector (mm) from one slice to the next
+    offsets: np.ndarray  # slice offsets of the k slices (in slices, relative to the central one)
+    pixel_mm: float  # in-plane pixel size of the ROI
+    px: int  # ROI side in pixels
 
     def points(self) -> np.ndarray:
         "World coordinates (3, k, px, px) of the ROI's pixel centres; rows run anterior→posterior, columns right→left."
-        c = (np.arange(self.px) - (self.px - 1)/2)*self.pixel_mm
-        rows, cols = -c, -c                                   # +y (anterior) at the top, +x (patient's right) on the left
-        P = (self.centre[:, None, None, None] + self.offsets[None, :, None, None]*self.slice_step[:, None, None, None]
-             + np.array([1., 0, 0])[:, None, None, None]*cols[None, None, None, :]
-             + np.array([0, 1., 0])[:, None, None, None]*rows[None, None, :, None])
+        c = (np.arange(self.px) - (self.px - 1) / 2) * self.pixel_mm
+        rows, cols = -c, -c  # +y (anterior) at the top, +x (patient's right) on the left
+        P = (
+            self.centre[:, None, None, None]
+            + self.offsets[None, :, None, None] * self.slice_step[:, None, None, None]
+            + np.array([1.0, 0, 0])[:, None, None, None] * cols[None, None, None, :]
+            + np.array([0, 1.0, 0])[:, None, None, None] * rows[None, None, :, None]
+        )
         return P
 
 # %% ../nbs/05_preprocess.ipynb #81a29782
-def find_roi(mask: Volume | None, ref: Volume, cfg: PreprocessConfig) -> ROI: # the exam's union mask (or None) and a reference image
+def find_roi(
+    mask: Volume | None,
+    ref: Volume,
+    cfg: PreprocessConfig,  # the exam's union mask (or None) and a reference image
+) -> ROI:
     "The ROI of an exam: centred on the largest lesion slice, or the whole middle slice without a mask."
     grid = mask if mask is not None else ref
     nz, k = grid.shape[2], cfg.k
     if mask is not None and (mask.data > 0).any():
         area = (mask.data > 0).sum((0, 1))
         z = int(np.argmax(area))
-        sl = np.clip(np.arange(z - (k - 1)//2, z - (k - 1)//2 + k), 0, nz - 1)
+        sl = np.clip(np.arange(z - (k - 1) // 2, z - (k - 1) // 2 + k), 0, nz - 1)
         ij = np.argwhere(mask.data[..., sl] > 0)[:, :2].mean(0)
-        centre = (grid.affine @ np.array([ij[0], ij[1], z, 1.]))[:3]
+        centre = (grid.affine @ np.array([ij[0], ij[1], z, 1.0]))[:3]
         pixel = cfg.spacing
     else:
-        z = nz//2
-        centre = (grid.affine @ np.array([(grid.shape[0] - 1)/2, (grid.shape[1] - 1)/2, z, 1.]))[:3]
-        fov = np.array(grid.shape[:2])*np.array(grid.spacing[:2])
-        pixel = float(fov.max()/cfg.roi_px)
-    offsets = np.clip(np.arange(z - (k - 1)//2, z - (k - 1)//2 + k), 0, nz - 1) - z
+        z = nz // 2
+        centre = (
+            grid.affine @ np.array([(grid.shape[0] - 1) / 2, (grid.shape[1] - 1) / 2, z, 1.0])
+        )[:3]
+        fov = np.array(grid.shape[:2]) * np.array(grid.spacing[:2])
+        pixel = float(fov.max() / cfg.roi_px)
+    offsets = np.clip(np.arange(z - (k - 1) // 2, z - (k - 1) // 2 + k), 0, nz - 1) - z
     return ROI(centre, grid.affine[:3, 2].copy(), offsets.astype(float), pixel, cfg.roi_px)
 
-def sample(vol: np.ndarray, affine: np.ndarray, roi: ROI, order: int = 1, cval: float = 0.0) -> np.ndarray: # voxels, their affine, where
+
+def sample(
+    vol: np.ndarray,
+    affine: np.ndarray,
+    roi: ROI,
+    order: int = 1,
+    cval: float = 0.0,  # voxels, their affine, where
+) -> np.ndarray:
     "Sample a volume at the ROI's world points: (k, px, px)."
     P = roi.points()
-    ijk = np.tensordot(np.linalg.inv(affine), np.concatenate([P, np.ones((1, *P.shape[1:]))]), axes=1)[:3]
-    return ndimage.map_coordinates(vol, ijk, order=order, mode='constant', cval=cval).astype(np.float32)
+    ijk = np.tensordot(
+        np.linalg.inv(affine), np.concatenate([P, np.ones((1, *P.shape[1:]))]), axes=1
+    )[:3]
+    return ndimage.map_coordinates(vol, ijk, order=order, mode='constant', cval=cval).astype(
+        np.float32
+    )
 
 # %% ../nbs/05_preprocess.ipynb #d896fae5
 def exam_mask(patient: Patient, tp: str, sequences) -> Volume | None:
     "The union of an exam's lesion masks, on the grid of the first one (None without masks)."
-    paths = list(dict.fromkeys(patient.exams[tp][s].mask for s in sequences if patient.has(tp, s) and patient.exams[tp][s].mask))
+    paths = list(
+        dict.fromkeys(
+            patient.exams[tp][s].mask
+            for s in sequences
+            if patient.has(tp, s) and patient.exams[tp][s].mask
+        )
+    )
     if not paths:
         return None
     ref = load_volume(paths[0])
@@ -115,7 +160,7 @@ def exam_mask(patient: Patient, tp: str, sequences) -> Volume | None:
         m = load_volume(p)
         if m.shape == ref.shape and np.allclose(m.affine, ref.affine, atol=1e-3):
             union |= m.data > 0
-        else:   # another grid: bring it onto the first mask's grid through world coordinates
+        else:  # another grid: bring it onto the first mask's grid through world coordinates
             ijk = np.indices(ref.shape).reshape(3, -1)
             w = ref.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
             src = (np.linalg.inv(m.affine) @ w)[:3]
@@ -123,7 +168,12 @@ def exam_mask(patient: Patient, tp: str, sequences) -> Volume | None:
     return Volume(union.astype(np.float32), ref.affine)
 
 # %% ../nbs/05_preprocess.ipynb #f10a93f7
-def preprocess_exam(patient: Patient, tp: str, sequences, cfg: PreprocessConfig): # one exam of one patient
+def preprocess_exam(
+    patient: Patient,
+    tp: str,
+    sequences,
+    cfg: PreprocessConfig,  # one exam of one patient
+):
     "The exam's ROI stack per sequence (S, k, px, px), its lesion mask in the ROI (k, px, px) and which sequences are present (S,)."
     S, k, n = len(sequences), cfg.k, cfg.roi_px
     imgs, present = np.zeros((S, k, n, n), np.float32), np.zeros(S, bool)
@@ -143,17 +193,26 @@ def preprocess_exam(patient: Patient, tp: str, sequences, cfg: PreprocessConfig)
         mroi = (sample(mask.data, mask.affine, roi, order=0) > 0.5).astype(np.uint8)
     return imgs, mroi, present
 
+
 def preprocess_patient(patient: Patient, timepoints, sequences, cfg: PreprocessConfig):
     "All exams of a patient: images (T, S, k, px, px), masks (T, k, px, px), present (T, S)."
-    out = [preprocess_exam(patient, tp, sequences, cfg) if tp in patient.exams else
-           (np.zeros((len(sequences), cfg.k, cfg.roi_px, cfg.roi_px), np.float32), np.zeros((cfg.k, cfg.roi_px, cfg.roi_px), np.uint8), np.zeros(len(sequences), bool))
-           for tp in timepoints]
+    out = [
+        preprocess_exam(patient, tp, sequences, cfg)
+        if tp in patient.exams
+        else (
+            np.zeros((len(sequences), cfg.k, cfg.roi_px, cfg.roi_px), np.float32),
+            np.zeros((cfg.k, cfg.roi_px, cfg.roi_px), np.uint8),
+            np.zeros(len(sequences), bool),
+        )
+        for tp in timepoints
+    ]
     return tuple(np.stack(x) for x in zip(*out))
 
 # %% ../nbs/05_preprocess.ipynb #797104f1
 @dataclass
 class Preprocessed:
     "A preprocessed cohort: images (N, T, S, k, px, px), masks (N, T, k, px, px), present (N, T, S), memory-mapped."
+
     path: Path
     ids: list
     timepoints: list
@@ -162,7 +221,10 @@ class Preprocessed:
     images: np.ndarray
     masks: np.ndarray
     present: np.ndarray
-    def __len__(self): return len(self.ids)
+
+    def __len__(self):
+        return len(self.ids)
+
     def index(self, ids) -> np.ndarray:
         "Row positions of the patients `ids`."
         pos = {p: i for i, p in enumerate(self.ids)}
@@ -171,68 +233,84 @@ class Preprocessed:
             n = len(missing)
             raise CohortError(f'{n} patient(s) not in the preprocessed cohort: {missing[:5]}')
         return np.array([pos[i] for i in ids], dtype=int)
+
     def __repr__(self):
-        return (f'Preprocessed({len(self)} patients, timepoints {self.timepoints}, sequences {self.sequences}, '
-                f'k={self.cfg.k}, {self.cfg.roi_px}px/{self.cfg.roi_mm}mm; {self.path})')
+        return (
+            f'Preprocessed({len(self)} patients, timepoints {self.timepoints}, sequences {self.sequences}, '
+            f'k={self.cfg.k}, {self.cfg.roi_px}px/{self.cfg.roi_mm}mm; {self.path})'
+        )
 
 # %% ../nbs/05_preprocess.ipynb #cac301cf
-def resolve(cohort: Cohort, # the cohort to preprocess
-            cfg: PreprocessConfig, # the configuration asked for
-           ) -> PreprocessConfig:
+def resolve(
+    cohort: Cohort,  # the cohort to preprocess
+    cfg: PreprocessConfig,  # the configuration asked for
+) -> PreprocessConfig:
     "Fill in the cohort's timepoints/sequences and check that the requested ones exist."
     tps, seqs = tuple(cfg.timepoints or cohort.timepoints), tuple(cfg.sequences or cohort.sequences)
     has_t, has_s = ', '.join(cohort.timepoints), ', '.join(cohort.sequences)
-    probs = [f"timepoint {t!r} is not in cohort {cohort.name!r} (it has {has_t})"
-             for t in tps if t not in cohort.timepoints]
-    probs += [f"sequence {s!r} is not in cohort {cohort.name!r} (it has {has_s})"
-              for s in seqs if s not in cohort.sequences]
+    probs = [
+        f"timepoint {t!r} is not in cohort {cohort.name!r} (it has {has_t})"
+        for t in tps
+        if t not in cohort.timepoints
+    ]
+    probs += [
+        f"sequence {s!r} is not in cohort {cohort.name!r} (it has {has_s})"
+        for s in seqs
+        if s not in cohort.sequences
+    ]
     if probs:
         raise ConfigError(probs)
     return replace(cfg, timepoints=tps, sequences=seqs)
 
 # %% ../nbs/05_preprocess.ipynb #25854519
-CACHE_FORMAT = 2                               # layout of a cache entry; 1 was the unversioned one
-_ARRAYS = ('images', 'masks', 'present')       # the arrays of an entry, one .npy file each
-_META = dict(ids=list, timepoints=list, sequences=list, arrays=dict)   # what meta.json must hold
+CACHE_FORMAT = 2  # layout of a cache entry; 1 was the unversioned one
+_ARRAYS = ('images', 'masks', 'present')  # the arrays of an entry, one .npy file each
+_META = dict(ids=list, timepoints=list, sequences=list, arrays=dict)  # what meta.json must hold
+
 
 class CacheError(LiverPcrError):
     "A preprocessing cache entry that cannot be read back as it was written."
-    def __init__(self, entry, # the entry folder
-                 problem: str, # what is wrong with it, in a few words
-                ):
+
+    def __init__(
+        self,
+        entry,  # the entry folder
+        problem: str,  # what is wrong with it, in a few words
+    ):
         self.entry, self.problem = Path(entry), ' '.join(str(problem).split())
         super().__init__(f'preprocessing cache entry {entry} is damaged ({self.problem})')
 
 # %% ../nbs/05_preprocess.ipynb #48c15ab1
-def _write_entry(d: Path, # the entry folder to create
-                 arrays: dict, # name -> array, saved as name.npy
-                 **meta, # what else meta.json records (ids, timepoints, sequences, ...)
-                ) -> Path:
+def _write_entry(
+    d: Path,  # the entry folder to create
+    arrays: dict,  # name -> array, saved as name.npy
+    **meta,  # what else meta.json records (ids, timepoints, sequences, ...)
+) -> Path:
     "Write an entry atomically: arrays as .npy, then meta.json with each file's shape, dtype, size."
     d.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix='.building-'))
     try:
         rec = {}
         for k, a in arrays.items():
-            np.save(tmp/f'{k}.npy', a)
-            size = (tmp/f'{k}.npy').stat().st_size
+            np.save(tmp / f'{k}.npy', a)
+            size = (tmp / f'{k}.npy').stat().st_size
             rec[k] = dict(shape=list(a.shape), dtype=a.dtype.str, bytes=size)
         text = json.dumps(dict(meta, format=CACHE_FORMAT, arrays=rec), default=list)
-        (tmp/'meta.json').write_text(text)
+        (tmp / 'meta.json').write_text(text)
         try:
-            os.replace(tmp, d)              # one step: no reader ever sees a half-written entry
+            os.replace(tmp, d)  # one step: no reader ever sees a half-written entry
         except OSError:
-            pass                            # another process finished the same entry first
+            pass  # another process finished the same entry first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return d
 
 # %% ../nbs/05_preprocess.ipynb #528438b0
-def _read_meta(d: Path, # an entry folder
-              ) -> dict:
+def _read_meta(
+    d: Path,  # an entry folder
+) -> dict:
     "The entry's meta.json, checked complete; `CacheError` if it is missing, unreadable or old."
     try:
-        meta = json.loads((d/'meta.json').read_text())
+        meta = json.loads((d / 'meta.json').read_text())
     except FileNotFoundError:
         raise CacheError(d, 'meta.json is missing') from None
     except (OSError, ValueError) as e:
@@ -250,12 +328,13 @@ def _read_meta(d: Path, # an entry folder
     return meta
 
 # %% ../nbs/05_preprocess.ipynb #dd699d0f
-def _open_array(d: Path, # an entry folder
-                name: str, # which array: 'images', 'masks' or 'present'
-                spec: dict, # its record in meta.json: shape, dtype, bytes
-               ) -> np.memmap:
+def _open_array(
+    d: Path,  # an entry folder
+    name: str,  # which array: 'images', 'masks' or 'present'
+    spec: dict,  # its record in meta.json: shape, dtype, bytes
+) -> np.memmap:
     "Memory-map one array of an entry, checked against its record; `CacheError` if it differs."
-    f = d/f'{name}.npy'
+    f = d / f'{name}.npy'
     try:
         shape, dtype, size = tuple(spec['shape']), np.dtype(spec['dtype']), int(spec['bytes'])
     except (KeyError, TypeError, ValueError):
@@ -274,9 +353,10 @@ def _open_array(d: Path, # an entry folder
     return a
 
 # %% ../nbs/05_preprocess.ipynb #4041692d
-def _load_cached(d: Path, # an entry folder
-                 cfg: PreprocessConfig, # the configuration it was built with
-                ) -> Preprocessed:
+def _load_cached(
+    d: Path,  # an entry folder
+    cfg: PreprocessConfig,  # the configuration it was built with
+) -> Preprocessed:
     "Read a cache entry back, memory-mapped, after checking it whole; `CacheError` if it is not."
     meta = _read_meta(d)
     arr = {k: _open_array(d, k, meta['arrays'][k]) for k in _ARRAYS}
@@ -287,17 +367,18 @@ def _load_cached(d: Path, # an entry folder
     return Preprocessed(d, meta['ids'], meta['timepoints'], meta['sequences'], cfg, **arr)
 
 # %% ../nbs/05_preprocess.ipynb #c6fc2553
-def _discard_entry(d: Path, # a damaged entry folder
-                   root: Path, # the cache root it must sit directly in
-                  ):
+def _discard_entry(
+    d: Path,  # a damaged entry folder
+    root: Path,  # the cache root it must sit directly in
+):
     "Remove the cache entry `d`, and nothing outside the cache root `root`."
     if d.parent.resolve() != Path(root).resolve() or d.name[:1] in ('', '.'):
         raise LiverPcrError(f'{d}: not an entry of the cache {root}; refusing to remove it')
-    trash = Path(root)/f'.damaged-{uuid.uuid4().hex}'
+    trash = Path(root) / f'.damaged-{uuid.uuid4().hex}'
     try:
         os.rename(d, trash)
     except FileNotFoundError:
-        return                              # another process removed it first
+        return  # another process removed it first
     except OSError as e:
         raise LiverPcrError(f'{d}: a damaged cache entry that cannot be removed ({e})') from None
     if trash.is_dir() and not trash.is_symlink():
@@ -306,47 +387,60 @@ def _discard_entry(d: Path, # a damaged entry folder
         trash.unlink()
 
 # %% ../nbs/05_preprocess.ipynb #43d9da62
-def _one(args): # a patient and the resolved configuration
+def _one(
+    args,  # a patient and the resolved configuration
+):
     "One patient's arrays: a job of `_build_entry`, one worker process each when parallel."
     p, cfg = args
     return preprocess_patient(p, cfg.timepoints, cfg.sequences, cfg)
 
 # %% ../nbs/05_preprocess.ipynb #938ee758
-def _build_entry(cohort: Cohort, # the cohort
-                 cfg: PreprocessConfig, # its resolved configuration
-                 d: Path, # the entry folder to create
-                 n_jobs: int = 1, # worker processes
-                 show_progress: bool = True, # show a progress bar
-                ) -> Path:
+def _build_entry(
+    cohort: Cohort,  # the cohort
+    cfg: PreprocessConfig,  # its resolved configuration
+    d: Path,  # the entry folder to create
+    n_jobs: int = 1,  # worker processes
+    show_progress: bool = True,  # show a progress bar
+) -> Path:
     "Preprocess every patient of `cohort` into the cache entry `d`."
     pts = list(cohort)
     jobs = [(p, cfg) for p in pts]
-    bar = dict(total=len(jobs), desc=f'preprocessing {cohort.name}',
-               disable=not show_progress or None)
+    bar = dict(
+        total=len(jobs), desc=f'preprocessing {cohort.name}', disable=not show_progress or None
+    )
     if n_jobs > 1:
         import multiprocessing as mp
+
         with mp.get_context('fork').Pool(n_jobs) as pool:
             res = list(progress(pool.imap(_one, jobs), **bar))
     else:
         res = [_one(j) for j in progress(jobs, **bar)]
     arrays = {k: np.stack([r[i] for r in res]) for i, k in enumerate(_ARRAYS)}
-    return _write_entry(d, arrays, ids=[p.id for p in pts], timepoints=cfg.timepoints,
-                        sequences=cfg.sequences, config=asdict(cfg), cohort=str(cohort.root),
-                        fingerprint=cohort.fingerprint())
+    return _write_entry(
+        d,
+        arrays,
+        ids=[p.id for p in pts],
+        timepoints=cfg.timepoints,
+        sequences=cfg.sequences,
+        config=asdict(cfg),
+        cohort=str(cohort.root),
+        fingerprint=cohort.fingerprint(),
+    )
 
 # %% ../nbs/05_preprocess.ipynb #67d9ef69
-def preprocess_cohort(cohort: Cohort, # the cohort
-                      cfg: PreprocessConfig = PreprocessConfig(), # how to preprocess
-                      cache=None, # cache root (default: cache_dir()/'preprocessed')
-                      n_jobs: int = 1, # worker processes
-                      show_progress: bool = True, # show a progress bar
-                     ) -> Preprocessed:
+def preprocess_cohort(
+    cohort: Cohort,  # the cohort
+    cfg: PreprocessConfig = PreprocessConfig(),  # how to preprocess
+    cache=None,  # cache root (default: cache_dir()/'preprocessed')
+    n_jobs: int = 1,  # worker processes
+    show_progress: bool = True,  # show a progress bar
+) -> Preprocessed:
     "Preprocess every patient of `cohort` into the cache (or reuse its cached entry, if whole)."
     cfg = resolve(cohort, cfg)
-    root = Path(cache) if cache else cache_dir()/'preprocessed'
+    root = Path(cache) if cache else cache_dir() / 'preprocessed'
     check_out_path(root, cohort=cohort.root)
     name = ''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in cohort.name)[:40]
-    d = root/f'{name}-{cohort.fingerprint()}-{cfg.key()}'
+    d = root / f'{name}-{cohort.fingerprint()}-{cfg.key()}'
     if d.exists() or d.is_symlink():
         try:
             return _load_cached(d, cfg)

@@ -21,74 +21,111 @@ __all__ = ['PRETRAIN_PRE', 'augment', 'projector', 'vicreg_loss', 'nt_xent', 'un
            'pretrain', 'cmd_pretrain']
 
 # %% ../nbs/07b_pretrain.ipynb #75c73c47
-def augment(x: torch.Tensor,           # images (N, k, H, W)
-            g: torch.Generator,        # the random generator (on the CPU)
-            scale=(0.6, 1.0),          # range of the crop's area, as a share of the image
-            max_rot: float = 15.0,     # largest rotation, degrees
-            flip: bool = True,         # random left-right flips
-            gain=(0.8, 1.25),          # range of the intensity gain
-            offset: float = 0.2,       # largest intensity offset (in z-score units)
-            gamma=(0.7, 1.4),          # range of the gamma exponent (log-uniform)
-            noise: float = 0.1) -> torch.Tensor: # largest SD of the added Gaussian noise
+def augment(
+    x: torch.Tensor,  # images (N, k, H, W)
+    g: torch.Generator,  # the random generator (on the CPU)
+    scale=(0.6, 1.0),  # range of the crop's area, as a share of the image
+    max_rot: float = 15.0,  # largest rotation, degrees
+    flip: bool = True,  # random left-right flips
+    gain=(0.8, 1.25),  # range of the intensity gain
+    offset: float = 0.2,  # largest intensity offset (in z-score units)
+    gamma=(0.7, 1.4),  # range of the gamma exponent (log-uniform)
+    noise: float = 0.1,  # largest SD of the added Gaussian noise
+) -> torch.Tensor:
     "A random view of each image: crop, flip and rotation in one resampling; gain, offset, gamma, noise."
     N = len(x)
+
     def u(lo, hi, *shape):
-        return lo + (hi - lo)*torch.rand(N, *shape, generator=g)
+        return lo + (hi - lo) * torch.rand(N, *shape, generator=g)
+
     side, th = u(*scale).sqrt(), torch.deg2rad(u(-max_rot, max_rot))
     mirror = torch.where(torch.rand(N, generator=g) < 0.5, -1.0, 1.0) if flip else torch.ones(N)
-    shift = (1 - side)[:, None]*u(-1, 1, 2)             # the crop stays inside the image
-    cos, sin = side*th.cos(), side*th.sin()
-    A = torch.stack([torch.stack([cos*mirror, -sin, shift[:, 0]], -1),
-                     torch.stack([sin*mirror, cos, shift[:, 1]], -1)], 1)
+    shift = (1 - side)[:, None] * u(-1, 1, 2)  # the crop stays inside the image
+    cos, sin = side * th.cos(), side * th.sin()
+    A = torch.stack(
+        [
+            torch.stack([cos * mirror, -sin, shift[:, 0]], -1),
+            torch.stack([sin * mirror, cos, shift[:, 1]], -1),
+        ],
+        1,
+    )
     grid = F.affine_grid(A.to(x), list(x.shape), align_corners=False)
     v = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
     lo, hi = v.amin((1, 2, 3), keepdim=True), v.amax((1, 2, 3), keepdim=True)
     gam = torch.exp(u(math.log(gamma[0]), math.log(gamma[1])))
-    v = lo + (hi - lo)*((v - lo)/(hi - lo).clamp(min=1e-6))**gam.to(x)[:, None, None, None]
+    v = lo + (hi - lo) * ((v - lo) / (hi - lo).clamp(min=1e-6)) ** gam.to(x)[:, None, None, None]
     a, b, sd = (t.to(x)[:, None, None, None] for t in (u(*gain), u(-offset, offset), u(0, noise)))
-    return a*v + b + sd*torch.randn(x.shape, generator=g).to(x)
+    return a * v + b + sd * torch.randn(x.shape, generator=g).to(x)
 
 # %% ../nbs/07b_pretrain.ipynb #4e70a7ea
-def projector(in_dim: int, # channels of the pooled trunk maps
-              dim: int = 256) -> nn.Sequential: # hidden and output size
+def projector(
+    in_dim: int,  # channels of the pooled trunk maps
+    dim: int = 256,  # hidden and output size
+) -> nn.Sequential:
     "The MLP between the pooled trunk maps and the embedding on which the loss is computed."
-    return nn.Sequential(nn.Linear(in_dim, dim), nn.BatchNorm1d(dim), nn.ReLU(),
-                         nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(), nn.Linear(dim, dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, dim),
+        nn.BatchNorm1d(dim),
+        nn.ReLU(),
+        nn.Linear(dim, dim),
+        nn.BatchNorm1d(dim),
+        nn.ReLU(),
+        nn.Linear(dim, dim),
+    )
 
 # %% ../nbs/07b_pretrain.ipynb #252eda06
-def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, # embeddings of the two views (B, D)
-                sim: float = 25.0, var: float = 25.0, cov: float = 1.0, # weights of the three terms
-                eps: float = 1e-4) -> torch.Tensor:
+def vicreg_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,  # embeddings of the two views (B, D)
+    sim: float = 25.0,
+    var: float = 25.0,
+    cov: float = 1.0,  # weights of the three terms
+    eps: float = 1e-4,
+) -> torch.Tensor:
     "VICReg: invariance (MSE between views) + variance (each dimension's SD ≥ 1) + covariance (off-diagonal)."
     n, d = z1.shape
+
     def spread(z):
         return F.relu(1 - (z.var(0) + eps).sqrt()).mean()
+
     def offdiag(z):
         z = z - z.mean(0)
-        c = (z.T @ z)/(n - 1)
-        return (c.pow(2).sum() - c.diagonal().pow(2).sum())/d
-    return sim*F.mse_loss(z1, z2) + var*(spread(z1) + spread(z2))/2 + cov*(offdiag(z1) + offdiag(z2))
+        c = (z.T @ z) / (n - 1)
+        return (c.pow(2).sum() - c.diagonal().pow(2).sum()) / d
+
+    return (
+        sim * F.mse_loss(z1, z2)
+        + var * (spread(z1) + spread(z2)) / 2
+        + cov * (offdiag(z1) + offdiag(z2))
+    )
 
 # %% ../nbs/07b_pretrain.ipynb #b3329bd5
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, # embeddings of the two views (B, D)
-            tau: float = 0.2) -> torch.Tensor:  # temperature
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,  # embeddings of the two views (B, D)
+    tau: float = 0.2,  # temperature
+) -> torch.Tensor:
     "SimCLR's loss: each view must pick its partner among the other 2B − 1 views."
     n = len(z1)
     z = F.normalize(torch.cat([z1, z2]), dim=1)
-    self_pair = torch.eye(2*n, dtype=torch.bool, device=z.device)
-    s = (z @ z.T/tau).masked_fill(self_pair, float('-inf'))
-    target = torch.cat([torch.arange(n, 2*n), torch.arange(n)]).to(z.device)
+    self_pair = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    s = (z @ z.T / tau).masked_fill(self_pair, float('-inf'))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(s, target)
 
 # %% ../nbs/07b_pretrain.ipynb #87cb2742
-def unlabelled_images(cohorts: list[Cohort], # the cohorts
-                      pre_cfg: PreprocessConfig, # how they are preprocessed
-                      show_progress: bool = True) -> tuple[np.ndarray, list[str]]:
+def unlabelled_images(
+    cohorts: list[Cohort],  # the cohorts
+    pre_cfg: PreprocessConfig,  # how they are preprocessed
+    show_progress: bool = True,
+) -> tuple[np.ndarray, list[str]]:
     "Every present image of the cohorts, (M, k, px, px) float32, and the cohorts' names; labels are not read."
     arrays, names = [], []
     for c in cohorts:
         if not len(c):
-            raise ConfigError(f'{c.root}: cohort {c.name!r} has no patients: no images to pretrain on')
+            raise ConfigError(
+                f'{c.root}: cohort {c.name!r} has no patients: no images to pretrain on'
+            )
         pp = preprocess_cohort(c, pre_cfg, show_progress=show_progress)
         x = np.asarray(pp.images)[np.asarray(pp.present)]
         if not len(x):
@@ -100,23 +137,37 @@ def unlabelled_images(cohorts: list[Cohort], # the cohorts
 # %% ../nbs/07b_pretrain.ipynb #b518787c
 def _blocks(layer: str) -> tuple:
     "Key prefixes of the trunk's blocks up to `layer`."
-    return ('conv1.', 'bn1.') + tuple(f'{l}.' for l in LAYERS[:LAYERS.index(layer) + 1])
+    return ('conv1.', 'bn1.') + tuple(f'{l}.' for l in LAYERS[: LAYERS.index(layer) + 1])
 
-def trunk_state(trunk: ResNetTrunk, # the trunk
-                layer: str) -> dict: # the deepest block kept
+
+def trunk_state(
+    trunk: ResNetTrunk,  # the trunk
+    layer: str,  # the deepest block kept
+) -> dict:
     "The trunk's tensors up to `layer` (conv1, bn1, layer1…), torchvision key names, on the CPU."
     keep = _blocks(layer)
-    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-            for k, v in trunk.net.state_dict().items() if k.startswith(keep)}
+    return {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in trunk.net.state_dict().items()
+        if k.startswith(keep)
+    }
 
 # %% ../nbs/07b_pretrain.ipynb #148dd94d
-def save_trunk(trunk: ResNetTrunk, # the trained trunk
-               layer: str,         # the deepest block saved
-               out,                # the file
-               **meta):            # plain values (str, int, float, lists of them) stored beside the tensors
+def save_trunk(
+    trunk: ResNetTrunk,  # the trained trunk
+    layer: str,  # the deepest block saved
+    out,  # the file
+    **meta,  # plain values (str, int, float, lists of them) stored beside the tensors
+):
     "Write the trunk's blocks up to `layer` and `meta` to `out` atomically (readable with `weights_only=True`)."
-    obj = {'state_dict': trunk_state(trunk, layer), 'format': 'liver_pcr-trunk', 'stem': trunk.stem,
-           'layer': layer, 'in_ch': trunk.in_ch, **meta}
+    obj = {
+        'state_dict': trunk_state(trunk, layer),
+        'format': 'liver_pcr-trunk',
+        'stem': trunk.stem,
+        'layer': layer,
+        'in_ch': trunk.in_ch,
+        **meta,
+    }
     with atomic_path(out) as tmp:
         torch.save(obj, tmp)
     return Path(out)
@@ -124,22 +175,37 @@ def save_trunk(trunk: ResNetTrunk, # the trained trunk
 # %% ../nbs/07b_pretrain.ipynb #6dc330d1
 def _step_loss(trunk, head, xb, layer: str, method: str, g: torch.Generator) -> torch.Tensor:
     "The loss of one batch: two views of each image, pooled maps, projector, VICReg or NT-Xent."
-    views = torch.cat([augment(xb, g), augment(xb, g)]).contiguous(memory_format=torch.channels_last)
+    views = torch.cat([augment(xb, g), augment(xb, g)]).contiguous(
+        memory_format=torch.channels_last
+    )
     z = head(trunk.maps(views, layer).mean((2, 3)))
     z1, z2 = z.chunk(2)
     return vicreg_loss(z1, z2) if method == 'vicreg' else nt_xent(z1, z2)
 
 # %% ../nbs/07b_pretrain.ipynb #9c2a7e5d
-def _checked(cohorts, out, stem: str, layer: str, method: str, epochs: int, batch_size: int,
-             steps: int | None) -> list[Cohort]:
+def _checked(
+    cohorts,
+    out,
+    stem: str,
+    layer: str,
+    method: str,
+    epochs: int,
+    batch_size: int,
+    steps: int | None,
+) -> list[Cohort]:
     "The cohorts, loaded; a ConfigError for a bad choice or for `out` inside a cohort."
-    for k, v, ok in (('stem', stem, ('small', 'imagenet')), ('layer', layer, LAYERS),
-                     ('method', method, ('vicreg', 'simclr'))):
+    for k, v, ok in (
+        ('stem', stem, ('small', 'imagenet')),
+        ('layer', layer, LAYERS),
+        ('method', method, ('vicreg', 'simclr')),
+    ):
         if v not in ok:
             raise ConfigError(f'{k}={v!r}: choose one of {list(ok)}')
     if epochs < 1 or batch_size < 2 or (steps is not None and steps < 1):
-        raise ConfigError(f'epochs={epochs}, batch_size={batch_size}, steps={steps}: '
-                          'at least 1 epoch, 2 images per batch and 1 step per epoch are needed')
+        raise ConfigError(
+            f'epochs={epochs}, batch_size={batch_size}, steps={steps}: '
+            'at least 1 epoch, 2 images per batch and 1 step per epoch are needed'
+        )
     if isinstance(cohorts, (str, os.PathLike, Cohort)):
         cohorts = [cohorts]
     cohorts = [c if isinstance(c, Cohort) else Cohort.load(c) for c in cohorts]
@@ -148,27 +214,32 @@ def _checked(cohorts, out, stem: str, layer: str, method: str, epochs: int, batc
     for c in cohorts:
         check_out_path(out, cohort=c.root)
     if Path(out).is_dir():
-        raise ConfigError(f'{out}: is a folder; give the weights file to write (e.g. {Path(out)/"trunk.pt"})')
+        raise ConfigError(
+            f'{out}: is a folder; give the weights file to write (e.g. {Path(out) / "trunk.pt"})'
+        )
     return cohorts
 
 # %% ../nbs/07b_pretrain.ipynb #1e930679
 PRETRAIN_PRE = PreprocessConfig(roi_mm=64, roi_px=32, k=3)
 
-def pretrain(cohorts,                       # cohort folders or `Cohort`s, one or many (labels are never read)
-             out,                           # the weights file to write (not inside a cohort)
-             pre_cfg: PreprocessConfig = PRETRAIN_PRE, # how the images are preprocessed (ROI, k)
-             stem: str = 'small',           # the trunk's stem, as in the model that will read it
-             layer: str = 'layer2',         # the deepest block trained and saved
-             method: str = 'vicreg',        # 'vicreg' or 'simclr'
-             epochs: int = 100,             # passes over the images
-             batch_size: int = 128,         # images per step (two views each)
-             lr: float = 1e-3,              # AdamW's learning rate at the start of the cosine decay
-             weight_decay: float = 1e-4,    # AdamW's weight decay
-             steps: int | None = None,      # at most this many steps per epoch (None: every image once)
-             weights=None,                  # start from this weights file instead of a seeded random trunk
-             seed: int = 0,                 # seed of the trunk, the views and the order
-             device=None,                   # 'cpu', 'cuda', ... (None: the best available)
-             show_progress: bool = True) -> dict:
+
+def pretrain(
+    cohorts,  # cohort folders or `Cohort`s, one or many (labels are never read)
+    out,  # the weights file to write (not inside a cohort)
+    pre_cfg: PreprocessConfig = PRETRAIN_PRE,  # how the images are preprocessed (ROI, k)
+    stem: str = 'small',  # the trunk's stem, as in the model that will read it
+    layer: str = 'layer2',  # the deepest block trained and saved
+    method: str = 'vicreg',  # 'vicreg' or 'simclr'
+    epochs: int = 100,  # passes over the images
+    batch_size: int = 128,  # images per step (two views each)
+    lr: float = 1e-3,  # AdamW's learning rate at the start of the cosine decay
+    weight_decay: float = 1e-4,  # AdamW's weight decay
+    steps: int | None = None,  # at most this many steps per epoch (None: every image once)
+    weights=None,  # start from this weights file instead of a seeded random trunk
+    seed: int = 0,  # seed of the trunk, the views and the order
+    device=None,  # 'cpu', 'cuda', ... (None: the best available)
+    show_progress: bool = True,
+) -> dict:
     "Learn the trunk from every image of `cohorts` without labels; write `out`; return losses and timings."
     t0 = time.time()
     cohorts = _checked(cohorts, out, stem, layer, method, epochs, batch_size, steps)
@@ -181,21 +252,25 @@ def pretrain(cohorts,                       # cohort folders or `Cohort`s, one o
         trunk, head = ResNetTrunk(x.shape[1], stem=stem), projector(CHANNELS[layer])
     if weights:
         load_weights(trunk, weights)
-    trunk = trunk.to(dev, memory_format=torch.channels_last).train()    # faster convolutions on CPUs
+    trunk = trunk.to(dev, memory_format=torch.channels_last).train()  # faster convolutions on CPUs
     head = head.to(dev).train()
     params = [p for k, p in trunk.net.named_parameters() if k.startswith(_blocks(layer))]
     params += list(head.parameters())
     bs = min(batch_size, len(x))
-    per_epoch = min(len(x)//bs, steps or len(x))            # whole batches only: BatchNorm needs ≥ 2
+    per_epoch = min(len(x) // bs, steps or len(x))  # whole batches only: BatchNorm needs ≥ 2
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs*per_epoch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch)
     X, losses, step_loss = torch.from_numpy(x), [], []
-    bar = progress(total=epochs*per_epoch, desc=f'pretraining ({method})', disable=not show_progress or None)
+    bar = progress(
+        total=epochs * per_epoch, desc=f'pretraining ({method})', disable=not show_progress or None
+    )
     t1 = time.time()
     for ep in range(epochs):
         order = torch.randperm(len(X), generator=g)
         for i in range(per_epoch):
-            loss = _step_loss(trunk, head, X[order[i*bs:(i + 1)*bs]].to(dev), layer, method, g)
+            loss = _step_loss(
+                trunk, head, X[order[i * bs : (i + 1) * bs]].to(dev), layer, method, g
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -205,10 +280,22 @@ def pretrain(cohorts,                       # cohort folders or `Cohort`s, one o
             bar.set_postfix(loss=f'{step_loss[-1]:.3f}')
         losses.append(float(np.mean(step_loss[-per_epoch:])))
     bar.close()
-    rec = dict(out=str(out), method=method, stem=stem, layer=layer, in_ch=int(x.shape[1]), epochs=epochs,
-               steps=epochs*per_epoch, batch_size=bs, n_images=len(x), cohorts=names, loss=losses,
-               step_loss=step_loss, seconds_per_step=(time.time() - t1)/(epochs*per_epoch),
-               seconds=time.time() - t0)
+    rec = dict(
+        out=str(out),
+        method=method,
+        stem=stem,
+        layer=layer,
+        in_ch=int(x.shape[1]),
+        epochs=epochs,
+        steps=epochs * per_epoch,
+        batch_size=bs,
+        n_images=len(x),
+        cohorts=names,
+        loss=losses,
+        step_loss=step_loss,
+        seconds_per_step=(time.time() - t1) / (epochs * per_epoch),
+        seconds=time.time() - t0,
+    )
     meta = {k: rec[k] for k in ('method', 'epochs', 'n_images', 'cohorts', 'loss', 'seconds')}
     save_trunk(trunk, layer, out, roi_px=pre_cfg.roi_px, roi_mm=float(pre_cfg.roi_mm), **meta)
     return rec
@@ -218,9 +305,20 @@ def cmd_pretrain(args) -> int:
     "`liver-pcr pretrain COHORT [COHORT ...] --out OUT`: learn the trunk from the images, without labels."
     pre = replace(PRETRAIN_PRE, roi_px=16) if is_tiny() else PRETRAIN_PRE
     epochs = args.epochs or (1 if is_tiny() else 100)
-    r = pretrain(args.cohorts, args.out, pre, layer=args.layer, method=args.method, epochs=epochs,
-                 batch_size=args.batch, seed=args.seed, device=args.device)
-    print(f"pretrained the trunk ({r['method']}, up to {r['layer']}) on {r['n_images']} images of "
-          f"{len(r['cohorts'])} cohort(s): {r['epochs']} epochs, final loss {r['loss'][-1]:.3f}, "
-          f"{r['seconds']:.0f} s; wrote {args.out} - use it with --weights {args.out}")
+    r = pretrain(
+        args.cohorts,
+        args.out,
+        pre,
+        layer=args.layer,
+        method=args.method,
+        epochs=epochs,
+        batch_size=args.batch,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(
+        f"pretrained the trunk ({r['method']}, up to {r['layer']}) on {r['n_images']} images of "
+        f"{len(r['cohorts'])} cohort(s): {r['epochs']} epochs, final loss {r['loss'][-1]:.3f}, "
+        f"{r['seconds']:.0f} s; wrote {args.out} - use it with --weights {args.out}"
+    )
     return 0

@@ -14,14 +14,16 @@ from .data import Split, check_no_leak, ClinicalTransformer, wide_labs, PatientD
 from .models import PCRModel
 from .runs import FoldResult
 
-
 # %% auto #0
 __all__ = ['C_GRID', 'standardise', 'fit_logistic', 'linear_inputs', 'fit_head', 'radiomics_inputs', 'fit_linear_fold',
            'predict_linear']
 
 # %% ../nbs/07a_probe.ipynb #ddc863da
-def standardise(X: np.ndarray, miss: np.ndarray, # training values (n, P); their missing flags (n, P)
-                blocks: dict) -> tuple[np.ndarray, np.ndarray]: # block name → width, in column order
+def standardise(
+    X: np.ndarray,
+    miss: np.ndarray,  # training values (n, P); their missing flags (n, P)
+    blocks: dict,  # block name → width, in column order
+) -> tuple[np.ndarray, np.ndarray]:
     "Column means and scales (SD × √(usable columns of the block)) fitted on the training rows."
     X = np.where(miss, np.nan, np.asarray(X, np.float64))
     seen = (~miss).any(0)
@@ -32,29 +34,40 @@ def standardise(X: np.ndarray, miss: np.ndarray, # training values (n, P); their
     start = 0
     for w in blocks.values():
         b = slice(start, start + w)
-        scale[b] = np.where(usable[b], sd[b]*math.sqrt(max(usable[b].sum(), 1)), np.inf)
+        scale[b] = np.where(usable[b], sd[b] * math.sqrt(max(usable[b].sum(), 1)), np.inf)
         start += w
     return mean, scale
 
 # %% ../nbs/07a_probe.ipynb #76ee94a2
 C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 11))
 
+
 def _inner_folds(y: np.ndarray, n_inner: int, seed: int):
     from sklearn.model_selection import StratifiedKFold
+
     k = min(n_inner, int(y.sum()), int((1 - y).sum()))
     if k < 2:
-        raise ConfigError(f'too few training patients of one class to fit the linear head '
-                          f'({int(y.sum())} pCR, {int((1 - y).sum())} non-pCR)')
+        raise ConfigError(
+            f'too few training patients of one class to fit the linear head '
+            f'({int(y.sum())} pCR, {int((1 - y).sum())} non-pCR)'
+        )
     return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
-def fit_logistic(Z: np.ndarray, y: np.ndarray, # standardised training features (n, P); labels 0/1
-                 Cs=C_GRID, n_inner: int = 5, seed: int = 0) -> dict: # penalty grid; inner folds; their seed
+
+def fit_logistic(
+    Z: np.ndarray,
+    y: np.ndarray,  # standardised training features (n, P); labels 0/1
+    Cs=C_GRID,
+    n_inner: int = 5,
+    seed: int = 0,  # penalty grid; inner folds; their seed
+) -> dict:
     "L2 logistic regression with C chosen by inner CV (log-loss): coef (P,), bias, C, inner out-of-fold p."
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
+
     y = np.asarray(y).astype(int)
     _, _, Vt = np.linalg.svd(Z, full_matrices=False)
-    R = Z @ Vt.T                                                  # (n, ≤ n): the same fit, in the rows' span
+    R = Z @ Vt.T  # (n, ≤ n): the same fit, in the rows' span
     folds = _inner_folds(y, n_inner, seed)
     best = None
     for C in Cs:
@@ -66,11 +79,21 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, # standardised training features 
         if best is None or loss < best[0] - 1e-9:
             best = (loss, C, oof)
     lr = LogisticRegression(C=best[1], max_iter=5000).fit(R, y)
-    return dict(coef=Vt.T @ lr.coef_[0], bias=float(lr.intercept_[0]), C=best[1], inner_loss=best[0], oof=best[2])
+    return dict(
+        coef=Vt.T @ lr.coef_[0],
+        bias=float(lr.intercept_[0]),
+        C=best[1],
+        inner_loss=best[0],
+        oof=best[2],
+    )
 
 # %% ../nbs/07a_probe.ipynb #0d74efc2
 @torch.no_grad()
-def linear_inputs(model: PCRModel, ds, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]: # a model; a dataset
+def linear_inputs(
+    model: PCRModel,
+    ds,
+    batch_size: int = 32,  # a model; a dataset
+) -> tuple[np.ndarray, np.ndarray]:
     "The linear head's inputs (n, P) and missing flags (n, P) for every patient of `ds`."
     model.eval()
     if len(ds) == 0:
@@ -82,14 +105,26 @@ def linear_inputs(model: PCRModel, ds, batch_size: int = 32) -> tuple[np.ndarray
         miss.append(m.numpy())
     return np.concatenate(vals), np.concatenate(miss)
 
-def fit_head(model: PCRModel, ds, # a model with head='linear'; its training patients (PatientDataset)
-             Cs=C_GRID, n_inner: int = 5, seed: int = 0) -> dict: # penalty grid; inner folds; their seed
+
+def fit_head(
+    model: PCRModel,
+    ds,  # a model with head='linear'; its training patients (PatientDataset)
+    Cs=C_GRID,
+    n_inner: int = 5,
+    seed: int = 0,  # penalty grid; inner folds; their seed
+) -> dict:
     "Fit the model's linear head on `ds`; return the fit's record (C, inner log-loss, inner out-of-fold p)."
     if model.cfg.head != 'linear':
-        raise ConfigError(f"model {model.cfg.name!r} has head={model.cfg.head!r}: fit_head fits the linear head")
+        raise ConfigError(
+            f"model {model.cfg.name!r} has head={model.cfg.head!r}: fit_head fits the linear head"
+        )
     X, miss = linear_inputs(model, ds)
     mean, scale = standardise(X, miss, model.blocks)
-    Z = np.where(np.isfinite(scale), (np.where(miss, mean, X) - mean)/np.where(np.isfinite(scale), scale, 1), 0.0)
+    Z = np.where(
+        np.isfinite(scale),
+        (np.where(miss, mean, X) - mean) / np.where(np.isfinite(scale), scale, 1),
+        0.0,
+    )
     r = fit_logistic(Z, ds.y, Cs, n_inner, seed)
     coef = np.where(np.isfinite(scale), r['coef'], 0.0)
     h = model.head
@@ -98,42 +133,75 @@ def fit_head(model: PCRModel, ds, # a model with head='linear'; its training pat
     h.coef.copy_(torch.as_tensor(coef, dtype=h.coef.dtype))
     h.bias.fill_(r['bias'])
     h.fitted.fill_(True)
-    return dict(C=r['C'], inner_loss=r['inner_loss'], oof=r['oof'], n_features=int(np.isfinite(scale).sum()))
+    return dict(
+        C=r['C'], inner_loss=r['inner_loss'], oof=r['oof'], n_features=int(np.isfinite(scale).sum())
+    )
 
 # %% ../nbs/07a_probe.ipynb #056ff2cc
 def _radiomics(cohort, pre, ids) -> pd.DataFrame:
     "The radiomics table of the model's timepoints and sequences, with the columns seen on `ids`."
     from liver_pcr.radiomics import radiomics_table
+
     tab = radiomics_table(cohort, pre.timepoints, pre.sequences, show_progress=False)
     seen = tab.loc[list(ids)].notna().any()
     return tab.loc[:, seen.values]
 
-def radiomics_inputs(cohort, timepoints, sequences, columns) -> pd.DataFrame: # the cohort; the model's inputs; saved columns
+
+def radiomics_inputs(
+    cohort,
+    timepoints,
+    sequences,
+    columns,  # the cohort; the model's inputs; saved columns
+) -> pd.DataFrame:
     "A fitted hybrid's radiomics input for every patient of `cohort`: the saved columns, in order."
     from liver_pcr.radiomics import radiomics_table
-    return radiomics_table(cohort, timepoints, sequences, show_progress=False).reindex(columns=columns)
 
-def fit_linear_fold(ctx, split: Split, fold_dir: Path): # the run's context; the split; the fold's folder
+    return radiomics_table(cohort, timepoints, sequences, show_progress=False).reindex(
+        columns=columns
+    )
+
+
+def fit_linear_fold(
+    ctx,  # the run's context
+    split: Split,  # the split
+    fold_dir: Path,  # the fold's folder
+):
     "Fit a linear-head model on one split: inner-validation and test probabilities, a log row, the model."
     c, pre, mcfg = ctx.cohort, ctx.pre, ctx.model
     check_no_leak(split.train, split.val, split.test)
     fit_ids = list(split.train) + list(split.val)
     ct = None
     if mcfg.use_labs and c.markers:
-        ct = ClinicalTransformer(c.markers, pre.timepoints).fit(wide_labs(c, fit_ids, pre.timepoints))
+        ct = ClinicalTransformer(c.markers, pre.timepoints).fit(
+            wide_labs(c, fit_ids, pre.timepoints)
+        )
     rad = _radiomics(c, pre, fit_ids) if mcfg.radiomics else None
     fit, te = (PatientDataset(pre, c, ids, ct, radiomics=rad) for ids in (fit_ids, split.test))
     set_seed(ctx.seed + split.fold)
     n_rad = 0 if rad is None else rad.shape[1]
-    model = PCRModel(mcfg, pre.timepoints, pre.sequences, k=pre.cfg.k, n_clinical=fit.clin.shape[1],
-                     n_radiomics=n_rad)
+    model = PCRModel(
+        mcfg,
+        pre.timepoints,
+        pre.sequences,
+        k=pre.cfg.k,
+        n_clinical=fit.clin.shape[1],
+        n_radiomics=n_rad,
+    )
     rec = fit_head(model, fit, seed=ctx.seed + split.fold)
-    pv = rec['oof'][len(split.train):]
+    pv = rec['oof'][len(split.train) :]
     pt = predict_linear(model, te)
-    log = [dict(fold=split.fold, C=rec['C'], inner_log_loss=round(rec['inner_loss'], 4),
-                n_features=rec['n_features'], n_fit=len(fit_ids))]
+    log = [
+        dict(
+            fold=split.fold,
+            C=rec['C'],
+            inner_log_loss=round(rec['inner_loss'], 4),
+            n_features=rec['n_features'],
+            n_fit=len(fit_ids),
+        )
+    ]
     cols = None if rad is None else list(rad.columns)
     return FoldResult(pv, pt, log, [model], dict(ct=ct, radiomics_columns=cols))
+
 
 @torch.no_grad()
 def predict_linear(model: PCRModel, ds) -> np.ndarray:

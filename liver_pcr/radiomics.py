@@ -11,7 +11,15 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np, pandas as pd
 from scipy import ndimage
-from .core import CohortError, ConfigError, LiverPcrError, atomic_path, cache_dir, check_out_path, progress
+from liver_pcr.core import (
+    CohortError,
+    ConfigError,
+    LiverPcrError,
+    atomic_path,
+    cache_dir,
+    check_out_path,
+    progress,
+)
 from .cohort import Cohort, Patient, Volume
 
 # %% auto #0
@@ -23,121 +31,193 @@ __all__ = ['OFFSETS', 'GLCM_FEATURES', 'EXAM_FEATURES', 'VOLUME_FLOOR_ML', 'FEAT
 @dataclass(frozen=True)
 class RadiomicsConfig:
     "How exam features are computed; every setting that changes a number is here (and in the cache key)."
-    ring_mm: float = 8.0      # thickness of the background ring around the lesion (mm)
-    body_frac: float = 0.1    # 'in the body': brighter than this share of the image's 99th percentile
-    low: float = 0.5          # low-signal voxel: below `low` × the ring median
-    high: float = 2.0         # high-signal voxel: above `high` × the ring median
-    levels: int = 16          # grey levels of the GLCM (equal bins between the lesion's p1 and p99)
-    min_ring: int = 10        # fewer ring voxels than this: the normalised features are NaN
-    central: float = 0.5      # without a mask, the ROI is a central box spanning this share of x and y
+
+    ring_mm: float = 8.0  # thickness of the background ring around the lesion (mm)
+    body_frac: float = 0.1  # 'in the body': brighter than this share of the image's 99th percentile
+    low: float = 0.5  # low-signal voxel: below `low` × the ring median
+    high: float = 2.0  # high-signal voxel: above `high` × the ring median
+    levels: int = 16  # grey levels of the GLCM (equal bins between the lesion's p1 and p99)
+    min_ring: int = 10  # fewer ring voxels than this: the normalised features are NaN
+    central: float = 0.5  # without a mask, the ROI is a central box spanning this share of x and y
 
 # %% ../nbs/10_radiomics.ipynb #afc7c0aa
-OFFSETS = ((1, 0), (1, 1), (0, 1), (-1, 1))   # in-plane steps (dx, dy): 0°, 45°, 90°, 135°
+OFFSETS = ((1, 0), (1, 1), (0, 1), (-1, 1))  # in-plane steps (dx, dy): 0°, 45°, 90°, 135°
 
-def glcm(q: np.ndarray, roi: np.ndarray | None = None, # grey levels (x, y[, z]) in 0..levels-1; voxels to count (default all)
-         levels: int = 16, offsets=OFFSETS) -> np.ndarray:
+
+def glcm(
+    q: np.ndarray,
+    roi: np.ndarray
+    | None = None,  # grey levels (x, y[, z]) in 0..levels-1; voxels to count (default all)
+    levels: int = 16,
+    offsets=OFFSETS,
+) -> np.ndarray:
     "Symmetric co-occurrence counts (direction, level, level) of in-plane neighbours that both lie in `roi`."
-    q = np.asarray(q); q = q[..., None] if q.ndim == 2 else q
+    q = np.asarray(q)
+    q = q[..., None] if q.ndim == 2 else q
     roi = np.ones(q.shape, bool) if roi is None else (np.asarray(roi) > 0).reshape(q.shape)
     (nx, ny), out = q.shape[:2], np.zeros((len(offsets), levels, levels), np.int64)
     for k, (dx, dy) in enumerate(offsets):
         a = (slice(max(0, -dx), nx - max(0, dx)), slice(max(0, -dy), ny - max(0, dy)))
         b = (slice(max(0, dx), nx - max(0, -dx)), slice(max(0, dy), ny - max(0, -dy)))
         both = roi[a] & roi[b]
-        c = np.bincount(q[a][both]*levels + q[b][both], minlength=levels*levels).reshape(levels, levels)
+        c = np.bincount(q[a][both] * levels + q[b][both], minlength=levels * levels).reshape(
+            levels, levels
+        )
         out[k] = c + c.T
     return out
 
 # %% ../nbs/10_radiomics.ipynb #aa83a058
 GLCM_FEATURES = ('contrast', 'homogeneity', 'energy', 'correlation', 'entropy')
 
-def glcm_features(P: np.ndarray) -> dict: # co-occurrence counts (levels, levels) or (direction, levels, levels)
+
+def glcm_features(
+    P: np.ndarray,  # co-occurrence counts (levels, levels) or (direction, levels, levels)
+) -> dict:
     "GLCM contrast, homogeneity, energy, correlation and entropy, averaged over directions; NaN without pairs."
-    P = np.asarray(P, np.float64); P = P[None] if P.ndim == 2 else P
-    n = P.sum((1, 2)); P = P[n > 0]/n[n > 0, None, None]
-    if not len(P): return {f'glcm_{k}': math.nan for k in GLCM_FEATURES}
-    L = P.shape[1]; i, j = np.meshgrid(np.arange(L), np.arange(L), indexing='ij')
-    mi, mj = (P*i).sum((1, 2))[:, None, None], (P*j).sum((1, 2))[:, None, None]
-    si, sj = np.sqrt((P*(i - mi)**2).sum((1, 2))), np.sqrt((P*(j - mj)**2).sum((1, 2)))
-    cov, sd = (P*(i - mi)*(j - mj)).sum((1, 2)), si*sj
-    f = dict(contrast=(P*(i - j)**2).sum((1, 2)), homogeneity=(P/(1 + (i - j)**2)).sum((1, 2)), energy=(P**2).sum((1, 2)),
-             correlation=np.where(sd > 0, cov/np.where(sd > 0, sd, 1), 1.0),
-             entropy=-(P*np.log2(np.where(P > 0, P, 1))).sum((1, 2)))
+    P = np.asarray(P, np.float64)
+    P = P[None] if P.ndim == 2 else P
+    n = P.sum((1, 2))
+    P = P[n > 0] / n[n > 0, None, None]
+    if not len(P):
+        return {f'glcm_{k}': math.nan for k in GLCM_FEATURES}
+    L = P.shape[1]
+    i, j = np.meshgrid(np.arange(L), np.arange(L), indexing='ij')
+    mi, mj = (P * i).sum((1, 2))[:, None, None], (P * j).sum((1, 2))[:, None, None]
+    si, sj = np.sqrt((P * (i - mi) ** 2).sum((1, 2))), np.sqrt((P * (j - mj) ** 2).sum((1, 2)))
+    cov, sd = (P * (i - mi) * (j - mj)).sum((1, 2)), si * sj
+    f = dict(
+        contrast=(P * (i - j) ** 2).sum((1, 2)),
+        homogeneity=(P / (1 + (i - j) ** 2)).sum((1, 2)),
+        energy=(P**2).sum((1, 2)),
+        correlation=np.where(sd > 0, cov / np.where(sd > 0, sd, 1), 1.0),
+        entropy=-(P * np.log2(np.where(P > 0, P, 1))).sum((1, 2)),
+    )
     return {f'glcm_{k}': float(v.mean()) for k, v in f.items()}
 
 # %% ../nbs/10_radiomics.ipynb #50cadaf3
-def quantise(x: np.ndarray, levels: int = 16, # the intensities; the number of grey levels
-             lo: float | None = None, hi: float | None = None) -> np.ndarray: # bin range (default: p1 and p99 of `x`)
+def quantise(
+    x: np.ndarray,
+    levels: int = 16,  # the intensities; the number of grey levels
+    lo: float | None = None,
+    hi: float | None = None,  # bin range (default: p1 and p99 of `x`)
+) -> np.ndarray:
     "Grey levels 0..levels-1: equal bins between `lo` and `hi`, clipped at both ends."
     x = np.asarray(x, np.float64)
-    if lo is None or hi is None: lo, hi = np.percentile(x, [1, 99])
-    if not hi > lo: return np.zeros(x.shape, np.int64)
-    return np.clip(np.floor((x - lo)/(hi - lo)*levels), 0, levels - 1).astype(np.int64)
+    if lo is None or hi is None:
+        lo, hi = np.percentile(x, [1, 99])
+    if not hi > lo:
+        return np.zeros(x.shape, np.int64)
+    return np.clip(np.floor((x - lo) / (hi - lo) * levels), 0, levels - 1).astype(np.int64)
 
 # %% ../nbs/10_radiomics.ipynb #d45387ca
-def central_roi(shape, share: float = 0.5) -> np.ndarray: # the volume shape; the share of x and y the box spans
+def central_roi(
+    shape,  # the volume shape
+    share: float = 0.5,  # the share of x and y the box spans
+) -> np.ndarray:
     "A box over the middle `share` of x and y, all slices: the region of interest when there is no mask."
     roi = np.zeros(shape, bool)
-    cx, cy = (round(n*(1 - share)/2) for n in shape[:2])
-    roi[cx:shape[0] - cx, cy:shape[1] - cy] = True
+    cx, cy = (round(n * (1 - share) / 2) for n in shape[:2])
+    roi[cx : shape[0] - cx, cy : shape[1] - cy] = True
     return roi
 
-def background_ring(roi: np.ndarray, body: np.ndarray, spacing, # the region; the body voxels; voxel size (mm)
-                    ring_mm: float = 8.0) -> np.ndarray:
+
+def background_ring(
+    roi: np.ndarray,
+    body: np.ndarray,
+    spacing,  # the region; the body voxels; voxel size (mm)
+    ring_mm: float = 8.0,
+) -> np.ndarray:
     "Voxels within `ring_mm` mm of `roi`, outside it and inside `body`."
     dist = ndimage.distance_transform_edt(~roi, sampling=spacing)
     return (dist > 0) & (dist <= ring_mm) & body
 
 # %% ../nbs/10_radiomics.ipynb #4190fc37
-EXAM_FEATURES = ('volume_ml', 'diameter_mm', 'mean', 'sd', 'p10', 'p50', 'p90', 'skewness', 'kurtosis',
-                 'ring_contrast', 'ring_z', 'low_frac', 'high_frac', *(f'glcm_{k}' for k in GLCM_FEATURES))
+EXAM_FEATURES = (
+    'volume_ml',
+    'diameter_mm',
+    'mean',
+    'sd',
+    'p10',
+    'p50',
+    'p90',
+    'skewness',
+    'kurtosis',
+    'ring_contrast',
+    'ring_z',
+    'low_frac',
+    'high_frac',
+    *(f'glcm_{k}' for k in GLCM_FEATURES),
+)
+
 
 def _arrays(volume, mask, spacing):
     "Image (float64), region (bool) and spacing from Volumes or arrays."
     img = np.asarray(getattr(volume, 'data', volume), np.float64)
     img = img[..., None] if img.ndim == 2 else img
-    spacing = tuple(float(s) for s in (spacing or getattr(volume, 'spacing', None) or (1., 1., 1.)))
-    if mask is None: return img, None, spacing
+    spacing = tuple(
+        float(s) for s in (spacing or getattr(volume, 'spacing', None) or (1.0, 1.0, 1.0))
+    )
+    if mask is None:
+        return img, None, spacing
     m = np.asarray(getattr(mask, 'data', mask)) > 0
     m = m[..., None] if m.ndim == 2 else m
-    if m.shape != img.shape: raise CohortError(f'mask shape {m.shape} differs from the image shape {img.shape}')
+    if m.shape != img.shape:
+        raise CohortError(f'mask shape {m.shape} differs from the image shape {img.shape}')
     return img, m, spacing
+
 
 def _crop(roi: np.ndarray, margin) -> tuple:
     "The bounding box of `roi`, widened by `margin` voxels per axis."
     box = ndimage.find_objects(roi.astype(np.int8))[0]
-    return tuple(slice(max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(box, margin, roi.shape))
+    return tuple(
+        slice(max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(box, margin, roi.shape)
+    )
 
 # %% ../nbs/10_radiomics.ipynb #4b4eabd3
 def _intensity(x: np.ndarray, r: np.ndarray, cfg) -> dict:
     "Intensity features of lesion values `x` relative to ring values `r`."
     f = dict.fromkeys(EXAM_FEATURES[2:13], math.nan)
     sd = x.std()
-    z = (x - x.mean())/sd if sd > 0 else np.zeros_like(x)
-    f.update(skewness=float((z**3).mean()), kurtosis=float((z**4).mean() - 3) if sd > 0 else 0.)
+    z = (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+    f.update(skewness=float((z**3).mean()), kurtosis=float((z**4).mean() - 3) if sd > 0 else 0.0)
     med = float(np.median(r)) if len(r) >= cfg.min_ring else math.nan
-    if not med > 0: return f
-    xn = x/med; p10, p50, p90 = np.percentile(xn, [10, 50, 90])
-    f.update(mean=float(xn.mean()), sd=float(xn.std()), p10=float(p10), p50=float(p50), p90=float(p90),
-             ring_contrast=float((x.mean() - r.mean())/(x.mean() + r.mean())),
-             ring_z=float((x.mean() - r.mean())/r.std()) if r.std() > 0 else math.nan,
-             low_frac=float((x < cfg.low*med).mean()), high_frac=float((x > cfg.high*med).mean()))
+    if not med > 0:
+        return f
+    xn = x / med
+    p10, p50, p90 = np.percentile(xn, [10, 50, 90])
+    f.update(
+        mean=float(xn.mean()),
+        sd=float(xn.std()),
+        p10=float(p10),
+        p50=float(p50),
+        p90=float(p90),
+        ring_contrast=float((x.mean() - r.mean()) / (x.mean() + r.mean())),
+        ring_z=float((x.mean() - r.mean()) / r.std()) if r.std() > 0 else math.nan,
+        low_frac=float((x < cfg.low * med).mean()),
+        high_frac=float((x > cfg.high * med).mean()),
+    )
     return f
 
 # %% ../nbs/10_radiomics.ipynb #28cf3c7b
-def exam_features(volume: Volume | np.ndarray, mask: Volume | np.ndarray | None = None, # the image; its lesion mask (None: a central box)
-                  sequence: str | None = None, # the sequence's name: when given, it prefixes every feature name
-                  cfg: RadiomicsConfig = RadiomicsConfig(), spacing=None) -> dict: # settings; voxel size (mm) for a bare array
+def exam_features(
+    volume: Volume | np.ndarray,
+    mask: Volume | np.ndarray | None = None,  # the image; its lesion mask (None: a central box)
+    sequence: str | None = None,  # the sequence's name: when given, it prefixes every feature name
+    cfg: RadiomicsConfig = RadiomicsConfig(),
+    spacing=None,  # settings; voxel size (mm) for a bare array
+) -> dict:
     "Features of one exam image: lesion size, intensities relative to the surrounding ring, low/high-signal shares, GLCM texture."
     img, m, sp = _arrays(volume, mask, spacing)
     f = dict.fromkeys(EXAM_FEATURES, math.nan)
     if m is not None:
-        n = int(m.sum()); f['volume_ml'] = n*math.prod(sp)/1000
-        f['diameter_mm'] = (6*n*math.prod(sp)/math.pi)**(1/3)
-    else: m = central_roi(img.shape, cfg.central)
+        n = int(m.sum())
+        f['volume_ml'] = n * math.prod(sp) / 1000
+        f['diameter_mm'] = (6 * n * math.prod(sp) / math.pi) ** (1 / 3)
+    else:
+        m = central_roi(img.shape, cfg.central)
     if m.any():
-        body = cfg.body_frac*np.percentile(img, 99)
-        box = _crop(m, [math.ceil(cfg.ring_mm/s) + 1 for s in sp])
+        body = cfg.body_frac * np.percentile(img, 99)
+        box = _crop(m, [math.ceil(cfg.ring_mm / s) + 1 for s in sp])
         I, M = img[box], m[box]
         x, r = I[M], I[background_ring(M, I > body, sp, cfg.ring_mm)]
         f.update(_intensity(x, r, cfg))
@@ -148,61 +228,112 @@ def exam_features(volume: Volume | np.ndarray, mask: Volume | np.ndarray | None 
 # %% ../nbs/10_radiomics.ipynb #2679acbc
 VOLUME_FLOOR_ML = 1e-3
 
+
 def _exam(patient: Patient, tp: str, seq: str, masks: dict, cfg) -> dict:
     "The features of one exam of `patient` (NaN when it is missing); errors name the patient and file."
-    if not patient.has(tp, seq): return dict.fromkeys(EXAM_FEATURES, math.nan)
+    if not patient.has(tp, seq):
+        return dict.fromkeys(EXAM_FEATURES, math.nan)
     ref = patient.ref(tp, seq)
     try:
-        if ref.mask not in masks: masks[ref.mask] = ref.load_mask()
+        if ref.mask not in masks:
+            masks[ref.mask] = ref.load_mask()
         return exam_features(ref.load(), masks[ref.mask], cfg=cfg)
-    except LiverPcrError as e: raise CohortError(f'patient {patient.id}, {tp}/{seq} ({ref.image}): {e}') from None
+    except LiverPcrError as e:
+        raise CohortError(f'patient {patient.id}, {tp}/{seq} ({ref.image}): {e}') from None
 
 # %% ../nbs/10_radiomics.ipynb #1eaa37a6
-def patient_features(patient: Patient, timepoints: list, sequences: list, # the patient; timepoints (baseline first) and sequences
-                     cfg: RadiomicsConfig = RadiomicsConfig()) -> dict:
+def patient_features(
+    patient: Patient,
+    timepoints: list,
+    sequences: list,  # the patient; timepoints (baseline first) and sequences
+    cfg: RadiomicsConfig = RadiomicsConfig(),
+) -> dict:
     "Exam features for each timepoint × sequence, and each later timepoint's change from the baseline."
     out, masks = {}, {}
     for tp in timepoints:
-        for s in sequences: out.update({f'{tp}_{s}_{k}': v for k, v in _exam(patient, tp, s, masks, cfg).items()})
+        for s in sequences:
+            out.update({f'{tp}_{s}_{k}': v for k, v in _exam(patient, tp, s, masks, cfg).items()})
     base = timepoints[0]
     for tp in timepoints[1:]:
         for s in sequences:
-            for k in EXAM_FEATURES: out[f'delta_{tp}_{s}_{k}'] = out[f'{tp}_{s}_{k}'] - out[f'{base}_{s}_{k}']
+            for k in EXAM_FEATURES:
+                out[f'delta_{tp}_{s}_{k}'] = out[f'{tp}_{s}_{k}'] - out[f'{base}_{s}_{k}']
             v0, v1 = (np.maximum(out[f'{t}_{s}_volume_ml'], VOLUME_FLOOR_ML) for t in (base, tp))
-            out[f'logratio_{tp}_{s}_volume_ml'] = float(np.log(v1/v0))
+            out[f'logratio_{tp}_{s}_volume_ml'] = float(np.log(v1 / v0))
     return out
 
 # %% ../nbs/10_radiomics.ipynb #07d25abc
-FEATURE_VERSION = 1   # bump when a feature's definition changes: old caches are then ignored
+FEATURE_VERSION = 1  # bump when a feature's definition changes: old caches are then ignored
 
-def radiomics_cache_path(cohort: Cohort, timepoints: list, sequences: list, cfg: RadiomicsConfig) -> Path:
+
+def radiomics_cache_path(
+    cohort: Cohort, timepoints: list, sequences: list, cfg: RadiomicsConfig
+) -> Path:
     "Where the table of `cohort` for these parameters is cached."
-    params = json.dumps(dict(version=FEATURE_VERSION, timepoints=list(timepoints), sequences=list(sequences), cfg=asdict(cfg)), sort_keys=True)
-    path = cache_dir()/'radiomics'/f'{cohort.fingerprint()}-{hashlib.sha256(params.encode()).hexdigest()[:12]}.csv'
+    params = json.dumps(
+        dict(
+            version=FEATURE_VERSION,
+            timepoints=list(timepoints),
+            sequences=list(sequences),
+            cfg=asdict(cfg),
+        ),
+        sort_keys=True,
+    )
+    path = (
+        cache_dir()
+        / 'radiomics'
+        / f'{cohort.fingerprint()}-{hashlib.sha256(params.encode()).hexdigest()[:12]}.csv'
+    )
     return check_out_path(path, cohort=cohort.root)
 
+
 def _read_table(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, index_col='patient_id', dtype={'patient_id': str}, float_precision='round_trip')
+    df = pd.read_csv(
+        path, index_col='patient_id', dtype={'patient_id': str}, float_precision='round_trip'
+    )
     return df.astype(np.float64)
 
 # %% ../nbs/10_radiomics.ipynb #86f05c66
-def _one(args): return patient_features(*args)
+def _one(args):
+    return patient_features(*args)
 
-def radiomics_table(cohort: Cohort, timepoints: list | None = None, sequences: list | None = None, # default: the cohort's
-                    show_progress: bool = True, cfg: RadiomicsConfig = RadiomicsConfig(),
-                    cache: bool = True, n_jobs: int = 1) -> pd.DataFrame: # read/write the disk cache?; worker processes
+
+def radiomics_table(
+    cohort: Cohort,
+    timepoints: list | None = None,
+    sequences: list | None = None,  # default: the cohort's
+    show_progress: bool = True,
+    cfg: RadiomicsConfig = RadiomicsConfig(),
+    cache: bool = True,
+    n_jobs: int = 1,  # read/write the disk cache?; worker processes
+) -> pd.DataFrame:
     "Delta-radiomics features of every patient (rows: patient_id; columns sorted), cached on disk."
     tps, seqs = list(timepoints or cohort.timepoints), list(sequences or cohort.sequences)
-    bad = [t for t in tps if t not in cohort.timepoints] + [s for s in seqs if s not in cohort.sequences]
-    if bad: raise ConfigError(f'{cohort.root}: unknown timepoint(s)/sequence(s) {bad}; the cohort has {cohort.timepoints} and {cohort.sequences}')
+    bad = [t for t in tps if t not in cohort.timepoints] + [
+        s for s in seqs if s not in cohort.sequences
+    ]
+    if bad:
+        raise ConfigError(
+            f'{cohort.root}: unknown timepoint(s)/sequence(s) {bad}; the cohort has {cohort.timepoints} and {cohort.sequences}'
+        )
     path = radiomics_cache_path(cohort, tps, seqs, cfg)
-    if cache and path.exists(): return _read_table(path)
-    jobs, bar = [(p, tps, seqs, cfg) for p in cohort], dict(total=len(cohort), desc='radiomics', disable=not show_progress or None)
+    if cache and path.exists():
+        return _read_table(path)
+    jobs, bar = (
+        [(p, tps, seqs, cfg) for p in cohort],
+        dict(total=len(cohort), desc='radiomics', disable=not show_progress or None),
+    )
     if n_jobs > 1:
         import multiprocessing as mp
-        with mp.get_context('fork').Pool(n_jobs) as pool: rows = list(progress(pool.imap(_one, jobs, chunksize=4), **bar))
-    else: rows = [_one(j) for j in progress(jobs, **bar)]
-    df = pd.DataFrame(rows, index=pd.Index(cohort.ids, name='patient_id'), dtype=np.float64).sort_index(axis=1)
+
+        with mp.get_context('fork').Pool(n_jobs) as pool:
+            rows = list(progress(pool.imap(_one, jobs, chunksize=4), **bar))
+    else:
+        rows = [_one(j) for j in progress(jobs, **bar)]
+    df = pd.DataFrame(
+        rows, index=pd.Index(cohort.ids, name='patient_id'), dtype=np.float64
+    ).sort_index(axis=1)
     if cache:
-        with atomic_path(path) as tmp: df.to_csv(tmp)
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp)
     return df

@@ -12,7 +12,14 @@ import numpy as np, pandas as pd
 from scipy.special import expit
 from .core import ConfigError
 from .cohort import Cohort
-from .data import Split, check_no_leak, ClinicalTransformer, wide_labs, transformer_state, transformer_from
+from liver_pcr.data import (
+    Split,
+    check_no_leak,
+    ClinicalTransformer,
+    wide_labs,
+    transformer_state,
+    transformer_from,
+)
 from .runs import FoldResult, RunFolder
 
 # %% auto #0
@@ -22,34 +29,67 @@ __all__ = ['REFERENCE_MODELS', 'C_GRID', 'fit_reference', 'predict_state', 'Refe
 REFERENCE_MODELS = ('clinical', 'radiomics')
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
+
 def _features(kind: str, cohort: Cohort, ids, state: dict) -> pd.DataFrame:
     "The reference's raw feature table for `ids` (the clinical transformer must already be in `state` for 'clinical')."
-    if kind == 'clinical': tab = state['ct'].transform(wide_labs(cohort, ids, state['ct'].timepoints, state['ct'].markers))
+    if kind == 'clinical':
+        tab = state['ct'].transform(
+            wide_labs(cohort, ids, state['ct'].timepoints, state['ct'].markers)
+        )
     else:
         from liver_pcr.radiomics import radiomics_table
-        tab = radiomics_table(cohort, state['timepoints'], state['sequences'], show_progress=False).reindex(list(ids))
+
+        tab = radiomics_table(
+            cohort, state['timepoints'], state['sequences'], show_progress=False
+        ).reindex(list(ids))
     return tab.reindex(columns=state['columns']) if 'columns' in state else tab
+
 
 def _pipeline(C: float):
     from sklearn.pipeline import make_pipeline
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import StandardScaler
     from sklearn.linear_model import LogisticRegression
-    return make_pipeline(SimpleImputer(strategy='median', add_indicator=True), StandardScaler(), LogisticRegression(C=C, max_iter=5000))
+
+    return make_pipeline(
+        SimpleImputer(strategy='median', add_indicator=True),
+        StandardScaler(),
+        LogisticRegression(C=C, max_iter=5000),
+    )
 
 # %% ../nbs/11_references.ipynb #3b454cd5
-def fit_reference(kind: str, cohort: Cohort, train, val, timepoints=None, sequences=None) -> dict: # 'clinical' or 'radiomics'; the cohort; ids
+def fit_reference(
+    kind: str,
+    cohort: Cohort,
+    train,
+    val,
+    timepoints=None,
+    sequences=None,  # 'clinical' or 'radiomics'; the cohort; ids
+) -> dict:
     "Fit a reference on the training ids, choosing C on the validation ids; return its state (pipeline and feature spec)."
     from sklearn.metrics import log_loss
-    if kind not in ('clinical', 'radiomics'): raise ConfigError(f'unknown reference {kind!r}')
+
+    if kind not in ('clinical', 'radiomics'):
+        raise ConfigError(f'unknown reference {kind!r}')
     check_no_leak(train, val, names=('train', 'val'))
-    st = dict(kind=kind, timepoints=list(timepoints or cohort.timepoints), sequences=list(sequences or cohort.sequences))
+    st = dict(
+        kind=kind,
+        timepoints=list(timepoints or cohort.timepoints),
+        sequences=list(sequences or cohort.sequences),
+    )
     if kind == 'clinical':
-        if not cohort.markers: raise ConfigError(f'{cohort.root}: the clinical reference needs markers (labs.csv), and the cohort has none')
-        st['ct'] = ClinicalTransformer(cohort.markers, st['timepoints']).fit(wide_labs(cohort, train, st['timepoints']))
+        if not cohort.markers:
+            raise ConfigError(
+                f'{cohort.root}: the clinical reference needs markers (labs.csv), and the cohort has none'
+            )
+        st['ct'] = ClinicalTransformer(cohort.markers, st['timepoints']).fit(
+            wide_labs(cohort, train, st['timepoints'])
+        )
     Xtr = _features(kind, cohort, train, st)
-    keep = [c for c in Xtr.columns if Xtr[c].notna().any()]                      # decided on the training patients only
-    Xtr = Xtr[keep].loc[:, ~Xtr[keep].T.duplicated().values]                      # e.g. one lesion volume shared by every sequence
+    keep = [c for c in Xtr.columns if Xtr[c].notna().any()]  # decided on the training patients only
+    Xtr = Xtr[keep].loc[
+        :, ~Xtr[keep].T.duplicated().values
+    ]  # e.g. one lesion volume shared by every sequence
     st['columns'] = list(Xtr.columns)
     ytr, yva = np.array([cohort[i].label for i in train]), np.array([cohort[i].label for i in val])
     Xva = _features(kind, cohort, val, st)
@@ -57,13 +97,16 @@ def fit_reference(kind: str, cohort: Cohort, train, val, timepoints=None, sequen
     for C in C_GRID:
         pipe = _pipeline(C).fit(Xtr, ytr)
         loss = log_loss(yva, pipe.predict_proba(Xva)[:, 1], labels=[0, 1])
-        if best is None or loss < best[0]: best = (loss, C, pipe)
+        if best is None or loss < best[0]:
+            best = (loss, C, pipe)
     st.update(C=best[1], pipeline=best[2])
     return st
 
+
 def predict_state(st: dict, cohort: Cohort, ids) -> np.ndarray:
     "Probabilities of a fitted reference for `ids`."
-    if len(ids) == 0: return np.zeros(0)
+    if len(ids) == 0:
+        return np.zeros(0)
     return st['pipeline'].predict_proba(_features(st['kind'], cohort, ids, st))[:, 1]
 
 # %% ../nbs/11_references.ipynb #0c48853d
@@ -90,9 +133,20 @@ class ReferenceModel:
         imp, sc, lr = st['pipeline'][0], st['pipeline'][1], st['pipeline'][-1]
         cols = list(st['columns'])
         ind = [cols[j] for j in imp.indicator_.features_] if imp.indicator_ is not None else []
-        return cls(st['kind'], list(st['timepoints']), list(st['sequences']), cols, float(st['C']),
-                   imp.statistics_.tolist(), ind, sc.mean_.tolist(), sc.scale_.tolist(),
-                   lr.coef_[0].tolist(), float(lr.intercept_[0]), transformer_state(st.get('ct')))
+        return cls(
+            st['kind'],
+            list(st['timepoints']),
+            list(st['sequences']),
+            cols,
+            float(st['C']),
+            imp.statistics_.tolist(),
+            ind,
+            sc.mean_.tolist(),
+            sc.scale_.tolist(),
+            lr.coef_[0].tolist(),
+            float(lr.intercept_[0]),
+            transformer_state(st.get('ct')),
+        )
 
     @property
     def ct(self) -> ClinicalTransformer | None:
@@ -105,13 +159,17 @@ class ReferenceModel:
 
     def features(self, cohort: Cohort, ids) -> pd.DataFrame:
         "The raw feature table for `ids`."
-        st = dict(ct=self.ct, timepoints=self.timepoints, sequences=self.sequences, columns=self.columns)
+        st = dict(
+            ct=self.ct, timepoints=self.timepoints, sequences=self.sequences, columns=self.columns
+        )
         return _features(self.reference, cohort, list(ids), st)
 
     def design(self, X: pd.DataFrame) -> np.ndarray:
         "Imputed features and missing indicators (what the scaler gets)."
         x = X.reindex(columns=self.columns).to_numpy()
-        x = x if x.dtype.kind == 'f' else x.astype(float)  # float32 stays float32, as in scikit-learn
+        x = (
+            x if x.dtype.kind == 'f' else x.astype(float)
+        )  # float32 stays float32, as in scikit-learn
         miss = np.isnan(x)
         filled = np.where(miss, np.asarray(self.medians, dtype=x.dtype)[None], x)
         idx = [self.columns.index(c) for c in self.indicators]
@@ -135,7 +193,9 @@ class ReferenceModel:
         if self.reference == 'radiomics':
             miss += [s for s in self.sequences if s not in cohort.sequences]
         if miss:
-            raise ConfigError(f'{cohort.root}: lacks {miss}, which the {self.reference} reference was trained on')
+            raise ConfigError(
+                f'{cohort.root}: lacks {miss}, which the {self.reference} reference was trained on'
+            )
         if not cohort.ids:
             return np.zeros(0)
         return expit(self.decision(self.features(cohort, cohort.ids)))
@@ -144,7 +204,10 @@ class ReferenceModel:
 class ReferenceFitter:
     "Fits, saves and loads a reference: the fitter protocol of `liver_pcr.runs`."
 
-    def __init__(self, ctx):  # the run's context (cohort, model name)
+    def __init__(
+        self,
+        ctx,  # the run's context (cohort, model name)
+    ):
         self.ctx = ctx
 
     def fit(self, split: Split, fold_dir: Path | None = None) -> FoldResult:
@@ -164,5 +227,7 @@ class ReferenceFitter:
     @staticmethod
     def load(meta: dict, tensors=None) -> ReferenceModel:
         "A saved reference, ready to predict."
-        keep = {k: v for k, v in meta.items() if k not in ('kind', 'threshold', 'format', 'tensors')}
+        keep = {
+            k: v for k, v in meta.items() if k not in ('kind', 'threshold', 'format', 'tensors')
+        }
         return ReferenceModel(**keep)

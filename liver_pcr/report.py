@@ -23,123 +23,326 @@ __all__ = ['DEMO_MODELS', 'REFERENCES', 'DEMO_PATIENTS', 'TRIPOD_AI', 'demo_coho
 DEMO_MODELS = ('baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics')
 REFERENCES = ('clinical', 'radiomics')
 
+
 def _say(msg, quiet=False):
-    if not quiet: print(msg, flush=True)
+    if not quiet:
+        print(msg, flush=True)
+
 
 DEMO_PATIENTS = 120
 
-def demo_cohort(out: Path, patients: int | None = None, seed: int = 0, # output folder; cohort size; generator seed
-                sample: bool = False) -> tuple[Cohort, float | None]:  # the packaged 24-patient sample instead?
+
+def demo_cohort(
+    out: Path,
+    patients: int | None = None,
+    seed: int = 0,  # output folder; cohort size; generator seed
+    sample: bool = False,  # the packaged 24-patient sample instead?
+) -> tuple[Cohort, float | None]:
     "The demo's cohort and its oracle AUC: by default 120 synthetic patients (cached, shared with the course)."
     from liver_pcr.synth import SynthConfig, make_cohort, truth_table, oracle_auc
+
     if patients is None and not sample and not is_tiny():
         c, tt = course_cohort(DEMO_PATIENTS, seed)
         return c, oracle_auc(tt)
     if patients is None:
         c = Cohort.load(sample_cohort_path())
-        tt = truth_table(SynthConfig(n_patients=len(c), seed=0))            # the sample is the generator's seed 0, remade from its config
+        tt = truth_table(
+            SynthConfig(n_patients=len(c), seed=0)
+        )  # the sample is the generator's seed 0, remade from its config
         same = list(tt.patient_id) == c.ids and list(tt.pcr) == list(c.labels.astype(int))
         return c, oracle_auc(tt) if same else None
-    tt = make_cohort(out/'cohort', SynthConfig(n_patients=patients, seed=seed), truth=out/'truth.csv', overwrite=True, show_progress=False)
-    return Cohort.load(out/'cohort'), oracle_auc(tt)
+    tt = make_cohort(
+        out / 'cohort',
+        SynthConfig(n_patients=patients, seed=seed),
+        truth=out / 'truth.csv',
+        overwrite=True,
+        show_progress=False,
+    )
+    return Cohort.load(out / 'cohort'), oracle_auc(tt)
 
-def run_demo(out='liver_pcr_demo', preset_name: str = 'fast', patients: int | None = None, seed: int = 0, # output folder; training preset; cohort size
-             n_folds: int = 5, epochs: int | None = None, ablate: bool = False, quiet: bool = False, n_boot: int = 2000,
-             sample: bool = False, weights=None, head: str | None = None) -> Path: # packaged sample?; trunk weights; head
+
+def run_demo(
+    out='liver_pcr_demo',
+    preset_name: str = 'fast',
+    patients: int | None = None,
+    seed: int = 0,  # output folder; training preset; cohort size
+    n_folds: int = 5,
+    epochs: int | None = None,
+    ablate: bool = False,
+    quiet: bool = False,
+    n_boot: int = 2000,
+    sample: bool = False,
+    weights=None,
+    head: str | None = None,  # packaged sample?; trunk weights; head
+) -> Path:
     "The model evolution, the references and the ablations on the embedded data; returns the report's path."
     from liver_pcr.evaluate import compare_runs
-    t0, out = time.time(), Path(out); out.mkdir(parents=True, exist_ok=True)
+
+    t0, out = time.time(), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     check_out_path(out, cohort=sample_cohort_path())
     c, oracle = demo_cohort(out, patients, seed, sample)
     c.check(show_progress=not quiet)
-    _say(f'cohort {c.name!r}: {len(c)} patients, {int(c.labels.sum())} pCR' + (f'; oracle AUC {oracle:.3f}' if oracle else ''), quiet)
+    _say(
+        f'cohort {c.name!r}: {len(c)} patients, {int(c.labels.sum())} pCR'
+        + (f'; oracle AUC {oracle:.3f}' if oracle else ''),
+        quiet,
+    )
     metrics, times = {}, {}
     for i, m in enumerate(DEMO_MODELS):
         t1 = time.time()
-        metrics[m] = run_cv(c, m, out/'runs'/m, n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs, check=False,
-                            show_progress=not quiet, n_boot=n_boot,
-                            weights=None if m in REFERENCES else weights, head=None if m in REFERENCES else head)
+        metrics[m] = run_cv(
+            c,
+            m,
+            out / 'runs' / m,
+            n_folds=n_folds,
+            seed=seed,
+            preset_name=preset_name,
+            epochs=epochs,
+            check=False,
+            show_progress=not quiet,
+            n_boot=n_boot,
+            weights=None if m in REFERENCES else weights,
+            head=None if m in REFERENCES else head,
+        )
         times[m] = time.time() - t1
-        _say(f"[{i + 1}/{len(DEMO_MODELS)}] {m:9s} AUC {metrics[m]['auc']:.3f} [{metrics[m]['auc_ci'][0]:.3f}, {metrics[m]['auc_ci'][1]:.3f}]  ({times[m]:.0f} s)", quiet)
-    cmp = compare_runs([out/'runs'/m for m in DEMO_MODELS], out_dir=out/'comparison', n_boot=n_boot, seed=seed)
+        _say(
+            f"[{i + 1}/{len(DEMO_MODELS)}] {m:9s} AUC {metrics[m]['auc']:.3f} [{metrics[m]['auc_ci'][0]:.3f}, {metrics[m]['auc_ci'][1]:.3f}]  ({times[m]:.0f} s)",
+            quiet,
+        )
+    cmp = compare_runs(
+        [out / 'runs' / m for m in DEMO_MODELS],
+        out_dir=out / 'comparison',
+        n_boot=n_boot,
+        seed=seed,
+    )
     abl = None
     if ablate:
-        t1 = time.time(); _say('ablations of the relation model ...', quiet)
+        t1 = time.time()
+        _say('ablations of the relation model ...', quiet)
         from liver_pcr.train import model_config
+
         base = model_config('relation', weights=weights, head=head)
-        abl = run_ablation(c, out/'ablation', preset_name, n_folds, seed, epochs, base=base, show_progress=not quiet,
-                           n_boot=n_boot)
+        abl = run_ablation(
+            c,
+            out / 'ablation',
+            preset_name,
+            n_folds,
+            seed,
+            epochs,
+            base=base,
+            show_progress=not quiet,
+            n_boot=n_boot,
+        )
         times['ablations'] = time.time() - t1
     times['total'] = time.time() - t0
-    rep = write_report(out, c, cmp, abl, oracle=oracle, preset_name=preset_name, n_folds=n_folds, seed=seed, times=times)
+    rep = write_report(
+        out,
+        c,
+        cmp,
+        abl,
+        oracle=oracle,
+        preset_name=preset_name,
+        n_folds=n_folds,
+        seed=seed,
+        times=times,
+    )
     _say('\n' + cmp.attrs['markdown'], quiet)
-    if len(c) < 60: _say(f'\n{len(c)} patients: every interval is wide, so read this as a demonstration of the pipeline, not as a ranking of the models.'
-                         '\nFor a cohort of realistic size: liver-pcr demo (120 patients, a few minutes on 2 CPU cores).', quiet)
-    _say(f'\nreport: {rep.resolve()}  ({times["total"]/60:.1f} min)', quiet)
+    if len(c) < 60:
+        _say(
+            f'\n{len(c)} patients: every interval is wide, so read this as a demonstration of the pipeline, not as a ranking of the models.'
+            '\nFor a cohort of realistic size: liver-pcr demo (120 patients, a few minutes on 2 CPU cores).',
+            quiet,
+        )
+    _say(f'\nreport: {rep.resolve()}  ({times["total"] / 60:.1f} min)', quiet)
     return rep
 
 # %% ../nbs/13_report.ipynb #b01606ec
 TRIPOD_AI = [
-    ('Source of data', 'the cohort (name, folder) and how it was made: synthetic generator and seed, or your own data'),
-    ('Participants', 'patients, labelled patients, pCR share; coverage of timepoints × sequences; marker missingness'),
-    ('Outcome', 'pathologic complete response (the label column of patients.csv), as recorded, without blinding information'),
-    ('Predictors', 'MRI sequences and timepoints per model stage; AFP and PIVKA-II (log, change, missing indicators)'),
-    ('Sample size', 'n and events per model; bootstrap confidence intervals show the uncertainty that follows'),
-    ('Missing data', 'missing exams/sequences are masked in the model, never imputed from another image; missing markers: indicator + training mean'),
-    ('Analysis: model building', 'one model family (config). Linear head (default): a fixed ResNet18 trunk (seeded random, or weights '
-                                 'from a file) read inside the lesion, an L2-penalised logistic regression with its penalty chosen by '
-                                 'cross-validation within the training fold. Neural head: trained end to end, early stopping and '
-                                 'checkpoint choice on an inner validation split'),
-    ('Analysis: validation', 'patient-level stratified k-fold cross-validation; preprocessing statistics fitted on training patients of each fold; a leak check on every split'),
-    ('Performance: discrimination', 'AUC from out-of-fold probabilities (one per patient) with a stratified bootstrap 95% CI; DeLong against the baseline'),
+    (
+        'Source of data',
+        'the cohort (name, folder) and how it was made: synthetic generator and seed, or your own data',
+    ),
+    (
+        'Participants',
+        'patients, labelled patients, pCR share; coverage of timepoints × sequences; marker missingness',
+    ),
+    (
+        'Outcome',
+        'pathologic complete response (the label column of patients.csv), as recorded, without blinding information',
+    ),
+    (
+        'Predictors',
+        'MRI sequences and timepoints per model stage; AFP and PIVKA-II (log, change, missing indicators)',
+    ),
+    (
+        'Sample size',
+        'n and events per model; bootstrap confidence intervals show the uncertainty that follows',
+    ),
+    (
+        'Missing data',
+        'missing exams/sequences are masked in the model, never imputed from another image; missing markers: indicator + training mean',
+    ),
+    (
+        'Analysis: model building',
+        'one model family (config). Linear head (default): a fixed ResNet18 trunk (seeded random, or weights '
+        'from a file) read inside the lesion, an L2-penalised logistic regression with its penalty chosen by '
+        'cross-validation within the training fold. Neural head: trained end to end, early stopping and '
+        'checkpoint choice on an inner validation split',
+    ),
+    (
+        'Analysis: validation',
+        'patient-level stratified k-fold cross-validation; preprocessing statistics fitted on training patients of each fold; a leak check on every split',
+    ),
+    (
+        'Performance: discrimination',
+        'AUC from out-of-fold probabilities (one per patient) with a stratified bootstrap 95% CI; DeLong against the baseline',
+    ),
     ('Performance: calibration', 'calibration intercept and slope, calibration curve, Brier score'),
-    ('Performance: classification', 'sensitivity and specificity at each fold\'s threshold, chosen on its inner validation split (Youden), with CIs'),
+    (
+        'Performance: classification',
+        'sensitivity and specificity at each fold\'s threshold, chosen on its inner validation split (Youden), with CIs',
+    ),
     ('Clinical utility', 'decision curve: net benefit against treat-all and treat-none'),
-    ('Model comparison and ablation', 'paired DeLong tests; the relation model with one part removed at a time'),
-    ('Reproducibility', 'configuration, seed, software versions; the same seed gives the same predictions on CPU'),
-    ('Limitations', 'small cohorts give wide intervals; synthetic data are not patients; no external validation in this report'),
+    (
+        'Model comparison and ablation',
+        'paired DeLong tests; the relation model with one part removed at a time',
+    ),
+    (
+        'Reproducibility',
+        'configuration, seed, software versions; the same seed gives the same predictions on CPU',
+    ),
+    (
+        'Limitations',
+        'small cohorts give wide intervals; synthetic data are not patients; no external validation in this report',
+    ),
 ]
+
 
 def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()}" style="max-width:32%;margin:0.3%">'
 
+
 def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, border=0, classes='t', float_format=lambda v: f'{v:.3f}', na_rep='—', escape=True)
+    return df.to_html(
+        index=False,
+        border=0,
+        classes='t',
+        float_format=lambda v: f'{v:.3f}',
+        na_rep='—',
+        escape=True,
+    )
 
 # %% ../nbs/13_report.ipynb #b9743cab
-def write_report(out, cohort: Cohort, cmp: pd.DataFrame, abl: pd.DataFrame | None = None, # folder; cohort; comparison; ablation table
-                 oracle: float | None = None, preset_name: str = 'fast', n_folds: int = 5, seed: int = 0, times: dict | None = None) -> Path:
+def write_report(
+    out,
+    cohort: Cohort,
+    cmp: pd.DataFrame,
+    abl: pd.DataFrame | None = None,  # folder; cohort; comparison; ablation table
+    oracle: float | None = None,
+    preset_name: str = 'fast',
+    n_folds: int = 5,
+    seed: int = 0,
+    times: dict | None = None,
+) -> Path:
     "Write the self-contained `report.html` into `out`."
     out, e = Path(out), html.escape
-    show = cmp[['model', 'n', 'n_pos', 'AUC [95% CI]', 'sensitivity', 'specificity', 'brier', 'calibration_slope', 'delong_p']].rename(
-        columns={'n_pos': 'pCR', 'brier': 'Brier', 'calibration_slope': 'calibration slope', 'delong_p': f'DeLong p vs {cmp.model.iat[0]}'})
-    figs = ''.join(_img(out/'comparison'/f) for f in ('roc.png', 'calibration.png', 'decision_curve.png') if (out/'comparison'/f).exists())
+    show = cmp[
+        [
+            'model',
+            'n',
+            'n_pos',
+            'AUC [95% CI]',
+            'sensitivity',
+            'specificity',
+            'brier',
+            'calibration_slope',
+            'delong_p',
+        ]
+    ].rename(
+        columns={
+            'n_pos': 'pCR',
+            'brier': 'Brier',
+            'calibration_slope': 'calibration slope',
+            'delong_p': f'DeLong p vs {cmp.model.iat[0]}',
+        }
+    )
+    figs = ''.join(
+        _img(out / 'comparison' / f)
+        for f in ('roc.png', 'calibration.png', 'decision_curve.png')
+        if (out / 'comparison' / f).exists()
+    )
     best = cmp.loc[cmp.auc.idxmax()]
     small = int(cmp.n.iat[0]) < 60
-    parts = [f'<h1>liver_pcr — the model evolution on {e(cohort.name)}</h1>',
-             f'<p>{int(cmp.n.iat[0])} patients ({int(cmp.n_pos.iat[0])} pCR), {n_folds}-fold patient-level cross-validation, preset <b>{e(preset_name)}</b>, seed {seed}.'
-             + (f' The oracle AUC of this synthetic cohort (the true probabilities) is <b>{oracle:.3f}</b>: no model can do better.' if oracle else '') + '</p>',
-             '<div class="warn">' + ('With so few patients every confidence interval is wide: read the table as a demonstration of the pipeline, not as evidence for one model over another. '
-                                     'Run <code>liver-pcr demo</code> (120 patients, a few minutes on 2 CPU cores) for the evolution on a cohort of realistic size.' if small else
-                                     'Intervals are patient-level bootstrap 95% CIs; differences between models are tested with DeLong\'s paired test.') + '</div>',
-             '<h2>Comparison</h2>', _table(show),
-             f'<p>Highest AUC: <b>{e(str(best.model))}</b> ({e(str(best["AUC [95% CI]"]))}). A deep model that does not beat the <i>clinical</i> and <i>radiomics</i> references says so here.</p>',
-             '<h2>ROC, calibration, decision curve</h2>', figs]
+    parts = [
+        f'<h1>liver_pcr — the model evolution on {e(cohort.name)}</h1>',
+        f'<p>{int(cmp.n.iat[0])} patients ({int(cmp.n_pos.iat[0])} pCR), {n_folds}-fold patient-level cross-validation, preset <b>{e(preset_name)}</b>, seed {seed}.'
+        + (
+            f' The oracle AUC of this synthetic cohort (the true probabilities) is <b>{oracle:.3f}</b>: no model can do better.'
+            if oracle
+            else ''
+        )
+        + '</p>',
+        '<div class="warn">'
+        + (
+            'With so few patients every confidence interval is wide: read the table as a demonstration of the pipeline, not as evidence for one model over another. '
+            'Run <code>liver-pcr demo</code> (120 patients, a few minutes on 2 CPU cores) for the evolution on a cohort of realistic size.'
+            if small
+            else 'Intervals are patient-level bootstrap 95% CIs; differences between models are tested with DeLong\'s paired test.'
+        )
+        + '</div>',
+        '<h2>Comparison</h2>',
+        _table(show),
+        f'<p>Highest AUC: <b>{e(str(best.model))}</b> ({e(str(best["AUC [95% CI]"]))}). A deep model that does not beat the <i>clinical</i> and <i>radiomics</i> references says so here.</p>',
+        '<h2>ROC, calibration, decision curve</h2>',
+        figs,
+    ]
     if abl is not None:
-        parts += ['<h2>Ablations of the relation model</h2><p>Each row removes one part and is cross-validated again on the same patients; ΔAUC and DeLong\'s paired p are against the full model.</p>',
-                  _table(abl[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']])]
-    parts += ['<h2>Cohort</h2><pre>' + e(cohort.summary()) + '</pre>',
-              '<h2>What this report covers (TRIPOD+AI-style)</h2><table class="t">' + ''.join(f'<tr><td><b>{e(k)}</b></td><td>{e(v)}</td></tr>' for k, v in TRIPOD_AI) + '</table>',
-              '<h2>Configuration and versions</h2><pre>' + e(to_json(dict(preset=preset_name, n_folds=n_folds, seed=seed, runs=list(cmp.run), versions=versions(),
-                                                                        seconds={k: round(v, 1) for k, v in (times or {}).items()}))) + '</pre>']
-    css = ('body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table.t{border-collapse:collapse;margin:1em 0}'
-           'table.t td,table.t th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}.warn{background:#fff4d6;padding:8px;border-radius:4px}'
-           'pre{background:#f6f6f6;padding:8px;overflow-x:auto}')
+        parts += [
+            '<h2>Ablations of the relation model</h2><p>Each row removes one part and is cross-validated again on the same patients; ΔAUC and DeLong\'s paired p are against the full model.</p>',
+            _table(abl[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']]),
+        ]
+    parts += [
+        '<h2>Cohort</h2><pre>' + e(cohort.summary()) + '</pre>',
+        '<h2>What this report covers (TRIPOD+AI-style)</h2><table class="t">'
+        + ''.join(f'<tr><td><b>{e(k)}</b></td><td>{e(v)}</td></tr>' for k, v in TRIPOD_AI)
+        + '</table>',
+        '<h2>Configuration and versions</h2><pre>'
+        + e(
+            to_json(
+                dict(
+                    preset=preset_name,
+                    n_folds=n_folds,
+                    seed=seed,
+                    runs=list(cmp.run),
+                    versions=versions(),
+                    seconds={k: round(v, 1) for k, v in (times or {}).items()},
+                )
+            )
+        )
+        + '</pre>',
+    ]
+    css = (
+        'body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table.t{border-collapse:collapse;margin:1em 0}'
+        'table.t td,table.t th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}.warn{background:#fff4d6;padding:8px;border-radius:4px}'
+        'pre{background:#f6f6f6;padding:8px;overflow-x:auto}'
+    )
     doc = f'<!doctype html><html><head><meta charset="utf-8"><title>liver_pcr report</title><style>{css}</style></head><body>{"".join(parts)}</body></html>'
-    return write_text(out/'report.html', doc)
+    return write_text(out / 'report.html', doc)
+
 
 def cmd_demo(args) -> int:
     "`liver-pcr demo`: the main job."
-    run_demo(args.out, args.preset, patients=args.patients, seed=args.seed, n_folds=args.folds, epochs=args.epochs,
-             ablate=args.ablation, sample=args.sample, weights=args.weights, head=args.head)
+    run_demo(
+        args.out,
+        args.preset,
+        patients=args.patients,
+        seed=args.seed,
+        n_folds=args.folds,
+        epochs=args.epochs,
+        ablate=args.ablation,
+        sample=args.sample,
+        weights=args.weights,
+        head=args.head,
+    )
     return 0

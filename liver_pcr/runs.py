@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 import numpy as np, pandas as pd
-from .core import LiverPcrError, ConfigError, atomic_path, write_text, read_table, read_json_object
+from liver_pcr.core import (
+    LiverPcrError,
+    ConfigError,
+    atomic_path,
+    write_text,
+    read_table,
+    read_json_object,
+)
 
 # %% auto #0
 __all__ = ['RUN_FORMAT', 'COMPARED', 'to_json', 'few', 'Run', 'RunFolder', 'load_run', 'write_toy_run', 'save_tensors',
@@ -59,7 +66,9 @@ def _bad_rows(f, df, mask, col, what) -> list[str]:
 
 # %% ../nbs/08a_runs.ipynb #8706f5e8
 def _check_predictions(f: Path) -> pd.DataFrame:
-    df = read_table(f, ['patient_id', 'fold', 'y_true', 'p'], na=True)  # strings, converted by the checks
+    df = read_table(
+        f, ['patient_id', 'fold', 'y_true', 'p'], na=True
+    )  # strings, converted by the checks
     p = pd.to_numeric(df.p, errors='coerce')
     yv = pd.to_numeric(df.y_true, errors='coerce')
     probs = (
@@ -89,7 +98,9 @@ def _check_thresholds(f: Path, folds) -> pd.DataFrame | None:
     probs = _bad_rows(f, df, bad, 'threshold', 'threshold missing or outside [0, 1]')
     dup = df.fold[df.fold.duplicated()]
     if len(dup):
-        probs.append(f"{f}: column 'fold': more than one threshold for fold(s) {few(pd.unique(dup))}")
+        probs.append(
+            f"{f}: column 'fold': more than one threshold for fold(s) {few(pd.unique(dup))}"
+        )
     missing = sorted(set(folds) - set(df.fold))
     if missing:
         probs.append(f"{f}: no threshold for fold(s) {few(missing)} of predictions.csv")
@@ -98,11 +109,9 @@ def _check_thresholds(f: Path, folds) -> pd.DataFrame | None:
     return df.assign(threshold=t.astype(float))[['fold', 'threshold']]
 
 
-
 def _json_or_empty(f: Path) -> dict:
     "The JSON object in `f`, or {} when there is no such file."
     return read_json_object(f) if Path(f).exists() else {}
-
 
 # %% ../nbs/08a_runs.ipynb #beddd149
 @dataclass(frozen=True, eq=False)
@@ -140,7 +149,7 @@ class RunFolder:
         return f'RunFolder({str(self.path)!r})'
 
     def _file(self, name: str) -> Path:
-        return self.path/name
+        return self.path / name
 
     def fold_dir(
         self,
@@ -148,7 +157,7 @@ class RunFolder:
         make: bool = False,  # create it
     ) -> Path:
         "Where fold `fold` keeps its files (a train run keeps them at the top)."
-        d = self.path if fold is None else self.path/f'fold{fold}'
+        d = self.path if fold is None else self.path / f'fold{fold}'
         if make:
             d.mkdir(parents=True, exist_ok=True)
         return d
@@ -162,7 +171,9 @@ def config(self: RunFolder) -> dict:
     "The run's `config.json`; a one-line error when the folder is not a run."
     f = self._file('config.json')
     if not f.exists():
-        raise LiverPcrError(f'{self.path}: no config.json — not a run folder of liver-pcr cv or train')
+        raise LiverPcrError(
+            f'{self.path}: no config.json — not a run folder of liver-pcr cv or train'
+        )
     return read_json_object(f)
 
 
@@ -179,7 +190,9 @@ def start(
         prev = read_json_object(old)
         same = json.loads(to_json({k: record.get(k) for k in COMPARED}))
         if {k: prev.get(k) for k in COMPARED} != same:
-            raise ConfigError(f'{self.path}: holds a run with another configuration or cohort; choose another --out')
+            raise ConfigError(
+                f'{self.path}: holds a run with another configuration or cohort; choose another --out'
+            )
     write_text(old, to_json(record))
 
 
@@ -204,7 +217,7 @@ def done(
     fold: int | None,  # the fold
 ) -> dict | None:
     "The fold's done marker (threshold, validation and test probabilities, log), or None while it is not done."
-    f = self.fold_dir(fold)/'done.json'
+    f = self.fold_dir(fold) / 'done.json'
     return read_json_object(f) if f.exists() else None
 
 
@@ -215,7 +228,7 @@ def write_done(
     done: dict,  # threshold, val and test probabilities, log, seconds
 ) -> None:
     "Mark the fold done (atomically) and remove its resume checkpoint."
-    write_text(self.fold_dir(fold, make=True)/'done.json', to_json(done))
+    write_text(self.fold_dir(fold, make=True) / 'done.json', to_json(done))
     self.drop_checkpoint(fold)
 
 
@@ -227,13 +240,13 @@ def checkpoint(
 ) -> Path:
     "The folder where a member of a fold keeps its resumable checkpoint (`last.pt`)."
     d = self.fold_dir(fold, make=True)
-    return d if member == 0 else d/f'member{member}'
+    return d if member == 0 else d / f'member{member}'
 
 
 @patch
 def drop_checkpoint(self: RunFolder, fold: int | None, member: int = 0) -> None:
     "Remove a fold member's checkpoint, once it is no longer needed."
-    f = self.fold_dir(fold)/('last.pt' if member == 0 else f'member{member}/last.pt')
+    f = self.fold_dir(fold) / ('last.pt' if member == 0 else f'member{member}/last.pt')
     if f.exists():
         f.unlink()
 
@@ -293,12 +306,18 @@ def write_toy_run(
     rf, n = RunFolder(path), len(y)
     rf.path.mkdir(parents=True, exist_ok=True)
     ids = [f'P{i:03d}' for i in range(n)] if patient_ids is None else list(patient_ids)
-    pr = pd.DataFrame(dict(patient_id=ids, fold=np.arange(n) % n_folds,
-                           y_true=np.asarray(y, int), p=np.asarray(p, float)))
+    pr = pd.DataFrame(
+        dict(
+            patient_id=ids,
+            fold=np.arange(n) % n_folds,
+            y_true=np.asarray(y, int),
+            p=np.asarray(p, float),
+        )
+    )
     rf.write_table('predictions', pr)
     if thresholds is not None:
         rf.write_table('thresholds', pd.DataFrame(dict(fold=range(n_folds), threshold=thresholds)))
-    write_text(rf.path/'config.json', json.dumps({'model': model} if model else {}))
+    write_text(rf.path / 'config.json', json.dumps({'model': model} if model else {}))
     rf.write_metrics({'auc': float(roc_auc_score(y, p))})
     return rf.path
 
@@ -334,14 +353,19 @@ def load_tensors(
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0][:160]
-        raise LiverPcrError(f'{path}: refused: this {what} holds objects other than tensors, '
-                            f'and liver_pcr never unpickles them ({first})')
+        raise LiverPcrError(
+            f'{path}: refused: this {what} holds objects other than tensors, '
+            f'and liver_pcr never unpickles them ({first})'
+        )
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:160]
-        raise LiverPcrError(f'{path}: damaged or truncated {what} ({first}); '
-                            'run the command that wrote it again')
+        raise LiverPcrError(
+            f'{path}: damaged or truncated {what} ({first}); run the command that wrote it again'
+        )
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise LiverPcrError(f'{path}: not a {what} of this liver_pcr version (expected {{name: tensor}})')
+        raise LiverPcrError(
+            f'{path}: not a {what} of this liver_pcr version (expected {{name: tensor}})'
+        )
     return obj
 
 # %% ../nbs/08a_runs.ipynb #48234740
@@ -356,11 +380,15 @@ def load_model_file(
     try:
         meta = json.loads(f.read_text())
     except (ValueError, OSError) as e:
-        raise LiverPcrError(f'{f}: damaged model description (not valid JSON: {e}); re-run to rewrite it')
+        raise LiverPcrError(
+            f'{f}: damaged model description (not valid JSON: {e}); re-run to rewrite it'
+        )
     if not isinstance(meta, dict) or meta.get('format') != RUN_FORMAT:
         got = meta.get('format') if isinstance(meta, dict) else None
-        raise LiverPcrError(f'{f}: run format {got}, this liver_pcr reads format {RUN_FORMAT}: re-run with this version')
-    tensors = load_tensors(f.parent/meta['tensors']) if meta.get('tensors') else None
+        raise LiverPcrError(
+            f'{f}: run format {got}, this liver_pcr reads format {RUN_FORMAT}: re-run with this version'
+        )
+    tensors = load_tensors(f.parent / meta['tensors']) if meta.get('tensors') else None
     return meta, tensors
 
 
@@ -376,16 +404,19 @@ def save_model(
     js, pt = _names(member)
     d = self.fold_dir(fold, make=True)
     if tensors is not None:
-        save_tensors(d/pt, tensors)
-    write_text(d/js, to_json({**meta, 'format': RUN_FORMAT, 'tensors': pt if tensors is not None else None}))
-    return d/js
+        save_tensors(d / pt, tensors)
+    write_text(
+        d / js,
+        to_json({**meta, 'format': RUN_FORMAT, 'tensors': pt if tensors is not None else None}),
+    )
+    return d / js
 
 
 @patch
 def members(self: RunFolder, fold: int | None) -> list[int]:
     "The ensemble members saved for `fold` (0, 1, …)."
     d = self.fold_dir(fold)
-    found = [0] if (d/'model.json').exists() else []
+    found = [0] if (d / 'model.json').exists() else []
     found += sorted(int(f.stem.split('-')[1]) for f in d.glob('model-*.json'))
     return found
 
@@ -393,7 +424,9 @@ def members(self: RunFolder, fold: int | None) -> list[int]:
 @patch
 def _legacy(self: RunFolder, fold: int | None) -> list[Path]:
     d = self.fold_dir(fold)
-    return sorted(d.glob('model*.pkl')) + sorted(f for f in d.glob('model*.pt') if not f.with_suffix('.json').exists())
+    return sorted(d.glob('model*.pkl')) + sorted(
+        f for f in d.glob('model*.pt') if not f.with_suffix('.json').exists()
+    )
 
 
 @patch
@@ -405,13 +438,17 @@ def load_model(
     "A saved model's description and its tensors (None for models that are only numbers in JSON)."
     js, pt = _names(member)
     d = self.fold_dir(fold)
-    f = d/js
+    f = d / js
     if not f.exists():
         old = self._legacy(fold)
         if old:
-            raise LiverPcrError(f'{old[0]}: a model file of an older liver_pcr (run format 1, pickled); '
-                                'liver_pcr no longer reads pickles: re-run with this version')
-        raise LiverPcrError(f'{f}: no saved model (is fold {fold} of {self.path} done, and were its models kept?)')
+            raise LiverPcrError(
+                f'{old[0]}: a model file of an older liver_pcr (run format 1, pickled); '
+                'liver_pcr no longer reads pickles: re-run with this version'
+            )
+        raise LiverPcrError(
+            f'{f}: no saved model (is fold {fold} of {self.path} done, and were its models kept?)'
+        )
     return load_model_file(f)
 
 
@@ -421,8 +458,10 @@ def model_folds(self: RunFolder) -> list:
     folds = [s['fold'] for s in self.splits()]
     have = [f for f in folds if self.members(f) or self._legacy(f)]
     if not have:
-        raise LiverPcrError(f'{self.path}: no trained model (model.json or fold*/model.json) — '
-                            'is this a run folder of liver-pcr train or cv, with its models kept?')
+        raise LiverPcrError(
+            f'{self.path}: no trained model (model.json or fold*/model.json) — '
+            'is this a run folder of liver-pcr train or cv, with its models kept?'
+        )
     return have
 
 # %% ../nbs/08a_runs.ipynb #39b7d7ac
@@ -445,7 +484,9 @@ class Fitter(Protocol):
     def save(self, res: FoldResult, run: RunFolder, fold, threshold: float) -> None: ...
 
     @staticmethod
-    def load(meta: dict, tensors: dict | None): ...  # -> an object with `predict(cohort, show_progress)`
+    def load(
+        meta: dict, tensors: dict | None
+    ): ...  # -> an object with `predict(cohort, show_progress)`
 
 # %% ../nbs/08a_runs.ipynb #6067ea3c
 def save_checkpoint(

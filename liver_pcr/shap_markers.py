@@ -29,7 +29,9 @@ def load_reference(
     meta, _ = RunFolder(run).load_model(fold)
     if meta.get('kind') != 'reference' or meta.get('reference') != 'clinical':
         what = meta.get('reference') or meta.get('kind')
-        raise LiverPcrError(f"{run}: a {what!r} model; SHAP on the markers needs the 'clinical' reference")
+        raise LiverPcrError(
+            f"{run}: a {what!r} model; SHAP on the markers needs the 'clinical' reference"
+        )
     return ReferenceFitter.load(meta)
 
 
@@ -42,46 +44,87 @@ def reference_features(
     return st.features(cohort, ids).astype(float)
 
 # %% ../nbs/12b_shap_markers.ipynb #d4012d06
-def marker_display(ct, cohort: Cohort, ids, names) -> np.ndarray: # a clinical transformer; the cohort; patients; feature names
+def marker_display(
+    ct,  # a clinical transformer
+    cohort: Cohort,  # the cohort
+    ids,  # patients
+    names,  # feature names
+) -> np.ndarray:
     "Raw values for the features `names`: the marker for `log_*`, the ratio to baseline for `dlog_*`, 0/1 for missing indicators."
     w = wide_labs(cohort, list(ids), ct.timepoints, ct.markers).astype(float)
     cols = {f'log_{m}_{t}': w[(m, t)].values for m in ct.markers for t in ct.timepoints}
     with np.errstate(divide='ignore', invalid='ignore'):
-        cols |= {f'dlog_{m}_{t}': (w[(m, t)]/w[(m, ct.timepoints[0])]).values for m in ct.markers for t in ct.timepoints[1:]}
+        cols |= {
+            f'dlog_{m}_{t}': (w[(m, t)] / w[(m, ct.timepoints[0])]).values
+            for m in ct.markers
+            for t in ct.timepoints[1:]
+        }
     return np.stack([cols.get(n, np.full(len(w), np.nan)) for n in names], 1)
 
-def shap_reference_fold(st: ReferenceModel, cohort: Cohort, background_ids, ids): # a fitted clinical reference; its training ids; ids to explain
+
+def shap_reference_fold(
+    st: ReferenceModel,
+    cohort: Cohort,
+    background_ids,
+    ids,  # a fitted clinical reference; its training ids; ids to explain
+):
     "Exact SHAP values (log-odds) of the clinical reference for `ids`, background: `background_ids`."
     import shap
+
     X, Xb = reference_features(st, cohort, ids), reference_features(st, cohort, background_ids)
     Z, Zb = st.scaled(X), st.scaled(Xb)
     names = st.feature_names
     lr = (np.asarray(st.coef), st.intercept)
     ex = shap.LinearExplainer(lr, shap.maskers.Independent(Zb, max_samples=max(len(Zb), 100)))
     sv = ex(Z)
-    shown = np.array([n.startswith(('log_', 'dlog_')) for n in names])       # raw values for markers, else what the scaler gets
+    shown = np.array(
+        [n.startswith(('log_', 'dlog_')) for n in names]
+    )  # raw values for markers, else what the scaler gets
     disp = np.where(shown, marker_display(st.ct, cohort, ids, names), st.design(X))
-    return shap.Explanation(sv.values, base_values=np.full(len(Z), float(np.ravel(ex.expected_value)[0])), data=Z,
-                            display_data=disp, feature_names=names, instance_names=list(ids))
+    return shap.Explanation(
+        sv.values,
+        base_values=np.full(len(Z), float(np.ravel(ex.expected_value)[0])),
+        data=Z,
+        display_data=disp,
+        feature_names=names,
+        instance_names=list(ids),
+    )
 
 # %% ../nbs/12b_shap_markers.ipynb #42812428
 def _stack_explanations(exs: list):
     "One Explanation of the rows of several, features aligned (a feature absent from a fold's model contributes 0)."
     import shap
+
     names = list(dict.fromkeys(n for e in exs for n in e.feature_names))
+
     def align(e, a, fill):
         out = np.full((len(a), len(names)), fill, float)
-        out[:, [names.index(n) for n in e.feature_names]] = a; return out
-    return shap.Explanation(np.concatenate([align(e, e.values, 0.0) for e in exs]), base_values=np.concatenate([e.base_values for e in exs]),
-                            data=np.concatenate([align(e, e.data, np.nan) for e in exs]),
-                            display_data=np.concatenate([align(e, e.display_data, np.nan) for e in exs]),
-                            feature_names=names, instance_names=[i for e in exs for i in e.instance_names])
+        out[:, [names.index(n) for n in e.feature_names]] = a
+        return out
 
-def shap_reference(run, cohort: Cohort, folds=None): # a cv run of the clinical reference; the cohort; which folds (default: all)
+    return shap.Explanation(
+        np.concatenate([align(e, e.values, 0.0) for e in exs]),
+        base_values=np.concatenate([e.base_values for e in exs]),
+        data=np.concatenate([align(e, e.data, np.nan) for e in exs]),
+        display_data=np.concatenate([align(e, e.display_data, np.nan) for e in exs]),
+        feature_names=names,
+        instance_names=[i for e in exs for i in e.instance_names],
+    )
+
+
+def shap_reference(
+    run,  # a cv run of the clinical reference
+    cohort: Cohort,  # the cohort
+    folds=None,  # which folds (default: all)
+):
     "SHAP values of every test patient, each by his own fold's model with its training patients as background."
-    exs = [shap_reference_fold(load_reference(run, s['fold']), cohort, s['train'], s['test'])
-           for s in run_splits(run) if s['test'] and (folds is None or s['fold'] in folds)]
-    if not exs: raise LiverPcrError(f'{run}: no fold with test patients')
+    exs = [
+        shap_reference_fold(load_reference(run, s['fold']), cohort, s['train'], s['test'])
+        for s in run_splits(run)
+        if s['test'] and (folds is None or s['fold'] in folds)
+    ]
+    if not exs:
+        raise LiverPcrError(f'{run}: no fold with test patients')
     return _stack_explanations(exs)
 
 # %% ../nbs/12b_shap_markers.ipynb #a9928ea9
@@ -89,61 +132,126 @@ def _shap_fig(draw):
     "A figure from one of shap's pyplot functions, which call `plt.ioff()` themselves: made safe."
     import matplotlib, matplotlib.pyplot as plt
     from unittest import mock
+
     real_ioff = plt.ioff
-    def ioff(): # matplotlib's REPL hook may point at an IPython shell that is gone (a test runner's earlier notebook)
-        try: return real_ioff()
-        except ValueError: matplotlib.interactive(False)
+
+    def ioff():  # matplotlib's REPL hook may point at an IPython shell that is gone (a test runner's earlier notebook)
+        try:
+            return real_ioff()
+        except ValueError:
+            matplotlib.interactive(False)
+
     with mock.patch.object(plt, 'ioff', ioff):
-        plt.figure(); draw(); fig = plt.gcf(); plt.close(fig)
+        plt.figure()
+        draw()
+        fig = plt.gcf()
+        plt.close(fig)
     return fig
+
 
 def plot_beeswarm(ex, max_display: int = 12, title: str = ''):
     "SHAP beeswarm: every patient's contribution of every feature, coloured by the feature's value."
     import shap, matplotlib.pyplot as plt
+
     def draw():
-        shap.plots.beeswarm(ex, max_display=max_display, show=False, plot_size=(7, 0.35*min(max_display, ex.shape[1]) + 1.5))
-        if title: plt.title(title, fontsize=10)
+        shap.plots.beeswarm(
+            ex,
+            max_display=max_display,
+            show=False,
+            plot_size=(7, 0.35 * min(max_display, ex.shape[1]) + 1.5),
+        )
+        if title:
+            plt.title(title, fontsize=10)
+
     return _shap_fig(draw)
 
-def plot_waterfall(ex, patient=0, max_display: int = 10, title: str = ''): # an Explanation; a row (index or patient id)
+
+def plot_waterfall(
+    ex,
+    patient=0,
+    max_display: int = 10,
+    title: str = '',  # an Explanation; a row (index or patient id)
+):
     "SHAP waterfall of one patient: from the base value to his log-odds, feature by feature (raw marker values shown)."
     import shap, matplotlib.pyplot as plt
+
     i = list(ex.instance_names).index(patient) if isinstance(patient, str) else patient
     e = ex[i]
-    if getattr(ex, 'display_data', None) is not None: e.display_data = np.asarray(ex.display_data)[i]
+    if getattr(ex, 'display_data', None) is not None:
+        e.display_data = np.asarray(ex.display_data)[i]
+
     def draw():
         shap.plots.waterfall(e, max_display=max_display, show=False)
-        if title: plt.title(title, fontsize=10)
+        if title:
+            plt.title(title, fontsize=10)
+
     return _shap_fig(draw)
 
 # %% ../nbs/12b_shap_markers.ipynb #0393eb18
 def clinical_fn(model: PCRModel, b: dict, i: int = 0):
     "The logit as a function of the clinical features (n, C), the images of patient `i` fixed."
-    one = {k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in b.items()}
+    one = {k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in b.items()}
     model.eval()
+
     def full(Z):
-        Z = torch.as_tensor(np.asarray(Z), dtype=torch.float32); rep = lambda v: v.expand(len(Z), *v.shape[1:])
-        with torch.no_grad(): return model(rep(one['images']), rep(one['present']), Z, rep(one['masks'])).double().numpy()
-    with torch.no_grad(): parts = forward(model, one, return_parts=True)
+        Z = torch.as_tensor(np.asarray(Z), dtype=torch.float32)
+        rep = lambda v: v.expand(len(Z), *v.shape[1:])
+        with torch.no_grad():
+            return (
+                model(rep(one['images']), rep(one['present']), Z, rep(one['masks']))
+                .double()
+                .numpy()
+            )
+
+    with torch.no_grad():
+        parts = forward(model, one, return_parts=True)
+
     def fast(Z):
         Z = torch.as_tensor(np.asarray(Z), dtype=torch.float32)
-        with torch.no_grad(): return model.head(torch.cat([parts['image'].expand(len(Z), -1), model.clinical(Z)], -1)).squeeze(-1).double().numpy()
-    try: ok = np.allclose(fast(one['clinical']), parts['logit'].numpy(), atol=1e-5)
-    except Exception: ok = False
+        with torch.no_grad():
+            return (
+                model.head(torch.cat([parts['image'].expand(len(Z), -1), model.clinical(Z)], -1))
+                .squeeze(-1)
+                .double()
+                .numpy()
+            )
+
+    try:
+        ok = np.allclose(fast(one['clinical']), parts['logit'].numpy(), atol=1e-5)
+    except Exception:
+        ok = False
     return fast if ok else full
 
-def shap_clinical_branch(fm: FoldModel, cohort: Cohort, b: dict, i: int = 0, # the fold model; the cohort; a batch; which patient
-                         nsamples: int = 300, n_background: int = 10):     # KernelExplainer's samples; background summary size
+
+def shap_clinical_branch(
+    fm: FoldModel,
+    cohort: Cohort,
+    b: dict,
+    i: int = 0,  # the fold model; the cohort; a batch; which patient
+    nsamples: int = 300,
+    n_background: int = 10,  # KernelExplainer's samples; background summary size
+):
     "KernelSHAP of the deep model's clinical input for patient `i` of `b` (log-odds), background: the fold's training patients."
     import shap
-    if not b['clinical'].shape[1]: raise LiverPcrError(f'model {fm.name!r} of {fm.run} uses no labs: there is no clinical branch to explain')
+
+    if not b['clinical'].shape[1]:
+        raise LiverPcrError(
+            f'model {fm.name!r} of {fm.run} uses no labs: there is no clinical branch to explain'
+        )
     bg = clinical_features(fm, cohort, fm.split['train']).values.astype(float)
-    if len(bg) > n_background: bg = shap.kmeans(bg, n_background)
+    if len(bg) > n_background:
+        bg = shap.kmeans(bg, n_background)
     kx = shap.KernelExplainer(clinical_fn(fm.model, b, i), bg)
-    x = b['clinical'][i:i + 1].numpy().astype(float)
+    x = b['clinical'][i : i + 1].numpy().astype(float)
     sv = np.asarray(kx.shap_values(x, nsamples=nsamples, silent=True)).reshape(1, -1)
     names, pid = b['clinical_names'], b['patient_id'][i]
     shown = np.array([n.startswith(('log_', 'dlog_')) for n in names])
     disp = np.where(shown, marker_display(fm.clinical, cohort, [pid], names), x)
-    return shap.Explanation(sv, base_values=np.array([float(np.ravel(kx.expected_value)[0])]), data=x,
-                            display_data=disp, feature_names=names, instance_names=[pid])
+    return shap.Explanation(
+        sv,
+        base_values=np.array([float(np.ravel(kx.expected_value)[0])]),
+        data=x,
+        display_data=disp,
+        feature_names=names,
+        instance_names=[pid],
+    )

@@ -11,15 +11,31 @@ from dataclasses import dataclass, replace, asdict
 from pathlib import Path
 import numpy as np, pandas as pd
 import torch, torch.nn as nn
-from .core import ConfigError, set_seed, get_device, progress, atomic_path, check_out_path, is_tiny
+from liver_pcr.core import (
+    ConfigError,
+    set_seed,
+    get_device,
+    progress,
+    atomic_path,
+    check_out_path,
+    is_tiny,
+)
 from .cohort import Cohort
 from .preprocess import PreprocessConfig, preprocess_cohort, Preprocessed
-from .data import (Split, check_no_leak, cohort_splits, ClinicalTransformer, wide_labs,
-                            PatientDataset, Augment, transformer_state, transformer_from)
+from liver_pcr.data import (
+    Split,
+    check_no_leak,
+    cohort_splits,
+    ClinicalTransformer,
+    wide_labs,
+    PatientDataset,
+    Augment,
+    transformer_state,
+    transformer_from,
+)
 from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neural
 from .probe import fit_linear_fold, radiomics_inputs
-from .runs import (RunFolder, FoldResult, load_model_file, save_checkpoint,
-                            load_checkpoint)
+from .runs import RunFolder, FoldResult, load_model_file, save_checkpoint, load_checkpoint
 from .references import REFERENCE_MODELS, ReferenceFitter
 from .evaluate import youden_threshold, summarize_predictions
 
@@ -33,49 +49,79 @@ __all__ = ['PRESETS', 'DEEP_MODELS', 'IMAGENET_FILE', 'LOADERS', 'TrainConfig', 
 @dataclass(frozen=True)
 class TrainConfig:
     "How a model is trained."
+
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-2
     warmup_epochs: int = 1
-    patience: int = 10           # epochs without improvement on the inner validation split before stopping
+    patience: int = 10  # epochs without improvement on the inner validation split before stopping
     min_epochs: int = 5
-    select: str = 'auc'          # checkpoint choice on the inner validation split: 'auc' (ties: loss) or 'loss'
+    select: str = (
+        'auc'  # checkpoint choice on the inner validation split: 'auc' (ties: loss) or 'loss'
+    )
     augment: bool = True
-    device: str | None = None    # None: the best available
-    amp: bool = False            # mixed precision (GPU only)
+    device: str | None = None  # None: the best available
+    amp: bool = False  # mixed precision (GPU only)
     channels_last: bool = False  # memory format (GPU only)
-    grad_clip: float = 0.0       # clip the gradient norm to this (0: no clipping)
-    ensemble: int = 1            # models per fold, differing by seed; their probabilities are averaged
-    drop_input: float = 0.0      # modality dropout: chance of hiding each input image during training
-    ema: float = 0.0             # decay of an exponential moving average of the weights (0: none); evaluation uses the average
-    checkpoint_seconds: float = 60.0   # write the resumable checkpoint at most this often (and when a fit call ends)
+    grad_clip: float = 0.0  # clip the gradient norm to this (0: no clipping)
+    ensemble: int = 1  # models per fold, differing by seed; their probabilities are averaged
+    drop_input: float = 0.0  # modality dropout: chance of hiding each input image during training
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: none); evaluation uses the average
+    checkpoint_seconds: float = (
+        60.0  # write the resumable checkpoint at most this often (and when a fit call ends)
+    )
+
 
 PRESETS = {
-    'fast': (PreprocessConfig(roi_mm=64, roi_px=32, k=3), TrainConfig(epochs=30, patience=10, select='loss', drop_input=0.5)),
-    'full': (PreprocessConfig(roi_mm=64, roi_px=64, k=3), TrainConfig(epochs=100, patience=25, lr=5e-4, select='loss', drop_input=0.5)),
+    'fast': (
+        PreprocessConfig(roi_mm=64, roi_px=32, k=3),
+        TrainConfig(epochs=30, patience=10, select='loss', drop_input=0.5),
+    ),
+    'full': (
+        PreprocessConfig(roi_mm=64, roi_px=64, k=3),
+        TrainConfig(epochs=100, patience=25, lr=5e-4, select='loss', drop_input=0.5),
+    ),
 }
 
-def preset(name: str = 'fast', epochs: int | None = None): # 'fast' or 'full'; override the number of epochs
+
+def preset(
+    name: str = 'fast',  # 'fast' or 'full'
+    epochs: int | None = None,  # override the number of epochs
+):
     "The (preprocessing, training) configs of a preset — shrunk to a tiny setting under the test run."
-    if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}: choose one of {list(PRESETS)}")
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {list(PRESETS)}")
     pre, tr = PRESETS[name]
-    if is_tiny(): pre, tr = replace(pre, roi_px=16), replace(tr, epochs=2, min_epochs=1, patience=1)
-    if epochs is not None: tr = replace(tr, epochs=epochs, min_epochs=min(tr.min_epochs, epochs))
+    if is_tiny():
+        pre, tr = replace(pre, roi_px=16), replace(tr, epochs=2, min_epochs=1, patience=1)
+    if epochs is not None:
+        tr = replace(tr, epochs=epochs, min_epochs=min(tr.min_epochs, epochs))
     return pre, tr
 
 # %% ../nbs/08_train.ipynb #60e87a61
 def _auc(y, p) -> float:
     from sklearn.metrics import roc_auc_score
-    y = np.asarray(y); return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float('nan')
+
+    y = np.asarray(y)
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float('nan')
+
 
 def _schedule(opt, steps: int, warmup: int):
     "Linear warm-up, then cosine decay to zero."
-    f = lambda s: (s + 1)/max(warmup, 1) if s < warmup else 0.5*(1 + math.cos(math.pi*(s - warmup)/max(steps - warmup, 1)))
+    f = lambda s: (
+        (s + 1) / max(warmup, 1)
+        if s < warmup
+        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(steps - warmup, 1)))
+    )
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
+
 def _to(batch, device):
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
+
 
 def _forward(model, b):
     return model(b['images'], b['present'], b['clinical'], b['masks'])
@@ -83,131 +129,249 @@ def _forward(model, b):
 # %% ../nbs/08_train.ipynb #d6569c91
 class Learner:
     "Train one model on one split: early stopping and checkpoint choice on the inner validation set only."
-    def __init__(self, model: nn.Module, train_ds, val_ds, loss_fn: nn.Module, cfg: TrainConfig, # what, on what, how
-                 seed: int = 0, workdir=None,            # seed of the batch order; folder for checkpoints and the log
-                 balanced: bool = False, tag: dict | None = None): # balanced sampler?; columns added to every log row
-        self.model, self.train_ds, self.val_ds, self.loss_fn, self.cfg = model, train_ds, val_ds, loss_fn, cfg
-        self.seed, self.workdir, self.balanced, self.tag = seed, Path(workdir) if workdir else None, balanced, tag or {}
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_ds,
+        val_ds,
+        loss_fn: nn.Module,
+        cfg: TrainConfig,  # what, on what, how
+        seed: int = 0,
+        workdir=None,  # seed of the batch order; folder for checkpoints and the log
+        balanced: bool = False,
+        tag: dict | None = None,  # balanced sampler?; columns added to every log row
+    ):
+        self.model, self.train_ds, self.val_ds, self.loss_fn, self.cfg = (
+            model,
+            train_ds,
+            val_ds,
+            loss_fn,
+            cfg,
+        )
+        self.seed, self.workdir, self.balanced, self.tag = (
+            seed,
+            Path(workdir) if workdir else None,
+            balanced,
+            tag or {},
+        )
         self.device = get_device(cfg.device)
-        self.model.to(self.device); self.loss_fn.to(self.device)
-        if cfg.channels_last and self.device.type == 'cuda': self.model.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.model.to(self.device)
+        self.loss_fn.to(self.device)
+        if cfg.channels_last and self.device.type == 'cuda':
+            self.model.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.ema else None
         n, bs = len(train_ds), cfg.batch_size
-        self.drop_last = n > bs and n % bs == 1                 # never a batch of one (BatchNorm)
-        self.steps = n//bs if self.drop_last else math.ceil(n/bs)
-        self.sched = _schedule(self.opt, self.steps*cfg.epochs, self.steps*cfg.warmup_epochs)
+        self.drop_last = n > bs and n % bs == 1  # never a batch of one (BatchNorm)
+        self.steps = n // bs if self.drop_last else math.ceil(n / bs)
+        self.sched = _schedule(self.opt, self.steps * cfg.epochs, self.steps * cfg.warmup_epochs)
         self.scaler = torch.amp.GradScaler('cuda', enabled=cfg.amp and self.device.type == 'cuda')
-        self.log, self.epoch, self.best, self.best_state, self.bad = [], -1, (-math.inf, -math.inf), None, 0
+        self.log, self.epoch, self.best, self.best_state, self.bad = (
+            [],
+            -1,
+            (-math.inf, -math.inf),
+            None,
+            0,
+        )
 
     def _loader(self, ds, train: bool):
-        if not train: return torch.utils.data.DataLoader(ds, batch_size=max(self.cfg.batch_size, 32), shuffle=False)
-        g = torch.Generator().manual_seed(self.seed*7919 + self.epoch)
+        if not train:
+            return torch.utils.data.DataLoader(
+                ds, batch_size=max(self.cfg.batch_size, 32), shuffle=False
+            )
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         if self.balanced:
-            y = ds.y; w = np.where(y == 1, 0.5/max(y.sum(), 1), 0.5/max((1 - y).sum(), 1))
-            sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(ds), replacement=True, generator=g)
-        else: sampler = torch.utils.data.RandomSampler(ds, generator=g)
-        return torch.utils.data.DataLoader(ds, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=self.drop_last)
+            y = ds.y
+            w = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max((1 - y).sum(), 1))
+            sampler = torch.utils.data.WeightedRandomSampler(
+                torch.as_tensor(w, dtype=torch.double), len(ds), replacement=True, generator=g
+            )
+        else:
+            sampler = torch.utils.data.RandomSampler(ds, generator=g)
+        return torch.utils.data.DataLoader(
+            ds, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=self.drop_last
+        )
 
     @torch.no_grad()
     def predict(self, ds) -> np.ndarray:
         "Probabilities of pCR for every item of `ds`, in order."
         m = self.ema if self.ema is not None else self.model
-        m.eval(); out = []
+        m.eval()
+        out = []
         for b in self._loader(ds, False):
             b = _to(b, self.device)
-            with torch.autocast(self.device.type, enabled=self.cfg.amp and self.device.type == 'cuda'):
+            with torch.autocast(
+                self.device.type, enabled=self.cfg.amp and self.device.type == 'cuda'
+            ):
                 out.append(torch.sigmoid(_forward(m, b).float()).cpu())
         return torch.cat(out).numpy() if out else np.zeros(0)
 
 # %% ../nbs/08_train.ipynb #6e17d542
 from fastcore.basics import patch
 
+
 @patch
 def _state(self: Learner) -> dict:
-    return dict(model=self.model.state_dict(), ema=None if self.ema is None else self.ema.state_dict(), opt=self.opt.state_dict(), sched=self.sched.state_dict(), scaler=self.scaler.state_dict(),
-                epoch=self.epoch, best=self.best, best_state=self.best_state, bad=self.bad, log=self.log, rng=torch.get_rng_state())
+    return dict(
+        model=self.model.state_dict(),
+        ema=None if self.ema is None else self.ema.state_dict(),
+        opt=self.opt.state_dict(),
+        sched=self.sched.state_dict(),
+        scaler=self.scaler.state_dict(),
+        epoch=self.epoch,
+        best=self.best,
+        best_state=self.best_state,
+        bad=self.bad,
+        log=self.log,
+        rng=torch.get_rng_state(),
+    )
+
 
 @patch
 def _save(self: Learner, force: bool = False):
     "Write the resumable checkpoint (at most every `checkpoint_seconds`, and always when `force`)."
-    if self.workdir is None: return
-    if not force and time.time() - getattr(self, '_saved_at', 0.0) < self.cfg.checkpoint_seconds: return
-    save_checkpoint(self.workdir/'last.pt', self._state())
+    if self.workdir is None:
+        return
+    if not force and time.time() - getattr(self, '_saved_at', 0.0) < self.cfg.checkpoint_seconds:
+        return
+    save_checkpoint(self.workdir / 'last.pt', self._state())
     self._saved_at = time.time()
+
 
 @patch
 def _resume(self: Learner) -> bool:
     "Load the last checkpoint of `workdir`, if any."
-    f = self.workdir/'last.pt' if self.workdir else None
-    if not f or not f.exists(): return False
+    f = self.workdir / 'last.pt' if self.workdir else None
+    if not f or not f.exists():
+        return False
     s = load_checkpoint(f, self.device)
     if s is None:
         return False
-    self.model.load_state_dict(s['model']); self.opt.load_state_dict(s['opt'])
+    self.model.load_state_dict(s['model'])
+    self.opt.load_state_dict(s['opt'])
     if self.ema is not None:
         self.ema.load_state_dict(s['ema'])
-    self.sched.load_state_dict(s['sched'])          # with or without EMA: a resumed run keeps its schedule
-    self.scaler.load_state_dict(s['scaler']); torch.set_rng_state(s['rng'])
-    self.epoch, self.best, self.best_state, self.bad, self.log = s['epoch'], tuple(s['best']), s['best_state'], s['bad'], s['log']
+    self.sched.load_state_dict(s['sched'])  # with or without EMA: a resumed run keeps its schedule
+    self.scaler.load_state_dict(s['scaler'])
+    torch.set_rng_state(s['rng'])
+    self.epoch, self.best, self.best_state, self.bad, self.log = (
+        s['epoch'],
+        tuple(s['best']),
+        s['best_state'],
+        s['bad'],
+        s['log'],
+    )
     return True
+
 
 @patch
 @torch.no_grad()
 def _update_ema(self: Learner):
     "Move the averaged weights towards the current ones; copy the BatchNorm statistics."
     d = self.cfg.ema
-    for pe, p in zip(self.ema.parameters(), self.model.parameters()): pe.lerp_(p.detach(), 1 - d)
-    for be, b in zip(self.ema.buffers(), self.model.buffers()): be.copy_(b)
+    for pe, p in zip(self.ema.parameters(), self.model.parameters()):
+        pe.lerp_(p.detach(), 1 - d)
+    for be, b in zip(self.ema.buffers(), self.model.buffers()):
+        be.copy_(b)
+
 
 @patch
 def _train_epoch(self: Learner, show_progress: bool) -> float:
-    self.model.train(); self.train_ds.set_epoch(self.epoch); tot, n = 0.0, 0
+    self.model.train()
+    self.train_ds.set_epoch(self.epoch)
+    tot, n = 0.0, 0
     amp = self.cfg.amp and self.device.type == 'cuda'
-    for b in progress(self._loader(self.train_ds, True), desc=f'epoch {self.epoch + 1}/{self.cfg.epochs}', disable=not show_progress or None):
+    for b in progress(
+        self._loader(self.train_ds, True),
+        desc=f'epoch {self.epoch + 1}/{self.cfg.epochs}',
+        disable=not show_progress or None,
+    ):
         b = _to(b, self.device)
         with torch.autocast(self.device.type, enabled=amp):
             loss = self.loss_fn(_forward(self.model, b).float(), b['y'])
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
-            self.scaler.unscale_(self.opt); torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.scaler.step(self.opt); self.scaler.update(); self.sched.step()
-        if self.ema is not None: self._update_ema()
-        tot, n = tot + float(loss.detach())*len(b['y']), n + len(b['y'])
-    return tot/max(n, 1)
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        if self.ema is not None:
+            self._update_ema()
+        tot, n = tot + float(loss.detach()) * len(b['y']), n + len(b['y'])
+    return tot / max(n, 1)
+
 
 @patch
-def fit(self: Learner, until_epoch: int | None = None, # stop after this many epochs (to continue later from the checkpoint)
-        show_progress: bool = True) -> Learner:
+def fit(
+    self: Learner,
+    until_epoch: int
+    | None = None,  # stop after this many epochs (to continue later from the checkpoint)
+    show_progress: bool = True,
+) -> Learner:
     "Train (resuming from `workdir`'s checkpoint if there is one); keep the weights best on the inner validation split."
     self._resume()
     last = self.cfg.epochs if until_epoch is None else min(until_epoch, self.cfg.epochs)
-    while self.epoch + 1 < last and not (self.bad >= self.cfg.patience and self.epoch + 1 >= self.cfg.min_epochs):
-        self.epoch += 1; t0 = time.time()
+    while self.epoch + 1 < last and not (
+        self.bad >= self.cfg.patience and self.epoch + 1 >= self.cfg.min_epochs
+    ):
+        self.epoch += 1
+        t0 = time.time()
         tl = self._train_epoch(show_progress)
-        p = self.predict(self.val_ds); yv = torch.as_tensor(self.val_ds.y)
-        with torch.no_grad(): vl = float(self.loss_fn(torch.logit(torch.as_tensor(p).clamp(1e-6, 1 - 1e-6)).to(self.device), yv.to(self.device)))
+        p = self.predict(self.val_ds)
+        yv = torch.as_tensor(self.val_ds.y)
+        with torch.no_grad():
+            vl = float(
+                self.loss_fn(
+                    torch.logit(torch.as_tensor(p).clamp(1e-6, 1 - 1e-6)).to(self.device),
+                    yv.to(self.device),
+                )
+            )
         va = _auc(self.val_ds.y, p)
         a = va if not math.isnan(va) else -math.inf
-        score = (a, -vl) if self.cfg.select == 'auc' else (-vl, a)   # larger is better, the second breaks ties
+        score = (
+            (a, -vl) if self.cfg.select == 'auc' else (-vl, a)
+        )  # larger is better, the second breaks ties
         better = score > self.best
-        if better: self.best, self.best_state, self.bad = score, copy.deepcopy((self.ema or self.model).state_dict()), 0
-        else: self.bad += 1
-        self.log.append({**self.tag, 'epoch': self.epoch + 1, 'train_loss': tl, 'val_loss': vl, 'val_auc': va,
-                         'lr': self.opt.param_groups[0]['lr'], 'best': better, 'seconds': round(time.time() - t0, 2)})
+        if better:
+            self.best, self.best_state, self.bad = (
+                score,
+                copy.deepcopy((self.ema or self.model).state_dict()),
+                0,
+            )
+        else:
+            self.bad += 1
+        self.log.append(
+            {
+                **self.tag,
+                'epoch': self.epoch + 1,
+                'train_loss': tl,
+                'val_loss': vl,
+                'val_auc': va,
+                'lr': self.opt.param_groups[0]['lr'],
+                'best': better,
+                'seconds': round(time.time() - t0, 2),
+            }
+        )
         self._save()
     self._save(force=True)
     stopped = self.bad >= self.cfg.patience and self.epoch + 1 >= self.cfg.min_epochs
-    if until_epoch is None or stopped or self.epoch + 1 >= self.cfg.epochs: self.finish()
+    if until_epoch is None or stopped or self.epoch + 1 >= self.cfg.epochs:
+        self.finish()
     return self
+
 
 @patch
 def finish(self: Learner):
     "Load the best weights (chosen on the inner validation split)."
     if self.best_state is not None:
         self.model.load_state_dict(self.best_state)
-        if self.ema is not None: self.ema.load_state_dict(self.best_state)
+        if self.ema is not None:
+            self.ema.load_state_dict(self.best_state)
     return self
 
 # %% ../nbs/08_train.ipynb #a1d3536a
@@ -221,10 +385,18 @@ def bundle_meta(
     radiomics_columns=None,  # the hybrid's radiomics columns, in order
 ) -> dict:
     "Everything but the tensors that is needed to use a trained model on new patients, as JSON-ready values."
-    return dict(kind='deep', model_config=asdict(model.cfg), preprocess_config=asdict(pre_cfg),
-                timepoints=list(timepoints), sequences=list(sequences), n_clinical=model.n_clinical,
-                n_radiomics=model.n_radiomics, radiomics_columns=radiomics_columns,
-                clinical=transformer_state(ct), threshold=float(threshold))
+    return dict(
+        kind='deep',
+        model_config=asdict(model.cfg),
+        preprocess_config=asdict(pre_cfg),
+        timepoints=list(timepoints),
+        sequences=list(sequences),
+        n_clinical=model.n_clinical,
+        n_radiomics=model.n_radiomics,
+        radiomics_columns=radiomics_columns,
+        clinical=transformer_state(ct),
+        threshold=float(threshold),
+    )
 
 
 def model_tensors(model: PCRModel) -> dict:
@@ -242,8 +414,11 @@ def model_from(
     "The trained model (eval mode, fed only the inputs it uses) back from its description and tensors."
     mc = {k: tuple(v) if isinstance(v, list) else v for k, v in meta['model_config'].items()}
     mc = replace(ModelConfig(**mc), pretrained=False, weights=None)  # the tensors hold the trunk
-    kw = dict(k=meta['preprocess_config']['k'], n_clinical=meta['n_clinical'],
-              n_radiomics=meta.get('n_radiomics', 0))
+    kw = dict(
+        k=meta['preprocess_config']['k'],
+        n_clinical=meta['n_clinical'],
+        n_radiomics=meta.get('n_radiomics', 0),
+    )
     m = PCRModel(mc, meta['timepoints'], meta['sequences'], **kw)
     m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     used = PCRModel(mc, m.timepoints, m.sequences, **kw)
@@ -267,19 +442,32 @@ def pre_config(
 ) -> PreprocessConfig:
     "The preprocessing a saved model was trained on, for the inputs it uses."
     b = meta['preprocess_config']
-    return PreprocessConfig(**{**b, 'timepoints': tuple(model.timepoints),
-                               'sequences': tuple(model.sequences), 'clip': tuple(b['clip'])})
+    return PreprocessConfig(
+        **{
+            **b,
+            'timepoints': tuple(model.timepoints),
+            'sequences': tuple(model.sequences),
+            'clip': tuple(b['clip']),
+        }
+    )
 
 # %% ../nbs/08_train.ipynb #f8673a8e
 DEEP_MODELS = tuple(STAGES)
 
-def model_config(model, sequences=None, # a stage / reference name, or a ModelConfig; sequences to use
-                 weights=None, head: str | None = None) -> ModelConfig | str: # trunk weights file; 'linear'/'neural'
+
+def model_config(
+    model,
+    sequences=None,  # a stage / reference name, or a ModelConfig; sequences to use
+    weights=None,
+    head: str | None = None,  # trunk weights file; 'linear'/'neural'
+) -> ModelConfig | str:
     "The configuration of a named model (references stay names)."
     if isinstance(model, str) and model in REFERENCE_MODELS:
         return model
     if isinstance(model, str) and model not in STAGES:
-        raise ConfigError(f"unknown model {model!r}: choose one of {list(DEEP_MODELS + REFERENCE_MODELS)}")
+        raise ConfigError(
+            f"unknown model {model!r}: choose one of {list(DEEP_MODELS + REFERENCE_MODELS)}"
+        )
     cfg = STAGES[model] if isinstance(model, str) else model
     if head == 'neural' and cfg.head != 'neural':
         cfg = neural(cfg)
@@ -294,26 +482,39 @@ def model_config(model, sequences=None, # a stage / reference name, or a ModelCo
         cfg = replace(cfg, weights=str(path.resolve()))
     return cfg
 
-IMAGENET_FILE = 'resnet18-f37072fd.pth'      # torchvision's ImageNet ResNet18 weights
+
+IMAGENET_FILE = 'resnet18-f37072fd.pth'  # torchvision's ImageNet ResNet18 weights
+
 
 def imagenet_weights() -> Path:
     "torchvision's ImageNet ResNet18 file in torch's hub cache (`$TORCH_HOME/hub/checkpoints`); never downloaded."
-    path = Path(torch.hub.get_dir())/'checkpoints'/IMAGENET_FILE
+    path = Path(torch.hub.get_dir()) / 'checkpoints' / IMAGENET_FILE
     if not path.is_file():
-        raise ConfigError(f"--weights imagenet: {path} is not there; liver_pcr never downloads weights: "
-                          f"copy {IMAGENET_FILE} there, or pass the file's path")
+        raise ConfigError(
+            f"--weights imagenet: {path} is not there; liver_pcr never downloads weights: "
+            f"copy {IMAGENET_FILE} there, or pass the file's path"
+        )
     return path
+
 
 def versions() -> dict:
     import liver_pcr, torchvision, sklearn
-    return dict(liver_pcr=liver_pcr.__version__, python=platform.python_version(), torch=torch.__version__,
-                torchvision=torchvision.__version__, numpy=np.__version__, pandas=pd.__version__, sklearn=sklearn.__version__)
 
+    return dict(
+        liver_pcr=liver_pcr.__version__,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        torchvision=torchvision.__version__,
+        numpy=np.__version__,
+        pandas=pd.__version__,
+        sklearn=sklearn.__version__,
+    )
 
 # %% ../nbs/08_train.ipynb #66e29714
 @dataclass
 class Context:
     "What every fold of a run shares."
+
     cohort: Cohort
     model: ModelConfig | str  # a deep model's configuration, or a reference's name
     pre_cfg: PreprocessConfig
@@ -339,18 +540,30 @@ def fit_deep_fold(ctx: Context, split: Split, fold_dir: Path) -> FoldResult:
     check_no_leak(split.train, split.val, split.test)
     ct = None
     if mcfg.use_labs and c.markers:
-        ct = ClinicalTransformer(c.markers, pre.timepoints).fit(wide_labs(c, split.train, pre.timepoints))
+        ct = ClinicalTransformer(c.markers, pre.timepoints).fit(
+            wide_labs(c, split.train, pre.timepoints)
+        )
     va, te = PatientDataset(pre, c, split.val, ct), PatientDataset(pre, c, split.test, ct)
     pv, pt, log, models = [], [], [], []
     for e in range(max(tc.ensemble, 1)):  # members differ only by their seed
-        seed = ctx.seed + split.fold + 1000*e
+        seed = ctx.seed + split.fold + 1000 * e
         aug = Augment(drop_input=tc.drop_input) if tc.augment else None
         tr = PatientDataset(pre, c, split.train, ct, augment=aug, seed=seed)
         set_seed(seed)
-        model = PCRModel(mcfg, pre.timepoints, pre.sequences, k=pre.cfg.k, n_clinical=tr.clin.shape[1])
-        L = Learner(model, tr, va, make_loss(mcfg, tr.y), tc, seed=seed,
-                    workdir=fold_dir if e == 0 else fold_dir/f'member{e}',
-                    balanced=mcfg.balanced_sampler, tag={'fold': split.fold, 'member': e})
+        model = PCRModel(
+            mcfg, pre.timepoints, pre.sequences, k=pre.cfg.k, n_clinical=tr.clin.shape[1]
+        )
+        L = Learner(
+            model,
+            tr,
+            va,
+            make_loss(mcfg, tr.y),
+            tc,
+            seed=seed,
+            workdir=fold_dir if e == 0 else fold_dir / f'member{e}',
+            balanced=mcfg.balanced_sampler,
+            tag={'fold': split.fold, 'member': e},
+        )
         L.fit(show_progress=ctx.show_progress)
         pv.append(L.predict(va))
         pt.append(L.predict(te))
@@ -368,17 +581,22 @@ def _threshold(y, p) -> float:
 @dataclass
 class DeepPredictor:
     "A trained deep model of a run, ready to predict any cohort that has its inputs."
+
     model: PCRModel
     meta: dict
 
     def predict(self, cohort: Cohort, show_progress: bool = True) -> np.ndarray:
         "Probabilities of pCR for every patient of `cohort`."
-        pre = preprocess_cohort(cohort, pre_config(self.meta, self.model), show_progress=show_progress)
+        pre = preprocess_cohort(
+            cohort, pre_config(self.meta, self.model), show_progress=show_progress
+        )
         rad = None
         if self.meta.get('radiomics_columns'):
             tps, seqs = self.model.timepoints, self.model.sequences
             rad = radiomics_inputs(cohort, tps, seqs, self.meta['radiomics_columns'])
-        ds = PatientDataset(pre, cohort, cohort.ids, transformer_from(self.meta['clinical']), radiomics=rad)
+        ds = PatientDataset(
+            pre, cohort, cohort.ids, transformer_from(self.meta['clinical']), radiomics=rad
+        )
         return Learner(self.model, ds, ds, nn.BCEWithLogitsLoss(), TrainConfig()).predict(ds)
 
 
@@ -397,8 +615,15 @@ class DeepFitter:
         "Save every member of the fold's ensemble: `model.json` + `model.pt`, `model-1.*`, …"
         ctx = self.ctx
         for e, m in enumerate(res.models):
-            meta = bundle_meta(m, ctx.pre_cfg, ctx.pre.timepoints, ctx.pre.sequences,
-                               res.extra.get('ct'), threshold, res.extra.get('radiomics_columns'))
+            meta = bundle_meta(
+                m,
+                ctx.pre_cfg,
+                ctx.pre.timepoints,
+                ctx.pre.sequences,
+                res.extra.get('ct'),
+                threshold,
+                res.extra.get('radiomics_columns'),
+            )
             run.save_model(fold, meta, model_tensors(m), member=e)
 
     @staticmethod
@@ -429,8 +654,21 @@ def fitter_for(ctx: Context):
     return ReferenceFitter(ctx) if ctx.model in REFERENCE_MODELS else DeepFitter(ctx)
 
 
-def _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check, show_progress,
-             weights=None, head=None):
+def _prepare(
+    cohort,
+    model,
+    out,
+    preset_name,
+    epochs,
+    sequences,
+    pre_cfg,
+    train_cfg,
+    seed,
+    check,
+    show_progress,
+    weights=None,
+    head=None,
+):
     "Load and check the cohort, resolve the configs, preprocess (deep models)."
     c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
     if out is not None:
@@ -441,15 +679,29 @@ def _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_
     mcfg = model_config(model, sequences, weights, head)
     ctx = Context(c, mcfg, pre_cfg or p, train_cfg or t, seed, show_progress=show_progress)
     if mcfg not in REFERENCE_MODELS:
-        select_inputs(mcfg, c.timepoints, c.sequences)  # a clear error before any work if inputs are missing
+        select_inputs(
+            mcfg, c.timepoints, c.sequences
+        )  # a clear error before any work if inputs are missing
         ctx.pre = preprocess_cohort(c, ctx.pre_cfg, show_progress=show_progress)
     return ctx
 
 
 def _config_record(ctx: Context, **extra) -> dict:
-    cohort = dict(path=str(ctx.cohort.root.resolve()), name=ctx.cohort.name, fingerprint=ctx.cohort.fingerprint())
-    return dict(model=ctx.name, model_config=ctx.model_config, preprocess_config=asdict(ctx.pre_cfg),
-                train_config=asdict(ctx.train_cfg), seed=ctx.seed, cohort=cohort, versions=versions(), **extra)
+    cohort = dict(
+        path=str(ctx.cohort.root.resolve()),
+        name=ctx.cohort.name,
+        fingerprint=ctx.cohort.fingerprint(),
+    )
+    return dict(
+        model=ctx.name,
+        model_config=ctx.model_config,
+        preprocess_config=asdict(ctx.pre_cfg),
+        train_config=asdict(ctx.train_cfg),
+        seed=ctx.seed,
+        cohort=cohort,
+        versions=versions(),
+        **extra,
+    )
 
 # %% ../nbs/08_train.ipynb #bca69c79
 def run_cv(
@@ -472,14 +724,29 @@ def run_cv(
 ) -> dict:
     "Cross-validate a model; write predictions, metrics, thresholds, config, log and fold models to `out`."
     t0 = time.time()
-    ctx = _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check,
-                   show_progress, weights=weights, head=head)
+    ctx = _prepare(
+        cohort,
+        model,
+        out,
+        preset_name,
+        epochs,
+        sequences,
+        pre_cfg,
+        train_cfg,
+        seed,
+        check,
+        show_progress,
+        weights=weights,
+        head=head,
+    )
     c = ctx.cohort
     splits = cohort_splits(c, n_folds, seed)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix='liver_pcr_run-'))
     rf = RunFolder(out)
     source = 'cohort fold column' if c.folds is not None else 'stratified by label'
-    sp = [dict(fold=s.fold, train=list(s.train), val=list(s.val), test=list(s.test)) for s in splits]
+    sp = [
+        dict(fold=s.fold, train=list(s.train), val=list(s.val), test=list(s.test)) for s in splits
+    ]
     rec = _config_record(ctx, n_folds=len(splits), folds_source=source, splits=sp)
     rf.start(rec)
     fitter, rows, thr, logs, fit_s = fitter_for(ctx), [], [], [], 0.0
@@ -492,19 +759,32 @@ def run_cv(
             t = _threshold([c[i].label for i in s.val], res.val)
             if save_models:
                 fitter.save(res, rf, s.fold, t)
-            done = dict(threshold=t, test=dict(zip(s.test, map(float, res.test))),
-                        val=dict(zip(s.val, map(float, res.val))), log=res.log, seconds=round(t_fit, 1))
+            done = dict(
+                threshold=t,
+                test=dict(zip(s.test, map(float, res.test))),
+                val=dict(zip(s.val, map(float, res.val))),
+                log=res.log,
+                seconds=round(t_fit, 1),
+            )
             rf.write_done(s.fold, done)  # the fold is done: its resume checkpoints go
         thr.append(dict(fold=s.fold, threshold=done['threshold']))
         logs += done['log']
         fit_s += done.get('seconds', 0.0)
-        rows += [dict(patient_id=i, fold=s.fold, y_true=int(c[i].label), p=done['test'][i]) for i in s.test]
+        rows += [
+            dict(patient_id=i, fold=s.fold, y_true=int(c[i].label), p=done['test'][i])
+            for i in s.test
+        ]
     preds, thresholds = pd.DataFrame(rows), pd.DataFrame(thr)
     rf.write_table('predictions', preds)
     rf.write_table('thresholds', thresholds)
     rf.write_table('log', pd.DataFrame(logs))
     m = summarize_predictions(preds, thresholds, n_boot=n_boot, seed=seed)
-    m = dict(model=rec['model'], **m, fit_seconds=round(fit_s, 1), wall_seconds=round(time.time() - t0, 1))
+    m = dict(
+        model=rec['model'],
+        **m,
+        fit_seconds=round(fit_s, 1),
+        wall_seconds=round(time.time() - t0, 1),
+    )
     rf.write_metrics(m)
     return m
 
@@ -528,14 +808,29 @@ def run_train(
     "Train on all labelled patients (inner validation for early stopping and threshold); save the model to `out`."
     from sklearn.model_selection import train_test_split
 
-    ctx = _prepare(cohort, model, out, preset_name, epochs, sequences, pre_cfg, train_cfg, seed, check,
-                   show_progress, weights=weights, head=head)
+    ctx = _prepare(
+        cohort,
+        model,
+        out,
+        preset_name,
+        epochs,
+        sequences,
+        pre_cfg,
+        train_cfg,
+        seed,
+        check,
+        show_progress,
+        weights=weights,
+        head=head,
+    )
     c, rf = ctx.cohort, RunFolder(out)
     y = c.labels.dropna().astype(int)
     if min(y.sum(), (1 - y).sum()) < 2:
-        raise ConfigError(f'{c.root}: too few labelled patients of one class '
-                          f'({int(y.sum())} pCR, {int((1 - y).sum())} non-pCR)')
-    n_val = max(2, round(val_frac*len(y)))
+        raise ConfigError(
+            f'{c.root}: too few labelled patients of one class '
+            f'({int(y.sum())} pCR, {int((1 - y).sum())} non-pCR)'
+        )
+    n_val = max(2, round(val_frac * len(y)))
     tr, va = train_test_split(list(y.index), test_size=n_val, stratify=y.values, random_state=seed)
     s = Split(0, tuple(sorted(tr)), tuple(sorted(va)), ())
     fitter = fitter_for(ctx)
@@ -546,9 +841,14 @@ def run_train(
     rec = _config_record(ctx, kind='train', train=list(s.train), val=list(s.val))
     rf.start(rec)
     rf.write_table('log', pd.DataFrame(res.log))
-    m = dict(model=rec['model'], n_train=len(tr), n_val=len(va), threshold=t,
-             inner_val_auc=_auc([c[i].label for i in va], res.val),
-             note='inner-validation AUC: used for early stopping, not a performance estimate')
+    m = dict(
+        model=rec['model'],
+        n_train=len(tr),
+        n_val=len(va),
+        threshold=t,
+        inner_val_auc=_auc([c[i].label for i in va], res.val),
+        note='inner-validation AUC: used for early stopping, not a performance estimate',
+    )
     rf.write_metrics(m)
     return m
 
@@ -571,28 +871,57 @@ def predict(
 # %% ../nbs/08_train.ipynb #be852bcc
 def _fmt(m: dict) -> str:
     lo, hi = m['auc_ci']
-    return (f"{m['model']}: AUC {m['auc']:.3f} [95% CI {lo:.3f}, {hi:.3f}] on {m['n']} patients ({m['n_pos']} pCR); "
-            f"sensitivity {m['sensitivity']:.2f}, specificity {m['specificity']:.2f}, Brier {m['brier']:.3f}; {m['wall_seconds']:.0f} s")
+    return (
+        f"{m['model']}: AUC {m['auc']:.3f} [95% CI {lo:.3f}, {hi:.3f}] on {m['n']} patients ({m['n_pos']} pCR); "
+        f"sensitivity {m['sensitivity']:.2f}, specificity {m['specificity']:.2f}, Brier {m['brier']:.3f}; {m['wall_seconds']:.0f} s"
+    )
+
 
 def cmd_cv(args) -> int:
     "`liver-pcr cv COHORT --model M --out RUN`."
-    m = run_cv(args.cohort, args.model, args.out, n_folds=args.folds, seed=args.seed, preset_name=args.preset, epochs=args.epochs,
-               sequences=args.sequences, weights=getattr(args, 'weights', None), head=getattr(args, 'head', None))
-    print(_fmt(m)); print(f'wrote {args.out}/predictions.csv, metrics.json, thresholds.csv, config.json, log.csv')
+    m = run_cv(
+        args.cohort,
+        args.model,
+        args.out,
+        n_folds=args.folds,
+        seed=args.seed,
+        preset_name=args.preset,
+        epochs=args.epochs,
+        sequences=args.sequences,
+        weights=getattr(args, 'weights', None),
+        head=getattr(args, 'head', None),
+    )
+    print(_fmt(m))
+    print(f'wrote {args.out}/predictions.csv, metrics.json, thresholds.csv, config.json, log.csv')
     return 0
+
 
 def cmd_train(args) -> int:
     "`liver-pcr train COHORT --model M --out RUN`."
-    m = run_train(args.cohort, args.model, args.out, seed=args.seed, preset_name=args.preset, epochs=args.epochs, sequences=args.sequences,
-                  weights=getattr(args, 'weights', None), head=getattr(args, 'head', None))
-    print(f"{m['model']}: trained on {m['n_train']} patients, inner validation on {m['n_val']} (AUC {m['inner_val_auc']:.3f}, "
-          f"threshold {m['threshold']:.3f}); wrote {args.out}")
+    m = run_train(
+        args.cohort,
+        args.model,
+        args.out,
+        seed=args.seed,
+        preset_name=args.preset,
+        epochs=args.epochs,
+        sequences=args.sequences,
+        weights=getattr(args, 'weights', None),
+        head=getattr(args, 'head', None),
+    )
+    print(
+        f"{m['model']}: trained on {m['n_train']} patients, inner validation on {m['n_val']} (AUC {m['inner_val_auc']:.3f}, "
+        f"threshold {m['threshold']:.3f}); wrote {args.out}"
+    )
     return 0
+
 
 def cmd_predict(args) -> int:
     "`liver-pcr predict RUN COHORT --out preds.csv`."
     c = Cohort.load(args.cohort)
     check_out_path(args.out, cohort=c.root)
     df = predict(args.run, c)
-    with atomic_path(args.out) as f: df.to_csv(f, index=False)
-    print(f'wrote {args.out}: {len(df)} patients'); return 0
+    with atomic_path(args.out) as f:
+        df.to_csv(f, index=False)
+    print(f'wrote {args.out}: {len(df)} patients')
+    return 0
