@@ -7,11 +7,11 @@ STAMP := $(VENV)/.liver_pcr-installed
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: demo test setup sync nbtest pytest lab docs bench slow clean help readme
+.PHONY: demo test setup sync lint nbtest pytest lab docs bench slow clean help readme
 
 help:
 	@echo "make demo   set up .venv and run the main job (liver-pcr demo)"
-	@echo "make test   set up .venv, check notebook/library sync, run every notebook and the pytest suite"
+	@echo "make test   set up .venv, check notebook/library sync, lint, run every notebook and the pytest suite"
 	@echo "make lab    JupyterLab on the course (nbs/)"
 	@echo "make docs   render the notebooks to HTML in _docs/"
 	@echo "make bench  run the benchmarks in bench/"
@@ -48,7 +48,11 @@ nbtest: $(STAMP)
 pytest: $(STAMP)
 	LIVER_PCR_QUIET=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
 
-test: sync nbtest pytest
+# the lint gate: pyflakes' errors and one statement per line, on the exported library (config in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check liver_pcr
+
+test: sync lint nbtest pytest
 
 # the long runs: slow-tagged notebook cells and slow tests
 slow: $(STAMP)

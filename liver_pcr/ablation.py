@@ -101,7 +101,7 @@ def ablation_table(
         )
     return pd.DataFrame(rows)
 
-
+# %% ../nbs/13a_ablation.ipynb #e07d853a
 def run_ablation(
     cohort,
     out,
@@ -142,7 +142,7 @@ def run_ablation(
     write_text(out / 'ablation.md', markdown_table(tab[SHOWN], signed=('ΔAUC',)))
     return tab
 
-
+# %% ../nbs/13a_ablation.ipynb #948f29c8
 def cmd_ablate(args) -> int:
     "`liver-pcr ablate COHORT --out DIR`."
     from liver_pcr.train import model_config

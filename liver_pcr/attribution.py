@@ -16,13 +16,13 @@ from .cohort import Cohort
 from .preprocess import PreprocessConfig, preprocess_cohort
 from .data import PatientDataset, wide_labs, transformer_from
 from .models import PCRModel, SequenceFusion, RelationModule, LAYERS
-from .train import pre_config, model_from
+from .train import pre_config, model_from, forward
 from .runs import RunFolder
 
 # %% auto #0
 __all__ = ['METHODS', 'run_splits', 'run_model', 'fold_of', 'FoldModel', 'load_fold', 'clinical_features', 'fold_batch',
-           'forward', 'block_size', 'gradcam_layer', 'target_sign', 'attribute', 'plot_maps', 'lesion_share',
-           'shuffled_share', 'per_fold', 'attribution_in_lesion', 'lesion_summary', 'ablation', 'contribution_summary',
+           'block_size', 'gradcam_layer', 'target_sign', 'attribute', 'plot_maps', 'lesion_share', 'shuffled_share',
+           'per_fold', 'attribution_in_lesion', 'lesion_summary', 'ablation', 'contribution_summary',
            'plot_contributions', 'swap_baseline', 'counterfactual_swap', 'fusion_weights', 'plot_fusion']
 
 # %% ../nbs/12a_attribution.ipynb #03d26d56
@@ -32,12 +32,12 @@ def run_splits(
     "The run's folds (`fold`, `train`, `val`, `test` ids); a train run is one fold `None` without test patients."
     return RunFolder(run).splits()
 
-
+# %% ../nbs/12a_attribution.ipynb #834faf0d
 def run_model(run) -> str:
     "The model a run trained: a stage name ('relation', …) or a reference ('clinical', 'radiomics')."
     return RunFolder(run).model_name()
 
-
+# %% ../nbs/12a_attribution.ipynb #845490b5
 def fold_of(
     run,  # a run folder
     patient: str,  # a patient id
@@ -84,7 +84,7 @@ class FoldModel:
             f"timepoints {self.model.timepoints}, sequences {self.model.sequences})"
         )
 
-
+# %% ../nbs/12a_attribution.ipynb #d7478796
 def load_fold(
     run,  # a run folder
     fold: int | None = None,  # the fold (None: a train run's model)
@@ -110,7 +110,7 @@ def clinical_features(fm: FoldModel, cohort: Cohort, ids) -> pd.DataFrame:
         return pd.DataFrame(index=pd.Index(list(ids), name='patient_id'))
     return ct.transform(wide_labs(cohort, list(ids), ct.timepoints, ct.markers))
 
-
+# %% ../nbs/12a_attribution.ipynb #70f346a7
 def fold_batch(
     fm: FoldModel,
     cohort: Cohort,
@@ -139,11 +139,6 @@ def fold_batch(
     )
     return b
 
-
-def forward(model: PCRModel, b: dict, **kwargs):
-    "The model's logits for a batch."
-    return model(b['images'], b['present'], b['clinical'], b['masks'], **kwargs)
-
 # %% ../nbs/12a_attribution.ipynb #b6530d48
 _BLOCKS = ('layer4', 'layer3', 'layer2', 'layer1')
 
@@ -161,7 +156,7 @@ def block_size(
         px = math.ceil(px / 2)
     return px
 
-
+# %% ../nbs/12a_attribution.ipynb #c4d49cc1
 def gradcam_layer(
     model: PCRModel,
     s: int = 0,  # the model; the sequence's index (per-sequence encoders have one trunk each)
@@ -195,7 +190,7 @@ class _Signed(nn.Module):
     def forward(self, images, present, clinical, masks, sign):
         return self.model(images, present, clinical, masks) * sign
 
-
+# %% ../nbs/12a_attribution.ipynb #152cc705
 def target_sign(model: PCRModel, b: dict, target: str = 'predicted') -> torch.Tensor:
     "+1 / -1 per patient: explain the logit of pCR, of non-pCR, or of the predicted class."
     if target not in ('pcr', 'no_pcr', 'predicted'):
@@ -230,7 +225,7 @@ def _gradcam(f, model, x, pr, args, layer):
         )  # rows: (patient, timepoint[, sequence]) in order
     return out
 
-
+# %% ../nbs/12a_attribution.ipynb #16720943
 def attribute(
     model: PCRModel,
     b: dict,
@@ -357,7 +352,7 @@ def lesion_share(
     )  # images with a lesion; shares are NaN without positive mass
     return {k: np.where(ok, v, np.nan) for k, v in out.items()}
 
-
+# %% ../nbs/12a_attribution.ipynb #48bb20aa
 def shuffled_share(maps, masks, present, dilate: int = 2, seed: int = 0) -> dict:
     "`lesion_share` of each patient's mask against another patient's map (a random derangement)."
     maps, present = np.asarray(maps), np.asarray(present, bool)
@@ -389,7 +384,7 @@ def per_fold(
         raise LiverPcrError(f'{run}: no fold with test patients (is it a cv run?)')
     return pd.concat(out, ignore_index=True)
 
-
+# %% ../nbs/12a_attribution.ipynb #641671cd
 def _image_rows(b, values: dict) -> pd.DataFrame:
     "Per-image arrays (B, T, S) as rows (patient_id, timepoint, sequence, ...), absent images dropped."
     B, T, S = b['present'].shape
@@ -424,7 +419,7 @@ def attribution_in_lesion(
 
     return per_fold(run, cohort, one, folds)
 
-
+# %% ../nbs/12a_attribution.ipynb #08db8c33
 def lesion_summary(
     df: pd.DataFrame,
     by=('model', 'method'),  # rows of `attribution_in_lesion`
@@ -476,7 +471,7 @@ def ablation(model: PCRModel, b: dict) -> pd.DataFrame:
             ]
     return pd.DataFrame(rows)
 
-
+# %% ../nbs/12a_attribution.ipynb #41160c61
 def contribution_summary(
     df: pd.DataFrame,  # rows of `ablation` (or of `per_fold(..., ablation)`)
 ) -> pd.DataFrame:
@@ -524,7 +519,7 @@ def _derangement(n: int, rng) -> np.ndarray:
     perm[order] = np.roll(order, 1)
     return perm
 
-
+# %% ../nbs/12a_attribution.ipynb #29ad1bea
 def _swapped_radiomics(fm: FoldModel, cohort: Cohort, ids, perm) -> torch.Tensor:
     "The hybrid's radiomics columns with the baseline exam's features from patient `perm[i]`, changes recomputed."
     from liver_pcr.radiomics import radiomics_table, VOLUME_FLOOR_ML
@@ -546,7 +541,7 @@ def _swapped_radiomics(fm: FoldModel, cohort: Cohort, ids, perm) -> torch.Tensor
         t.reindex(columns=fm.bundle['radiomics_columns']).to_numpy(), dtype=torch.float32
     )
 
-
+# %% ../nbs/12a_attribution.ipynb #b28da4a8
 def swap_baseline(
     fm: FoldModel,  # fold model
     cohort: Cohort,  # cohort
@@ -572,7 +567,7 @@ def swap_baseline(
         s['clinical'] = torch.cat(parts, 1)
     return s
 
-
+# %% ../nbs/12a_attribution.ipynb #5749e670
 @torch.no_grad()
 def counterfactual_swap(
     run,  # a cv run of a deep model

@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(1, f'error: {self.prog}: {message} (see {self.prog} --help)\n')
 
-
+# %% ../nbs/90_cli.ipynb #c4a68aa7
 def _training_options(
     p,  # a subparser
     folds_help: str
@@ -57,7 +57,7 @@ def _training_options(
         "a state dict), or 'imagenet' for torchvision's file in torch's hub cache",
     )
 
-
+# %% ../nbs/90_cli.ipynb #5057f6f7
 def build_parser() -> argparse.ArgumentParser:
     "The `liver-pcr` argument parser."
     p = _Parser(

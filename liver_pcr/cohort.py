@@ -55,14 +55,14 @@ def natural_key(s: str):
     "Key for a natural sort: 't2' < 't10'."
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r'(\d+)', str(s))]
 
-
+# %% ../nbs/01_cohort.ipynb #44ec8ede
 def ordered_names(found, first=()) -> list:
     "The names in `found`, in the order of `first`, then the others in natural order."
     return [v for v in dict.fromkeys(first) if v in found] + sorted(
         set(found) - set(first), key=natural_key
     )
 
-
+# %% ../nbs/01_cohort.ipynb #c8facb31
 def sort_timepoints(names) -> list[str]:
     "Order timepoint names: before-words first, after-words last, natural order within."
 
@@ -101,7 +101,7 @@ class Volume:
     def __repr__(self):
         return f"Volume(shape={self.shape}, spacing={tuple(round(s, 3) for s in self.spacing)}, orientation={self.orientation})"
 
-
+# %% ../nbs/01_cohort.ipynb #6ca98e61
 def load_volume(
     path,  # the NIfTI file
     canonical: bool = True,  # reorient to RAS+?
@@ -130,7 +130,7 @@ def load_volume(
         raise CohortError(f"{path}: empty volume {data.shape}")
     return Volume(np.ascontiguousarray(data), img.affine.copy())
 
-
+# %% ../nbs/01_cohort.ipynb #564b4d7d
 @dataclass
 class ImageRef:
     "Where one (patient, timepoint, sequence) image and its lesion mask live; loads on demand."
@@ -166,7 +166,7 @@ def _number(v: str) -> float | None:
         return None
     return x if math.isfinite(x) else None
 
-
+# %% ../nbs/01_cohort.ipynb #af7849bc
 def _line(i: int) -> str:
     return f'line {i + 2}'
 
@@ -396,7 +396,7 @@ def _read_manifest(root: Path, problems: list) -> pd.DataFrame:
 def _stem(name: str) -> str:
     return NIFTI_RE.sub('', name)
 
-
+# %% ../nbs/01_cohort.ipynb #0d9b6182
 def _scan_images(root: Path, problems: list) -> pd.DataFrame:
     "Scan `images/<patient>/<timepoint>/<sequence>.nii[.gz]`."
     rows, base = [], root / 'images'
@@ -544,7 +544,7 @@ def axial(data: np.ndarray, z: int) -> np.ndarray:
     "Axial slice `z` of RAS+ data for display: anterior up, patient's right on the viewer's left."
     return data[:, :, z].T[::-1, ::-1]
 
-
+# %% ../nbs/01_cohort.ipynb #00879d79
 def lesion_slice(mask: np.ndarray | None, nz: int) -> int:
     "The axial slice with the largest lesion area (the middle slice without a mask)."
     if mask is None or not mask.any():
@@ -742,7 +742,7 @@ def _rel(root: Path, p: Path) -> str:
     except ValueError:
         return str(p)
 
-
+# %% ../nbs/01_cohort.ipynb #6e8940ab
 def _header(path: Path):
     "Shape and affine of a NIfTI file, reading the full data (so truncation is found)."
     import nibabel as nib
@@ -751,7 +751,7 @@ def _header(path: Path):
     data = np.asanyarray(img.dataobj)
     return img, data
 
-
+# %% ../nbs/01_cohort.ipynb #5c3951e6
 def _check_volume(root: Path, path: Path, what: str, problems: list):
     "Open one volume; record its problems; return (shape, affine, data) or None."
     rel = _rel(root, path)

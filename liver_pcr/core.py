@@ -26,11 +26,11 @@ class LiverPcrError(Exception):
         self.problems = [problems] if isinstance(problems, str) else [str(p) for p in problems]
         super().__init__('\n'.join(self.problems))
 
-
+# %% ../nbs/00_core.ipynb #019c2a82
 class CohortError(LiverPcrError):
     "A problem with the data of a cohort (missing files, bad values, ...)."
 
-
+# %% ../nbs/00_core.ipynb #280f3d0f
 class ConfigError(LiverPcrError):
     "A problem with a configuration or command-line choice."
 
@@ -50,7 +50,7 @@ def set_seed(
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 
-
+# %% ../nbs/00_core.ipynb #a43fa1c5
 def get_device(
     prefer: str | None = None,  # 'cpu', 'cuda', 'mps' or None for the best available
 ):
@@ -81,7 +81,7 @@ def sample_cohort_path() -> Path:
         "pass a cohort folder or set LIVER_PCR_DATA"
     )
 
-
+# %% ../nbs/00_core.ipynb #915cb0d8
 def data_root(
     path: str | os.PathLike | None = None,  # an explicit cohort folder, if any
 ) -> Path:
@@ -93,7 +93,7 @@ def data_root(
         return Path(env).expanduser()
     return sample_cohort_path()
 
-
+# %% ../nbs/00_core.ipynb #bacd2304
 def cache_dir() -> Path:
     "The folder for caches (`LIVER_PCR_CACHE`, else `~/.cache/liver_pcr`); created on demand."
     d = (
@@ -121,7 +121,7 @@ def atomic_path(
         if os.path.exists(tmp):
             os.remove(tmp)
 
-
+# %% ../nbs/00_core.ipynb #7386da44
 def write_text(
     path,  # the file
     text: str,  # what goes in it
@@ -144,7 +144,7 @@ def figure_png(
     plt.close(fig)
     return buf.getvalue()
 
-
+# %% ../nbs/00_core.ipynb #bb315e08
 def save_figure(
     fig,  # a matplotlib figure (closed afterwards)
     path,  # the PNG file to write (atomically)
@@ -165,7 +165,7 @@ def _file_error(path, why: str) -> LiverPcrError:
     e.path, e.why = Path(path), why
     return e
 
-
+# %% ../nbs/00_core.ipynb #faaf585d
 def read_table(
     path,  # a CSV file
     required=(),  # the columns it must have
@@ -226,7 +226,7 @@ def is_inside(path, folder) -> bool:
     p, f = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
     return p == f or f in p.parents
 
-
+# %% ../nbs/00_core.ipynb #b755afb8
 def check_out_path(
     out,  # the output path
     cohort=None,  # the cohort folder it must stay out of
@@ -251,7 +251,7 @@ def progress(it=None, **kwargs):
     kwargs.setdefault('leave', False)
     return tqdm(it, **kwargs)
 
-
+# %% ../nbs/00_core.ipynb #9d05fe4b
 def is_tiny() -> bool:
     "True under the test run (`LIVER_PCR_TINY=1`): notebooks then train on a tiny setting."
     return os.environ.get('LIVER_PCR_TINY', '').lower() not in ('', '0', 'false', 'no')

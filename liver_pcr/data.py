@@ -31,7 +31,7 @@ class Split:
     def __repr__(self):
         return f'Split(fold={self.fold}: {len(self.train)} train, {len(self.val)} val, {len(self.test)} test)'
 
-
+# %% ../nbs/06_data.ipynb #779d2764
 def check_no_leak(
     *groups,
     names=('train', 'val', 'test'),  # id collections that must not overlap
@@ -97,7 +97,7 @@ def make_splits(
     check_no_leak(*[s.test for s in out], names=tuple(f'test fold {s.fold}' for s in out))
     return out
 
-
+# %% ../nbs/06_data.ipynb #8884f2db
 def cohort_splits(
     cohort: Cohort, n_folds: int = 5, seed: int = 0, val_frac: float = 0.2
 ) -> list[Split]:
@@ -129,7 +129,7 @@ def wide_labs(
         columns=cols,
     )
 
-
+# %% ../nbs/06_data.ipynb #92d566e8
 class ClinicalTransformer:
     "log markers per timepoint, log-ratio changes from baseline, missing indicators; standardised on the training patients."
 
@@ -201,7 +201,7 @@ def transformer_state(
         columns=ct.columns_,
     )
 
-
+# %% ../nbs/06_data.ipynb #90ae3ac4
 def transformer_from(
     state: dict | None,  # what `transformer_state` gave
 ) -> ClinicalTransformer | None:
@@ -226,7 +226,7 @@ class Augment:
     intensity: float = 0.1  # per-image gain and offset jitter, ±
     drop_input: float = 0.0  # chance of hiding each (timepoint, sequence) image (present → False), keeping at least one
 
-
+# %% ../nbs/06_data.ipynb #9b7ee4d5
 def augment_exams(
     x: torch.Tensor,
     aug: Augment,
@@ -263,7 +263,7 @@ def augment_exams(
         masks.float(), grid, mode='nearest', padding_mode='zeros', align_corners=False
     )
 
-
+# %% ../nbs/06_data.ipynb #9e2c5cba
 def augment_exam(
     x: torch.Tensor,
     aug: Augment,

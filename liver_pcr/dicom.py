@@ -79,7 +79,7 @@ def _dcm_error(name, msg) -> CohortError:
     e.file, e.what = name, msg
     return e
 
-
+# %% ../nbs/04c_dicom.ipynb #3eb7645c
 def _floats(ds, kw, n, name):
     try:
         v = [float(x) for x in ds[kw].value]
@@ -89,7 +89,7 @@ def _floats(ds, kw, n, name):
     except Exception:
         raise _dcm_error(name, f'{kw} missing or malformed (truncated file?)') from None
 
-
+# %% ../nbs/04c_dicom.ipynb #d6a7e483
 def _read_dicom_slice(path, name):
     "One single-frame DICOM file: its header and pixels (after rescale)."
     import pydicom
@@ -137,7 +137,7 @@ def _same_grid(sl: list, iop: list, psp: list, names: list):
                 f'pixel spacing {psp[k].tolist()} differs from {psp[0].tolist()} ({names[0]})',
             )
 
-
+# %% ../nbs/04c_dicom.ipynb #a0ec688f
 def _slice_order(iop, ipp: np.ndarray, names: list, ds0) -> tuple:
     "Slice order along the normal, slice spacing and the row/column/normal directions; `CohortError` if the slices do not make one even stack."
     row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
@@ -470,7 +470,7 @@ def _header(path):
                 raise InvalidDicomError('not a DICOM file') from None
             return ds
 
-
+# %% ../nbs/04c_dicom.ipynb #27a4aa71
 def _scan_dicom(src: Path, report: ImportReport) -> dict:
     "Series found under `src`: SeriesInstanceUID -> what the assignment needs; unusable files reported; PHI collected in `report.redact`."
     from pydicom.errors import InvalidDicomError
@@ -582,7 +582,7 @@ def _not_a_volume(s: dict) -> str | None:
     if len(s['pids']) != 1:
         return f"{len(s['pids'])} different PatientIDs in one series"
 
-
+# %% ../nbs/04c_dicom.ipynb #9ab8faed
 def _patient_of(raw: str, m: DicomMap, salt: str | None) -> tuple:
     "(patient id, None), or (None, why not) for a PatientID."
     if not raw:
@@ -625,7 +625,7 @@ def _timepoint_of(s: dict, dates: list, m: DicomMap) -> tuple:
         )
     return m.timepoints[k], None
 
-
+# %% ../nbs/04c_dicom.ipynb #26186a0b
 def _sequence_of(desc: str, m: DicomMap) -> tuple:
     "(sequence, None), or (None, why not) for a series description."
     hits = [q for q, rxs in m.sequences.items() if any(r.search(desc) for r in rxs)]
@@ -654,7 +654,7 @@ def _drop_collisions(out: dict, series: dict, report: ImportReport) -> dict:
             out.pop(u)
     return out
 
-
+# %% ../nbs/04c_dicom.ipynb #16c8a693
 def _assign(series: dict, m: DicomMap, salt: str | None, report: ImportReport) -> tuple[dict, dict]:
     "SeriesInstanceUID -> (patient, timepoint, sequence) for the series that can be imported (the others reported), and PatientID -> patient id."
     pid_of, todo, ignored, out = {}, {}, {}, {}

@@ -67,7 +67,7 @@ def _auc_rows(
     with np.errstate(invalid='ignore', divide='ignore'):
         return ((r * y).sum(-1) - m * (m + 1) / 2) / (m * n)
 
-
+# %% ../nbs/09_evaluate.ipynb #cbd937d8
 def auc(
     y,
     p,  # outcomes (0/1) and predictions, one per patient
@@ -115,7 +115,7 @@ def bootstrap_ci(
         lo, hi = np.nanquantile(st, [a, 1 - a], axis=0)
     return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
 
-
+# %% ../nbs/09_evaluate.ipynb #eb967e34
 def bootstrap_auc_ci(
     y,
     p,  # outcomes (0/1) and predictions
@@ -162,7 +162,7 @@ def _ztest(a1, a2, var):
     z = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
     return DeLong(float(a1), float(a2), diff, se, z, float(2 * stats.norm.sf(abs(z))))
 
-
+# %% ../nbs/09_evaluate.ipynb #b0c84080
 def delong_test(
     y,
     p1,
@@ -174,7 +174,7 @@ def delong_test(
     (a1, a2), S = _delong_cov(y, np.vstack([p1, p2]))
     return _ztest(a1, a2, S[0, 0] + S[1, 1] - 2 * S[0, 1])
 
-
+# %% ../nbs/09_evaluate.ipynb #466f3cb3
 def delong_vs_chance(
     y,
     p,  # outcomes and predictions
@@ -215,7 +215,7 @@ def _confusion(
         (~pred & ~pos).sum(-1),
     )
 
-
+# %% ../nbs/09_evaluate.ipynb #ad762589
 def _metric_rows(y, p, t):
     "The `METRICS` of each row: shape (..., 5); nan where undefined."
     tp, fn, fp, tn = _confusion(y, p, t)
@@ -235,7 +235,7 @@ def _per_patient(
         f"threshold must be one number or one per patient ({n}); got shape {t.shape}"
     )
 
-
+# %% ../nbs/09_evaluate.ipynb #e7481ff2
 def threshold_metrics(
     y,
     p,  # outcomes (0/1) and predictions
@@ -264,7 +264,7 @@ def brier(
     y, p = _yp(y, p, prob=True, both=False)
     return float(np.mean((p - y) ** 2))
 
-
+# %% ../nbs/09_evaluate.ipynb #72cd854d
 def _logistic(
     X,
     y,
@@ -300,7 +300,7 @@ def calibration_intercept_slope(
     a = _logistic(np.ones((len(y), 1)), y, lp)[0]
     return Calibration(float(a), float(_recalibration(y, lp)[1]))
 
-
+# %% ../nbs/09_evaluate.ipynb #b2065550
 def _recalibration(
     y,
     lp,  # outcomes and the model's log-odds
@@ -394,7 +394,7 @@ def _roc(y, p):
     fp = last + 1 - tp
     return np.r_[0, fp / fp[-1]], np.r_[0, tp / tp[-1]]
 
-
+# %% ../nbs/09_evaluate.ipynb #dc2d7779
 def roc_points(
     y,
     p,  # outcomes (0/1) and predictions
@@ -402,7 +402,7 @@ def roc_points(
     "`(fpr, tpr)` of the empirical ROC curve, from (0, 0) to (1, 1)."
     return _roc(*_yp(y, p))
 
-
+# %% ../nbs/09_evaluate.ipynb #83c880cf
 def roc_band(
     y,
     p,
@@ -426,7 +426,7 @@ def _axes(ax=None, figsize=(5.5, 5)):
         _, ax = plt.subplots(figsize=figsize)
     return ax.figure, ax
 
-
+# %% ../nbs/09_evaluate.ipynb #8742ddac
 def plot_roc(
     runs: dict,  # {name: (y, p)}
     ci: bool
@@ -611,7 +611,7 @@ def _same_patients(runs: list[Run]):
     if probs:
         raise LiverPcrError(probs)
 
-
+# %% ../nbs/09_evaluate.ipynb #a397e219
 def _names(runs: list[Run]) -> list[str]:
     "Run names, with the folder added where two runs share a model name."
     names = [r.name for r in runs]
@@ -621,11 +621,11 @@ def _names(runs: list[Run]) -> list[str]:
 def _ci_str(est, lo, hi) -> str:
     return f'{est:.2f} [{lo:.2f}, {hi:.2f}]'
 
-
+# %% ../nbs/09_evaluate.ipynb #f2276589
 def _p_str(p) -> str:
     return '—' if pd.isna(p) else ('<0.001' if p < 0.001 else f'{p:.3f}')
 
-
+# %% ../nbs/09_evaluate.ipynb #edf1a402
 def markdown_table(
     df: pd.DataFrame,  # the table
     signed=(),  # columns whose numbers are shown with their sign

@@ -90,7 +90,7 @@ def plot_maps(self: PatientExplanation, method: str = 'gradcam'):
         self.title(method),
     )
 
-
+# %% ../nbs/12c_explain.ipynb #906ca98e
 @patch
 def contribution_table(self: PatientExplanation) -> pd.DataFrame:
     "Δp when each input is removed: timepoint × sequence ('all': the whole exam)."
@@ -99,7 +99,7 @@ def contribution_table(self: PatientExplanation) -> pd.DataFrame:
         columns=[*self.sequences, 'all']
     )
 
-
+# %% ../nbs/12c_explain.ipynb #70ddefc2
 @patch
 def plot_contributions(self: PatientExplanation):
     "|Δp| when each input is removed."
@@ -107,7 +107,7 @@ def plot_contributions(self: PatientExplanation):
         self.contribution_table().abs(), self.title('what removing an input changes')
     )
 
-
+# %% ../nbs/12c_explain.ipynb #8117d179
 @patch
 def plot_shap(self: PatientExplanation):
     "The waterfall of the clinical branch's SHAP values (None without labs)."
@@ -178,7 +178,7 @@ def _summary(px: PatientExplanation) -> dict:
         relation_weights=None if px.relation is None else px.relation.round(4).to_dict(),
     )
 
-
+# %% ../nbs/12c_explain.ipynb #f61d65d5
 def explain_to(
     run,
     cohort: Cohort,
@@ -221,7 +221,7 @@ def explain_to(
     )
     return files
 
-
+# %% ../nbs/12c_explain.ipynb #f8e17949
 def cmd_explain(args) -> int:
     "`liver-pcr explain RUN COHORT --patient ID --out DIR`."
     c = Cohort.load(args.cohort)

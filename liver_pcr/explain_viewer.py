@@ -91,7 +91,7 @@ def explanation(self: ExplainViewer, patient: str | None = None) -> PatientExpla
     pid = patient or self.patient.value
     return self.cache.get(pid, lambda: explain_patient(self.run, self.cohort, pid, **self.kwargs))
 
-
+# %% ../nbs/12d_explain_viewer.ipynb #fff2260a
 @patch
 def render(self: ExplainViewer, change=None):
     "Draw the current patient and method."

@@ -51,7 +51,7 @@ def _cli(report: ImportReport) -> int:
     print(report.text())
     return report.exit_code
 
-
+# %% ../nbs/04_importers.ipynb #253b9a99
 def cmd_import_dicom(args) -> int:
     "`liver-pcr import dicom SRC OUT --map MAP [--salt S]`"
     return _cli(
@@ -65,7 +65,7 @@ def cmd_import_dicom(args) -> int:
         )
     )
 
-
+# %% ../nbs/04_importers.ipynb #892af194
 def cmd_import_png(args) -> int:
     "`liver-pcr import png SRC OUT --clinical clinic_data.json [--folds data_fold.json]`"
     return _cli(
@@ -80,7 +80,7 @@ def cmd_import_png(args) -> int:
         )
     )
 
-
+# %% ../nbs/04_importers.ipynb #95993237
 def cmd_import_nifti(args) -> int:
     "`liver-pcr import nifti SRC OUT [--pattern P] [--clinical CSV] [--labs CSV]`"
     return _cli(

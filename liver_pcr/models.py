@@ -87,7 +87,7 @@ class ModelConfig:
         if self.radiomics and self.head != 'linear':
             raise ConfigError('radiomics=True (the hybrid) needs the linear head')
 
-
+# %% ../nbs/07_models.ipynb #2c7e45ac
 LAYERS = ('layer1', 'layer2', 'layer3', 'layer4')
 
 STAGES = {
@@ -212,7 +212,7 @@ def adapt_conv1(
         w = F.interpolate(w, (kh, kw), mode='bilinear', align_corners=False, antialias=True) * area
     return w
 
-
+# %% ../nbs/07_models.ipynb #6f989018
 _PREFIXES = ('module.', 'net.', 'trunk.', 'encoder.', 'backbone.')
 
 
@@ -233,7 +233,7 @@ def _state_dict(path: Path) -> dict:
             sd = {k[len(p) :]: v for k, v in sd.items()}
     return {k: v for k, v in sd.items() if not k.startswith('fc.')}
 
-
+# %% ../nbs/07_models.ipynb #aacfc939
 def load_weights(
     trunk: ResNetTrunk,  # the trunk to fill
     path,  # a weights file
@@ -285,7 +285,7 @@ def lesion_pool(
     sd = (mean((f - mu[..., None, None]) ** 2, inside) + 1e-6).sqrt()
     return torch.cat([mu, sd, mean(f, rim), f.mean((2, 3))], 1)
 
-
+# %% ../nbs/07_models.ipynb #1d78b527
 def image_masks(
     masks: torch.Tensor,  # exam masks (B, T, k, H, W)
     S: int,  # sequences per exam
@@ -398,7 +398,7 @@ class ConcatTemporal(nn.Module):
     def forward(self, e, ep, times=None):
         return F.relu(self.lin(torch.cat([e, ep[..., None].float()], -1).flatten(1)))
 
-
+# %% ../nbs/07_models.ipynb #5764479a
 class SingleTemporal(nn.Module):
     "One timepoint: its exam feature."
 
@@ -509,7 +509,7 @@ def _slope(f, ok, times):
         w.sum(1) < 3
     ).expand_as(cov)
 
-
+# %% ../nbs/07_models.ipynb #a5a1a62c
 def linear_blocks(
     f,
     present,
@@ -692,7 +692,7 @@ class FocalLoss(nn.Module):
         a_t = self.alpha * y + (1 - self.alpha) * (1 - y)
         return (a_t * (1 - p_t) ** self.gamma * bce).mean()
 
-
+# %% ../nbs/07_models.ipynb #41f80c25
 def make_loss(
     cfg: ModelConfig,  # the config
     y_train,  # the training labels (for the class weight)

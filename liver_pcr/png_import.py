@@ -112,7 +112,7 @@ def _check_twins(stacks: dict, report: ImportReport):
                         f'no {ot} twin (same patient, sequence and slice)',
                     )
 
-
+# %% ../nbs/04d_png.ipynb #9b821b86
 def _stack_png(key, sl: dict, report: ImportReport, how: dict):
     "One volume from the slices of a stack (gaps reported), or None."
     pid, tp, seq = key

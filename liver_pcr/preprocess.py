@@ -63,7 +63,7 @@ def body_mask(
         return np.ones_like(m)
     return np.stack([ndimage.binary_fill_holes(m[..., z]) for z in range(m.shape[2])], -1)
 
-
+# %% ../nbs/05_preprocess.ipynb #30032b73
 def normalise(
     data: np.ndarray,  # a volume
     clip=(0.5, 99.5),  # percentiles to clip at
@@ -125,7 +125,7 @@ def find_roi(
     offsets = np.clip(np.arange(z - (k - 1) // 2, z - (k - 1) // 2 + k), 0, nz - 1) - z
     return ROI(centre, grid.affine[:3, 2].copy(), offsets.astype(float), pixel, cfg.roi_px)
 
-
+# %% ../nbs/05_preprocess.ipynb #9b6e799e
 def sample(
     vol: np.ndarray,
     affine: np.ndarray,
@@ -193,7 +193,7 @@ def preprocess_exam(
         mroi = (sample(mask.data, mask.affine, roi, order=0) > 0.5).astype(np.uint8)
     return imgs, mroi, present
 
-
+# %% ../nbs/05_preprocess.ipynb #99e20c6c
 def preprocess_patient(patient: Patient, timepoints, sequences, cfg: PreprocessConfig):
     "All exams of a patient: images (T, S, k, px, px), masks (T, k, px, px), present (T, S)."
     out = [

@@ -139,7 +139,7 @@ def _blocks(layer: str) -> tuple:
     "Key prefixes of the trunk's blocks up to `layer`."
     return ('conv1.', 'bn1.') + tuple(f'{l}.' for l in LAYERS[: LAYERS.index(layer) + 1])
 
-
+# %% ../nbs/07b_pretrain.ipynb #682dfafb
 def trunk_state(
     trunk: ResNetTrunk,  # the trunk
     layer: str,  # the deepest block kept

@@ -53,7 +53,7 @@ def _inner_folds(y: np.ndarray, n_inner: int, seed: int):
         )
     return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
-
+# %% ../nbs/07a_probe.ipynb #1bf7c93e
 def fit_logistic(
     Z: np.ndarray,
     y: np.ndarray,  # standardised training features (n, P); labels 0/1
@@ -105,7 +105,7 @@ def linear_inputs(
         miss.append(m.numpy())
     return np.concatenate(vals), np.concatenate(miss)
 
-
+# %% ../nbs/07a_probe.ipynb #0efb8db7
 def fit_head(
     model: PCRModel,
     ds,  # a model with head='linear'; its training patients (PatientDataset)
@@ -146,7 +146,7 @@ def _radiomics(cohort, pre, ids) -> pd.DataFrame:
     seen = tab.loc[list(ids)].notna().any()
     return tab.loc[:, seen.values]
 
-
+# %% ../nbs/07a_probe.ipynb #f4591324
 def radiomics_inputs(
     cohort,
     timepoints,
@@ -160,7 +160,7 @@ def radiomics_inputs(
         columns=columns
     )
 
-
+# %% ../nbs/07a_probe.ipynb #521ab977
 def fit_linear_fold(
     ctx,  # the run's context
     split: Split,  # the split
@@ -202,7 +202,7 @@ def fit_linear_fold(
     cols = None if rad is None else list(rad.columns)
     return FoldResult(pv, pt, log, [model], dict(ct=ct, radiomics_columns=cols))
 
-
+# %% ../nbs/07a_probe.ipynb #2dfa07d0
 @torch.no_grad()
 def predict_linear(model: PCRModel, ds) -> np.ndarray:
     "Probabilities of pCR for every patient of `ds`."

@@ -120,7 +120,7 @@ def central_roi(
     roi[cx : shape[0] - cx, cy : shape[1] - cy] = True
     return roi
 
-
+# %% ../nbs/10_radiomics.ipynb #0917ad14
 def background_ring(
     roi: np.ndarray,
     body: np.ndarray,
@@ -165,7 +165,7 @@ def _arrays(volume, mask, spacing):
         raise CohortError(f'mask shape {m.shape} differs from the image shape {img.shape}')
     return img, m, spacing
 
-
+# %% ../nbs/10_radiomics.ipynb #9420f983
 def _crop(roi: np.ndarray, margin) -> tuple:
     "The bounding box of `roi`, widened by `margin` voxels per axis."
     box = ndimage.find_objects(roi.astype(np.int8))[0]
@@ -286,7 +286,7 @@ def radiomics_cache_path(
     )
     return check_out_path(path, cohort=cohort.root)
 
-
+# %% ../nbs/10_radiomics.ipynb #402e57c7
 def _read_table(path: Path) -> pd.DataFrame:
     df = pd.read_csv(
         path, index_col='patient_id', dtype={'patient_id': str}, float_precision='round_trip'
@@ -297,7 +297,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 def _one(args):
     return patient_features(*args)
 
-
+# %% ../nbs/10_radiomics.ipynb #713436d6
 def radiomics_table(
     cohort: Cohort,
     timepoints: list | None = None,

@@ -44,7 +44,7 @@ def _features(kind: str, cohort: Cohort, ids, state: dict) -> pd.DataFrame:
         ).reindex(list(ids))
     return tab.reindex(columns=state['columns']) if 'columns' in state else tab
 
-
+# %% ../nbs/11_references.ipynb #0ba70754
 def _pipeline(C: float):
     from sklearn.pipeline import make_pipeline
     from sklearn.impute import SimpleImputer
@@ -102,7 +102,7 @@ def fit_reference(
     st.update(C=best[1], pipeline=best[2])
     return st
 
-
+# %% ../nbs/11_references.ipynb #9e3573a9
 def predict_state(st: dict, cohort: Cohort, ids) -> np.ndarray:
     "Probabilities of a fitted reference for `ids`."
     if len(ids) == 0:

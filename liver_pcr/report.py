@@ -28,7 +28,7 @@ def _say(msg, quiet=False):
     if not quiet:
         print(msg, flush=True)
 
-
+# %% ../nbs/13_report.ipynb #f1688d1c
 DEMO_PATIENTS = 120
 
 
@@ -60,7 +60,7 @@ def demo_cohort(
     )
     return Cohort.load(out / 'cohort'), oracle_auc(tt)
 
-
+# %% ../nbs/13_report.ipynb #273abbcb
 def run_demo(
     out='liver_pcr_demo',
     preset_name: str = 'fast',
@@ -222,7 +222,7 @@ TRIPOD_AI = [
 def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()}" style="max-width:32%;margin:0.3%">'
 
-
+# %% ../nbs/13_report.ipynb #6c83c8bd
 def _table(df: pd.DataFrame) -> str:
     return df.to_html(
         index=False,
@@ -330,7 +330,7 @@ def write_report(
     doc = f'<!doctype html><html><head><meta charset="utf-8"><title>liver_pcr report</title><style>{css}</style></head><body>{"".join(parts)}</body></html>'
     return write_text(out / 'report.html', doc)
 
-
+# %% ../nbs/13_report.ipynb #40763cae
 def cmd_demo(args) -> int:
     "`liver-pcr demo`: the main job."
     run_demo(

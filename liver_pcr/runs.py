@@ -108,7 +108,7 @@ def _check_thresholds(f: Path, folds) -> pd.DataFrame | None:
         raise LiverPcrError(probs)
     return df.assign(threshold=t.astype(float))[['fold', 'threshold']]
 
-
+# %% ../nbs/08a_runs.ipynb #a73fafb4
 def _json_or_empty(f: Path) -> dict:
     "The JSON object in `f`, or {} when there is no such file."
     return read_json_object(f) if Path(f).exists() else {}
@@ -176,7 +176,7 @@ def config(self: RunFolder) -> dict:
         )
     return read_json_object(f)
 
-
+# %% ../nbs/08a_runs.ipynb #31dc52ad
 @patch
 def start(
     self: RunFolder,
@@ -195,7 +195,7 @@ def start(
             )
     write_text(old, to_json(record))
 
-
+# %% ../nbs/08a_runs.ipynb #d4d1eaad
 @patch
 def splits(self: RunFolder) -> list[dict]:
     "The run's folds (`fold`, `train`, `val`, `test` ids); a train run is one fold `None` without test patients."
@@ -204,11 +204,14 @@ def splits(self: RunFolder) -> list[dict]:
         return cfg['splits']
     return [dict(fold=None, train=cfg.get('train', []), val=cfg.get('val', []), test=[])]
 
-
+# %% ../nbs/08a_runs.ipynb #a8a18cc1
 @patch
 def model_name(self: RunFolder) -> str:
     "The model a run trained: a stage name ('relation', …) or a reference ('clinical', 'radiomics')."
-    return self.config()['model']
+    cfg = self.config()
+    if not cfg.get('model'):
+        raise LiverPcrError(f"{self._file('config.json')}: names no model; is this a run folder of liver-pcr cv or train?")
+    return cfg['model']
 
 # %% ../nbs/08a_runs.ipynb #c199d923
 @patch
@@ -220,7 +223,7 @@ def done(
     f = self.fold_dir(fold) / 'done.json'
     return read_json_object(f) if f.exists() else None
 
-
+# %% ../nbs/08a_runs.ipynb #9fc662b5
 @patch
 def write_done(
     self: RunFolder,
@@ -231,7 +234,7 @@ def write_done(
     write_text(self.fold_dir(fold, make=True) / 'done.json', to_json(done))
     self.drop_checkpoint(fold)
 
-
+# %% ../nbs/08a_runs.ipynb #35453c92
 @patch
 def checkpoint(
     self: RunFolder,
@@ -242,7 +245,7 @@ def checkpoint(
     d = self.fold_dir(fold, make=True)
     return d if member == 0 else d / f'member{member}'
 
-
+# %% ../nbs/08a_runs.ipynb #4c82a520
 @patch
 def drop_checkpoint(self: RunFolder, fold: int | None, member: int = 0) -> None:
     "Remove a fold member's checkpoint, once it is no longer needed."
@@ -265,14 +268,14 @@ def write_table(
         df.to_csv(tmp, index=False)
     return f
 
-
+# %% ../nbs/08a_runs.ipynb #42eafd4e
 @patch
 def write_metrics(self: RunFolder, metrics: dict) -> Path:
     "Write `metrics.json`."
     write_text(self._file('metrics.json'), to_json(metrics))
     return self._file('metrics.json')
 
-
+# %% ../nbs/08a_runs.ipynb #3cbf6422
 @patch
 def read(self: RunFolder) -> Run:
     "Read and check the run (`predictions.csv`, optional `thresholds.csv`, `config.json`, `metrics.json`)."
@@ -283,7 +286,7 @@ def read(self: RunFolder) -> Run:
     cfg, met = _json_or_empty(self._file('config.json')), _json_or_empty(self._file('metrics.json'))
     return Run(self.path, pr, th, cfg, met)
 
-
+# %% ../nbs/08a_runs.ipynb #a7326994
 def load_run(
     path,  # a run folder
 ) -> Run:
@@ -326,7 +329,7 @@ def _names(member: int) -> tuple[str, str]:
     stem = 'model' if member == 0 else f'model-{member}'
     return f'{stem}.json', f'{stem}.pt'
 
-
+# %% ../nbs/08a_runs.ipynb #8814380e
 def save_tensors(
     path,  # the file to write (atomically)
     tensors: dict,  # {name: tensor}
@@ -340,7 +343,7 @@ def save_tensors(
     with atomic_path(path) as tmp:
         torch.save(dict(tensors), tmp)
 
-
+# %% ../nbs/08a_runs.ipynb #b4b94251
 def load_tensors(
     path,  # a file written by `save_tensors` (or any `{name: tensor}` file)
     what: str = 'model file',  # how to name it in an error
@@ -391,7 +394,7 @@ def load_model_file(
     tensors = load_tensors(f.parent / meta['tensors']) if meta.get('tensors') else None
     return meta, tensors
 
-
+# %% ../nbs/08a_runs.ipynb #334ceb64
 @patch
 def save_model(
     self: RunFolder,
@@ -411,7 +414,7 @@ def save_model(
     )
     return d / js
 
-
+# %% ../nbs/08a_runs.ipynb #d45e1527
 @patch
 def members(self: RunFolder, fold: int | None) -> list[int]:
     "The ensemble members saved for `fold` (0, 1, …)."
@@ -420,7 +423,7 @@ def members(self: RunFolder, fold: int | None) -> list[int]:
     found += sorted(int(f.stem.split('-')[1]) for f in d.glob('model-*.json'))
     return found
 
-
+# %% ../nbs/08a_runs.ipynb #71ade7b1
 @patch
 def _legacy(self: RunFolder, fold: int | None) -> list[Path]:
     d = self.fold_dir(fold)
@@ -428,7 +431,7 @@ def _legacy(self: RunFolder, fold: int | None) -> list[Path]:
         f for f in d.glob('model*.pt') if not f.with_suffix('.json').exists()
     )
 
-
+# %% ../nbs/08a_runs.ipynb #4762edbc
 @patch
 def load_model(
     self: RunFolder,
@@ -451,7 +454,7 @@ def load_model(
         )
     return load_model_file(f)
 
-
+# %% ../nbs/08a_runs.ipynb #efc5e870
 @patch
 def model_folds(self: RunFolder) -> list:
     "The folds with a saved model (`[None]` for a train run)."
@@ -475,7 +478,7 @@ class FoldResult:
     models: list  # the fitted models (ensemble members)
     extra: dict = field(default_factory=dict)  # what the fitter's `save` needs besides the models
 
-
+# %% ../nbs/08a_runs.ipynb #ce4a2461
 class Fitter(Protocol):
     "How the runners fit, save and load the models of one kind."
 
@@ -499,7 +502,7 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
-
+# %% ../nbs/08a_runs.ipynb #b8c811c2
 def load_checkpoint(
     path,  # a checkpoint written by `save_checkpoint`
     device=None,  # where to put its tensors

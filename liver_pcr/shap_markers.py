@@ -34,7 +34,7 @@ def load_reference(
         )
     return ReferenceFitter.load(meta)
 
-
+# %% ../nbs/12b_shap_markers.ipynb #b6f2aa8a
 def reference_features(
     st: ReferenceModel,  # a fitted clinical reference
     cohort: Cohort,  # the cohort
@@ -61,7 +61,7 @@ def marker_display(
         }
     return np.stack([cols.get(n, np.full(len(w), np.nan)) for n in names], 1)
 
-
+# %% ../nbs/12b_shap_markers.ipynb #d857156a
 def shap_reference_fold(
     st: ReferenceModel,
     cohort: Cohort,
@@ -111,7 +111,7 @@ def _stack_explanations(exs: list):
         instance_names=[i for e in exs for i in e.instance_names],
     )
 
-
+# %% ../nbs/12b_shap_markers.ipynb #34e081fc
 def shap_reference(
     run,  # a cv run of the clinical reference
     cohort: Cohort,  # the cohort
@@ -148,7 +148,7 @@ def _shap_fig(draw):
         plt.close(fig)
     return fig
 
-
+# %% ../nbs/12b_shap_markers.ipynb #22aae6e7
 def plot_beeswarm(ex, max_display: int = 12, title: str = ''):
     "SHAP beeswarm: every patient's contribution of every feature, coloured by the feature's value."
     import shap, matplotlib.pyplot as plt
@@ -165,7 +165,7 @@ def plot_beeswarm(ex, max_display: int = 12, title: str = ''):
 
     return _shap_fig(draw)
 
-
+# %% ../nbs/12b_shap_markers.ipynb #985b92af
 def plot_waterfall(
     ex,
     patient=0,
@@ -222,7 +222,7 @@ def clinical_fn(model: PCRModel, b: dict, i: int = 0):
         ok = False
     return fast if ok else full
 
-
+# %% ../nbs/12b_shap_markers.ipynb #b9e950f0
 def shap_clinical_branch(
     fm: FoldModel,
     cohort: Cohort,

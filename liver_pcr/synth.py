@@ -49,9 +49,6 @@ class SynthConfig:
         if self.n_patients < 1:
             raise ConfigError('n_patients must be at least 1')
 
-
-SynthConfig(n_patients=24)
-
 # %% ../nbs/02_synth.ipynb #2af40155
 CONTRAST = pd.DataFrame(
     {
@@ -93,14 +90,14 @@ W_NECROSIS, W_CELLULARITY, W_MARKERS, SHARED = 1.6, 1.1, 1.0, 0.4
 def _sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
-
+# %% ../nbs/02_synth.ipynb #beaa3e81
 def _responses(rng, n):
     "Draw sensitivity `s` and the three responses (necrosis, cellularity, markers), each of unit variance."
     s = rng.normal(size=n)
     a, d, m = (SHARED * s + math.sqrt(1 - SHARED**2) * rng.normal(size=n) for _ in range(3))
     return s, a, d, m
 
-
+# %% ../nbs/02_synth.ipynb #6555cc58
 _B0 = {}
 
 
@@ -213,7 +210,7 @@ def sample_patient(
     P['missing'] = _missingness(rng, cfg)
     return P
 
-
+# %% ../nbs/02_synth.ipynb #455f6d07
 def _missingness(rng, cfg) -> dict:
     "Which exams, sequences and lab values are missing (never the baseline exam, never a whole exam's sequences)."
     T, S = len(cfg.timepoints), len(cfg.sequences)
@@ -231,15 +228,15 @@ def _soft(q, r, w=1.2):
     "Soft membership from a normalised ellipsoid radius `q` (1 on the surface) of an object of size `r` mm; edge width `w` mm."
     return 1 / (1 + np.exp(np.clip((np.sqrt(q) - 1) * r / w, -30, 30)))
 
-
+# %% ../nbs/02_synth.ipynb #c6528d34
 def _ell(X, Y, Z, c, ax):
     return ((X - c[0]) / ax[0]) ** 2 + ((Y - c[1]) / ax[1]) ** 2 + ((Z - c[2]) / ax[2]) ** 2
 
-
+# %% ../nbs/02_synth.ipynb #f6a173ae
 def _ell2(X, Y, c, ax):
     return ((X - c[0]) / ax[0]) ** 2 + ((Y - c[1]) / ax[1]) ** 2
 
-
+# %% ../nbs/02_synth.ipynb #1fab3d70
 def exam_affine(cfg: SynthConfig) -> np.ndarray:
     "The RAS voxel-to-mm affine of the generator's grid, centred on the origin."
     aff = np.diag([*cfg.spacing, 1.0])
@@ -343,7 +340,7 @@ def _truth_row(P: dict, cfg: SynthConfig) -> dict:
         f'necrosis_{tp}': P['states'][j]['necrosis'] for j, tp in enumerate(cfg.timepoints)
     }
 
-
+# %% ../nbs/02_synth.ipynb #80f21b37
 def truth_table(cfg: SynthConfig) -> pd.DataFrame:
     "The truth of the cohort `cfg` describes, recomputed without rendering any image."
     return pd.DataFrame([_truth_row(sample_patient(i, cfg), cfg) for i in range(cfg.n_patients)])

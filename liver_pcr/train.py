@@ -40,7 +40,7 @@ from .references import REFERENCE_MODELS, ReferenceFitter
 from .evaluate import youden_threshold, summarize_predictions
 
 # %% auto #0
-__all__ = ['PRESETS', 'DEEP_MODELS', 'IMAGENET_FILE', 'LOADERS', 'TrainConfig', 'preset', 'Learner', 'bundle_meta',
+__all__ = ['PRESETS', 'DEEP_MODELS', 'IMAGENET_FILE', 'LOADERS', 'TrainConfig', 'preset', 'forward', 'Learner', 'bundle_meta',
            'model_tensors', 'model_from', 'load_bundle', 'pre_config', 'model_config', 'imagenet_weights', 'versions',
            'Context', 'fit_deep_fold', 'DeepPredictor', 'DeepFitter', 'load_models', 'fitter_for', 'run_cv',
            'run_train', 'predict', 'cmd_cv', 'cmd_train', 'cmd_predict']
@@ -72,7 +72,7 @@ class TrainConfig:
         60.0  # write the resumable checkpoint at most this often (and when a fit call ends)
     )
 
-
+# %% ../nbs/08_train.ipynb #29c3a72c
 PRESETS = {
     'fast': (
         PreprocessConfig(roi_mm=64, roi_px=32, k=3),
@@ -106,7 +106,7 @@ def _auc(y, p) -> float:
     y = np.asarray(y)
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float('nan')
 
-
+# %% ../nbs/08_train.ipynb #372c34ad
 def _schedule(opt, steps: int, warmup: int):
     "Linear warm-up, then cosine decay to zero."
     f = lambda s: (
@@ -116,15 +116,20 @@ def _schedule(opt, steps: int, warmup: int):
     )
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
-
+# %% ../nbs/08_train.ipynb #14585ae9
 def _to(batch, device):
     return {
         k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
     }
 
-
-def _forward(model, b):
-    return model(b['images'], b['present'], b['clinical'], b['masks'])
+# %% ../nbs/08_train.ipynb #3b5ba3b2
+def forward(
+    model,  # a PCRModel
+    b: dict,  # a batch (images, present, clinical, masks)
+    **kwargs,  # passed to the model (e.g. return_parts)
+):
+    "The model's logits for a batch."
+    return model(b['images'], b['present'], b['clinical'], b['masks'], **kwargs)
 
 # %% ../nbs/08_train.ipynb #d6569c91
 class Learner:
@@ -206,7 +211,7 @@ class Learner:
             with torch.autocast(
                 self.device.type, enabled=self.cfg.amp and self.device.type == 'cuda'
             ):
-                out.append(torch.sigmoid(_forward(m, b).float()).cpu())
+                out.append(torch.sigmoid(forward(m, b).float()).cpu())
         return torch.cat(out).numpy() if out else np.zeros(0)
 
 # %% ../nbs/08_train.ipynb #6e17d542
@@ -229,7 +234,7 @@ def _state(self: Learner) -> dict:
         rng=torch.get_rng_state(),
     )
 
-
+# %% ../nbs/08_train.ipynb #cb7a1693
 @patch
 def _save(self: Learner, force: bool = False):
     "Write the resumable checkpoint (at most every `checkpoint_seconds`, and always when `force`)."
@@ -240,7 +245,7 @@ def _save(self: Learner, force: bool = False):
     save_checkpoint(self.workdir / 'last.pt', self._state())
     self._saved_at = time.time()
 
-
+# %% ../nbs/08_train.ipynb #3e901765
 @patch
 def _resume(self: Learner) -> bool:
     "Load the last checkpoint of `workdir`, if any."
@@ -266,7 +271,7 @@ def _resume(self: Learner) -> bool:
     )
     return True
 
-
+# %% ../nbs/08_train.ipynb #4a48f21e
 @patch
 @torch.no_grad()
 def _update_ema(self: Learner):
@@ -277,7 +282,7 @@ def _update_ema(self: Learner):
     for be, b in zip(self.ema.buffers(), self.model.buffers()):
         be.copy_(b)
 
-
+# %% ../nbs/08_train.ipynb #9a4ec25d
 @patch
 def _train_epoch(self: Learner, show_progress: bool) -> float:
     self.model.train()
@@ -291,7 +296,7 @@ def _train_epoch(self: Learner, show_progress: bool) -> float:
     ):
         b = _to(b, self.device)
         with torch.autocast(self.device.type, enabled=amp):
-            loss = self.loss_fn(_forward(self.model, b).float(), b['y'])
+            loss = self.loss_fn(forward(self.model, b).float(), b['y'])
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
@@ -305,7 +310,7 @@ def _train_epoch(self: Learner, show_progress: bool) -> float:
         tot, n = tot + float(loss.detach()) * len(b['y']), n + len(b['y'])
     return tot / max(n, 1)
 
-
+# %% ../nbs/08_train.ipynb #2817d231
 @patch
 def fit(
     self: Learner,
@@ -364,7 +369,7 @@ def fit(
         self.finish()
     return self
 
-
+# %% ../nbs/08_train.ipynb #3f8aa999
 @patch
 def finish(self: Learner):
     "Load the best weights (chosen on the inner validation split)."
@@ -398,7 +403,7 @@ def bundle_meta(
         threshold=float(threshold),
     )
 
-
+# %% ../nbs/08_train.ipynb #b3511328
 def model_tensors(model: PCRModel) -> dict:
     "The model's tensors to save (half precision for the neural head; a fitted linear head stays exact)."
     sd = model.state_dict()
@@ -406,7 +411,7 @@ def model_tensors(model: PCRModel) -> dict:
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
     return sd
 
-
+# %% ../nbs/08_train.ipynb #6a7c9bc0
 def model_from(
     meta: dict,  # what `bundle_meta` gave
     tensors: dict,  # the saved tensors
@@ -425,7 +430,7 @@ def model_from(
     used.load_state_dict(m.state_dict())
     return used.eval()
 
-
+# %% ../nbs/08_train.ipynb #3e941f40
 def load_bundle(
     path,  # a fold's model file (`model.json` or `model.pt`)
 ) -> tuple[PCRModel, dict]:
@@ -435,7 +440,7 @@ def load_bundle(
         raise ConfigError(f"{path}: a {meta.get('kind')!r} model, not a deep one")
     return model_from(meta, tensors), meta
 
-
+# %% ../nbs/08_train.ipynb #29350d8b
 def pre_config(
     meta: dict,  # a deep model's description
     model: PCRModel,  # the model (its inputs)
@@ -482,7 +487,7 @@ def model_config(
         cfg = replace(cfg, weights=str(path.resolve()))
     return cfg
 
-
+# %% ../nbs/08_train.ipynb #3f5e19d5
 IMAGENET_FILE = 'resnet18-f37072fd.pth'  # torchvision's ImageNet ResNet18 weights
 
 
@@ -496,7 +501,7 @@ def imagenet_weights() -> Path:
         )
     return path
 
-
+# %% ../nbs/08_train.ipynb #0b920d56
 def versions() -> dict:
     import liver_pcr, torchvision, sklearn
 
@@ -533,7 +538,7 @@ class Context:
         "A deep model's configuration as a dict (None for a reference)."
         return None if self.model in REFERENCE_MODELS else asdict(self.model)
 
-
+# %% ../nbs/08_train.ipynb #84fe2d6e
 def fit_deep_fold(ctx: Context, split: Split, fold_dir: Path) -> FoldResult:
     "Train the deep model(s) of one split end to end; inner-validation and test probabilities are averaged over the ensemble."
     c, pre, mcfg, tc = ctx.cohort, ctx.pre, ctx.model, ctx.train_cfg
@@ -577,7 +582,7 @@ def _threshold(y, p) -> float:
     y = np.asarray(y)
     return float(youden_threshold(y, p)) if 0 < y.sum() < len(y) else 0.5
 
-
+# %% ../nbs/08_train.ipynb #860ed542
 @dataclass
 class DeepPredictor:
     "A trained deep model of a run, ready to predict any cohort that has its inputs."
@@ -599,7 +604,7 @@ class DeepPredictor:
         )
         return Learner(self.model, ds, ds, nn.BCEWithLogitsLoss(), TrainConfig()).predict(ds)
 
-
+# %% ../nbs/08_train.ipynb #47e545e8
 class DeepFitter:
     "Fits (either head), saves and loads the deep models of a run: the fitter protocol of `liver_pcr.runs`."
 
@@ -631,7 +636,7 @@ class DeepFitter:
         "A saved member, ready to predict."
         return DeepPredictor(model_from(meta, tensors), meta)
 
-
+# %% ../nbs/08_train.ipynb #f77efaef
 LOADERS = {'deep': DeepFitter.load, 'reference': ReferenceFitter.load}
 
 
@@ -648,12 +653,12 @@ def load_models(
         out.append(LOADERS[meta['kind']](meta, tensors))
     return out
 
-
+# %% ../nbs/08_train.ipynb #650a3d07
 def fitter_for(ctx: Context):
     "The fitter of the context's model: a reference's, or the deep models'."
     return ReferenceFitter(ctx) if ctx.model in REFERENCE_MODELS else DeepFitter(ctx)
 
-
+# %% ../nbs/08_train.ipynb #8e4e8b83
 def _prepare(
     cohort,
     model,
@@ -685,7 +690,7 @@ def _prepare(
         ctx.pre = preprocess_cohort(c, ctx.pre_cfg, show_progress=show_progress)
     return ctx
 
-
+# %% ../nbs/08_train.ipynb #0a62a2a7
 def _config_record(ctx: Context, **extra) -> dict:
     cohort = dict(
         path=str(ctx.cohort.root.resolve()),
@@ -876,7 +881,7 @@ def _fmt(m: dict) -> str:
         f"sensitivity {m['sensitivity']:.2f}, specificity {m['specificity']:.2f}, Brier {m['brier']:.3f}; {m['wall_seconds']:.0f} s"
     )
 
-
+# %% ../nbs/08_train.ipynb #17fbbdf3
 def cmd_cv(args) -> int:
     "`liver-pcr cv COHORT --model M --out RUN`."
     m = run_cv(
@@ -895,7 +900,7 @@ def cmd_cv(args) -> int:
     print(f'wrote {args.out}/predictions.csv, metrics.json, thresholds.csv, config.json, log.csv')
     return 0
 
-
+# %% ../nbs/08_train.ipynb #324a79d2
 def cmd_train(args) -> int:
     "`liver-pcr train COHORT --model M --out RUN`."
     m = run_train(
@@ -915,7 +920,7 @@ def cmd_train(args) -> int:
     )
     return 0
 
-
+# %% ../nbs/08_train.ipynb #39c420e2
 def cmd_predict(args) -> int:
     "`liver-pcr predict RUN COHORT --out preds.csv`."
     c = Cohort.load(args.cohort)

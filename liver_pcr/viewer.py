@@ -29,7 +29,7 @@ def window(
     a, b = (float(v) for v in np.percentile(data, [lo, hi]))
     return (a, b) if b > a else (a, a + 1.0)
 
-
+# %% ../nbs/03_viewer.ipynb #3fdc2534
 def _outline(m: np.ndarray) -> np.ndarray:
     "The inner boundary of a boolean mask: mask pixels with a 4-neighbour outside it."
     p = np.pad(m, 1)
@@ -57,7 +57,7 @@ def render_slice(
         rgb[_outline(m)] = color
     return rgb
 
-
+# %% ../nbs/03_viewer.ipynb #6d875b4b
 def to_png(rgb: np.ndarray) -> bytes:
     "PNG bytes of an RGB image."
     from PIL import Image
@@ -98,7 +98,7 @@ class Shown:
     def nz(self) -> int:
         return self.data.shape[2]
 
-
+# %% ../nbs/03_viewer.ipynb #cad3d4dd
 def load_shown(
     p: Patient,  # a patient
     timepoint: str,  # the timepoint of the image to show
@@ -128,7 +128,7 @@ def labs_table(
     t.index = [f'{m} ({UNITS[m.lower()]})' if m.lower() in UNITS else m for m in t.index]
     return t.rename_axis(index='marker', columns='timepoint')
 
-
+# %% ../nbs/03_viewer.ipynb #177edf8f
 def patient_html(
     p: Patient,  # a patient
     timepoint: str | None = None,  # the current timepoint (its column in bold)
@@ -219,7 +219,7 @@ def shown(self: CohortViewer, timepoint=None, sequence=None) -> Shown | None:
         self.loads += 1
     return exams[(tp, s)]
 
-
+# %% ../nbs/03_viewer.ipynb #8d13e3af
 @patch
 def show(self: CohortViewer, patient=None, timepoint=None, sequence=None, z: int | None = None):
     "Show a patient / timepoint / sequence / slice (each optional: the others follow)."
@@ -252,7 +252,7 @@ def _check(self: CohortViewer, patient=None, timepoint=None, sequence=None):
     if sequence is not None and not p.has(tp, sequence):
         raise CohortError(f'patient {pid}: no {sequence} image at timepoint {tp!r}')
 
-
+# %% ../nbs/03_viewer.ipynb #87725234
 @patch
 def _sync_exam(self: CohortViewer, timepoint=None, sequence=None, z=None, keep_slice=False):
     "Offer the current patient's timepoints and sequences; pick the slice."
@@ -279,19 +279,19 @@ def _sync_exam(self: CohortViewer, timepoint=None, sequence=None, z=None, keep_s
         z if z is not None else min(old, sh.nz - 1) if keep_slice else lesion_slice(sh.mask, sh.nz)
     )
 
-
+# %% ../nbs/03_viewer.ipynb #7b7b2141
 @patch
 def _on_patient(self: CohortViewer, change=None):
     if not self._quiet:
         self.show()
 
-
+# %% ../nbs/03_viewer.ipynb #cf913a90
 @patch
 def _on_exam(self: CohortViewer, change=None):
     if not self._quiet:
         self.show(timepoint=self.timepoint.value)
 
-
+# %% ../nbs/03_viewer.ipynb #6f1a6b5b
 @patch
 def _on_sequence(self: CohortViewer, change=None):
     if self._quiet:
@@ -351,7 +351,7 @@ def in_notebook() -> bool:
     ip = get_ipython()
     return ip is not None and getattr(ip, 'kernel', None) is not None
 
-
+# %% ../nbs/03_viewer.ipynb #a3d87846
 def view_cohort(
     cohort: Cohort | str | None = None,  # a Cohort or its folder (default: the sample)
     patient: str | None = None,  # the patient to show

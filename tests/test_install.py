@@ -24,7 +24,7 @@ def _cli(*args):
     assert exe, 'the liver-pcr console script is not installed next to this python'
     return subprocess.run([exe, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
 
-SUBCOMMANDS = ['demo', 'validate', 'synth', 'import', 'cv', 'train', 'predict', 'pretrain', 'ablate', 'explain', 'compare']
+SUBCOMMANDS = ['demo', 'validate', 'synth', 'import', 'cv', 'train', 'predict', 'pretrain', 'ablate', 'explain', 'compare', 'course']
 
 def test_cli_help_lists_subcommands():
     r = _cli('--help')
