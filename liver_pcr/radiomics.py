@@ -287,7 +287,7 @@ def radiomics_cache_path(
     return check_out_path(path, cohort=cohort.root)
 
 # %% ../nbs/10_radiomics.ipynb #402e57c7
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_cache(path: Path) -> pd.DataFrame:
     df = pd.read_csv(
         path, index_col='patient_id', dtype={'patient_id': str}, float_precision='round_trip'
     )
@@ -318,7 +318,7 @@ def radiomics_table(
         )
     path = radiomics_cache_path(cohort, tps, seqs, cfg)
     if cache and path.exists():
-        return _read_table(path)
+        return _read_cache(path)
     jobs, bar = (
         [(p, tps, seqs, cfg) for p in cohort],
         dict(total=len(cohort), desc='radiomics', disable=not show_progress or None),

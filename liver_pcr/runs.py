@@ -21,8 +21,9 @@ from liver_pcr.core import (
 )
 
 # %% auto #0
-__all__ = ['RUN_FORMAT', 'COMPARED', 'to_json', 'few', 'Run', 'RunFolder', 'load_run', 'write_toy_run', 'save_tensors',
-           'load_tensors', 'load_model_file', 'FoldResult', 'Fitter', 'save_checkpoint', 'load_checkpoint']
+__all__ = ['RUN_FORMAT', 'COMPARED', 'CHECKPOINT', 'to_json', 'few', 'Run', 'RunFolder', 'load_run', 'write_toy_run',
+           'save_tensors', 'load_tensors', 'load_model_file', 'FoldResult', 'Fitter', 'member_dir', 'save_checkpoint',
+           'load_checkpoint']
 
 # %% ../nbs/08a_runs.ipynb #c17e0677
 RUN_FORMAT = 2  # 1: pickled references and bundles (before 0.3); 2: JSON + plain tensors
@@ -243,13 +244,13 @@ def checkpoint(
 ) -> Path:
     "The folder where a member of a fold keeps its resumable checkpoint (`last.pt`)."
     d = self.fold_dir(fold, make=True)
-    return d if member == 0 else d / f'member{member}'
+    return member_dir(d, member)
 
 # %% ../nbs/08a_runs.ipynb #4c82a520
 @patch
 def drop_checkpoint(self: RunFolder, fold: int | None, member: int = 0) -> None:
     "Remove a fold member's checkpoint, once it is no longer needed."
-    f = self.fold_dir(fold) / ('last.pt' if member == 0 else f'member{member}/last.pt')
+    f = member_dir(self.fold_dir(fold), member) / CHECKPOINT
     if f.exists():
         f.unlink()
 
@@ -492,24 +493,38 @@ class Fitter(Protocol):
     ): ...  # -> an object with `predict(cohort, show_progress)`
 
 # %% ../nbs/08a_runs.ipynb #6067ea3c
+CHECKPOINT = 'last.pt'  # the resumable checkpoint's file, in a member's folder
+
+
+def member_dir(
+    fold_dir: Path,  # a fold's folder
+    member: int,  # an ensemble member
+) -> Path:
+    "Where a member of a fold's ensemble keeps its checkpoint (the fold's folder for the first)."
+    return Path(fold_dir) if member == 0 else Path(fold_dir) / f'member{member}'
+
+
 def save_checkpoint(
-    path,  # the checkpoint file (written atomically)
+    workdir,  # the member's folder (the file is written atomically)
     state: dict,  # tensors, numbers, strings and containers of them
 ) -> None:
     "Write a resumable training checkpoint."
     import torch
 
-    with atomic_path(path) as tmp:
+    with atomic_path(Path(workdir) / CHECKPOINT) as tmp:
         torch.save(state, tmp)
 
 # %% ../nbs/08a_runs.ipynb #b8c811c2
 def load_checkpoint(
-    path,  # a checkpoint written by `save_checkpoint`
+    workdir,  # the member's folder
     device=None,  # where to put its tensors
 ) -> dict | None:
-    "A checkpoint's state, or None (with a one-line warning) when the file cannot be read as one."
+    "The checkpoint's state; None when there is none, or (with a one-line warning) when it cannot be read."
     import pickle, torch
 
+    path = Path(workdir) / CHECKPOINT
+    if not path.exists():
+        return None
     try:
         return torch.load(path, map_location=device or 'cpu', weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:

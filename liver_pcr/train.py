@@ -35,7 +35,7 @@ from liver_pcr.data import (
 )
 from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neural
 from .probe import fit_linear_fold, radiomics_inputs
-from .runs import RunFolder, FoldResult, load_model_file, save_checkpoint, load_checkpoint
+from .runs import RunFolder, FoldResult, load_model_file, save_checkpoint, member_dir, load_checkpoint
 from .references import REFERENCE_MODELS, ReferenceFitter
 from .evaluate import youden_threshold, summarize_predictions
 
@@ -242,17 +242,14 @@ def _save(self: Learner, force: bool = False):
         return
     if not force and time.time() - getattr(self, '_saved_at', 0.0) < self.cfg.checkpoint_seconds:
         return
-    save_checkpoint(self.workdir / 'last.pt', self._state())
+    save_checkpoint(self.workdir, self._state())
     self._saved_at = time.time()
 
 # %% ../nbs/08_train.ipynb #3e901765
 @patch
 def _resume(self: Learner) -> bool:
     "Load the last checkpoint of `workdir`, if any."
-    f = self.workdir / 'last.pt' if self.workdir else None
-    if not f or not f.exists():
-        return False
-    s = load_checkpoint(f, self.device)
+    s = load_checkpoint(self.workdir, self.device) if self.workdir else None
     if s is None:
         return False
     self.model.load_state_dict(s['model'])
@@ -565,7 +562,7 @@ def fit_deep_fold(ctx: Context, split: Split, fold_dir: Path) -> FoldResult:
             make_loss(mcfg, tr.y),
             tc,
             seed=seed,
-            workdir=fold_dir if e == 0 else fold_dir / f'member{e}',
+            workdir=member_dir(fold_dir, e),
             balanced=mcfg.balanced_sampler,
             tag={'fold': split.fold, 'member': e},
         )
