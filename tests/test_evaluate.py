@@ -13,7 +13,8 @@ from liver_pcr.testing import binormal
 from liver_pcr.evaluate import (auc, bootstrap_auc_ci, bootstrap_ci, brier, calibration_curve,
                                 calibration_intercept_slope, cmd_compare, compare_runs, delong_test,
                                 delong_vs_chance, load_run, net_benefit, summarize_predictions, threshold_metrics,
-                                true_auc, wilson_ci, write_toy_run, youden_threshold)
+                                true_auc, wilson_ci, youden_threshold)
+from liver_pcr.runs import write_toy_run
 
 
 def _tied(seed, n=150, levels=7):
