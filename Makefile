@@ -48,9 +48,11 @@ nbtest: $(STAMP)
 pytest: $(STAMP)
 	LIVER_PCR_QUIET=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
 
-# the lint gate: pyflakes' errors and one statement per line, on the exported library (config in pyproject.toml)
+# the lint gate: pyflakes' errors and one statement per line on the exported library (config in pyproject.toml);
+# the course's code: one statement per line, lines <= 100 characters
 lint: $(STAMP)
 	$(BIN)/ruff check liver_pcr
+	$(BIN)/ruff check --select E701,E702,E501 --line-length 100 nbs/tutorials
 
 test: sync lint nbtest pytest
 

@@ -133,3 +133,15 @@ def test_course_command_from_the_unpacked_wheel(dists, tmp_path):
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.splitlines()[0]).resolve() == (site/'liver_pcr'/'tutorials').resolve()
     assert sorted(p.name for p in (tmp_path/'c').glob('*.ipynb')) == [p.name for p in TUTORIALS]
+
+
+def test_tutorials_use_the_public_api_only():
+    "A tutorial teaches what a user can call: no private `liver_pcr` names."
+    import re
+    for nb in TUTORIALS:
+        code = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code')
+        code = re.sub(r'\(\s*([^)]*?)\)', lambda m: m.group(1).replace('\n', ' '), code)
+        for m in re.finditer(r'^\s*from liver_pcr(?:\.\w+)* import ([^\n#]+)', code, re.M):
+            private = [n.strip() for n in m.group(1).split(',') if n.strip().startswith('_')]
+            assert not private, f'{nb.name}: imports private {private}'
+        assert not re.search(r'liver_pcr(?:\.\w+)*\._\w', code), f'{nb.name}: uses a private liver_pcr name'
