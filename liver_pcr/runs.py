@@ -189,6 +189,11 @@ def start(
     old = self._file('config.json')
     if old.exists() and 'splits' in record:
         prev = read_json_object(old)
+        if prev.get('format', 1) != RUN_FORMAT:  # its finished folds hold models this version cannot read
+            raise ConfigError(
+                f"{self.path}: holds a run of another configuration, written by an older liver_pcr "
+                f"(run format {prev.get('format', 1)}); choose another --out"
+            )
         same = json.loads(to_json({k: record.get(k) for k in COMPARED}))
         if {k: prev.get(k) for k in COMPARED} != same:
             raise ConfigError(

@@ -338,3 +338,13 @@ def test_no_unpickling_anywhere_in_the_package():
         assert not re.search(r'\b(pickle|joblib|dill|cloudpickle)\.loads?\(', text), name
         for call in re.findall(r'torch\.load\([^)]*\)', text):
             assert 'weights_only=True' in call, (name, call)
+
+
+def test_resuming_into_a_run_of_the_older_format_is_refused(linear_run, tmp_path):
+    "Finished folds of the pickling release would be reused with models this version cannot read: refuse, naming the format."
+    run = _copy_run(linear_run, tmp_path)
+    cfg = json.loads((run/'config.json').read_text())
+    del cfg['format']
+    (run/'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r'older liver_pcr \(run format 1\)'):
+        run_cv(None, 'multi', run, n_folds=3, pre_cfg=PRE, show_progress=False, n_boot=50)
