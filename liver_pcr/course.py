@@ -50,19 +50,13 @@ def course_run(
     **kw,  # passed to `run_cv`
 ) -> Path:
     "Cross-validate `model` on the course cohort (reusing a finished run); return the run folder."
-    from liver_pcr.train import run_cv  # here, so that copying the course needs no torch
+    from liver_pcr.train import run_cv_afresh  # here, so that copying the course needs no torch
 
     c, _ = course_cohort()
     name = model if isinstance(model, str) else model.name
     out = course_dir() / 'runs' / name
     folds = 3 if is_tiny() else n_folds
-    try:
-        run_cv(c, model, out, n_folds=folds, seed=seed, **kw)  # finished folds are reused
-    except ConfigError as e:
-        if 'another configuration' not in str(e):
-            raise
-        shutil.rmtree(out)
-        run_cv(c, model, out, n_folds=folds, seed=seed, **kw)
+    run_cv_afresh(c, model, out, n_folds=folds, seed=seed, **kw)  # finished folds are reused
     return out
 
 # %% ../nbs/14_course.ipynb #7a6361b1

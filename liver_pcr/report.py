@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from .core import write_text, check_out_path, sample_cohort_path, is_tiny
 from .cohort import Cohort
-from .train import run_cv, versions
+from .train import run_cv_afresh, versions
 from .runs import to_json
 from .course import course_cohort
 from .ablation import run_ablation
@@ -91,7 +91,7 @@ def run_demo(
     metrics, times = {}, {}
     for i, m in enumerate(DEMO_MODELS):
         t1 = time.time()
-        metrics[m] = run_cv(
+        metrics[m] = run_cv_afresh(
             c,
             m,
             out / 'runs' / m,

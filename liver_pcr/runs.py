@@ -21,9 +21,9 @@ from liver_pcr.core import (
 )
 
 # %% auto #0
-__all__ = ['RUN_FORMAT', 'COMPARED', 'CHECKPOINT', 'to_json', 'few', 'Run', 'RunFolder', 'load_run', 'write_toy_run',
-           'save_tensors', 'load_tensors', 'load_model_file', 'FoldResult', 'Fitter', 'member_dir', 'save_checkpoint',
-           'load_checkpoint']
+__all__ = ['RUN_FORMAT', 'COMPARED', 'CHECKPOINT', 'to_json', 'few', 'Run', 'OtherRunError', 'RunFolder', 'load_run',
+           'write_toy_run', 'save_tensors', 'load_tensors', 'load_model_file', 'FoldResult', 'Fitter', 'member_dir',
+           'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/08a_runs.ipynb #c17e0677
 RUN_FORMAT = 2  # 1: pickled references and bundles (before 0.3); 2: JSON + plain tensors
@@ -134,6 +134,10 @@ class Run:
         return f"Run({self.name!r}: {n} patients, {k} with pCR, {self.path})"
 
 # %% ../nbs/08a_runs.ipynb #e87ba54f
+class OtherRunError(ConfigError):
+    "The folder holds a run of another configuration, or one written by an older liver_pcr."
+
+
 COMPARED = ('model_config', 'preprocess_config', 'train_config', 'seed', 'cohort', 'splits')
 
 
@@ -190,13 +194,13 @@ def start(
     if old.exists() and 'splits' in record:
         prev = read_json_object(old)
         if prev.get('format', 1) != RUN_FORMAT:  # its finished folds hold models this version cannot read
-            raise ConfigError(
+            raise OtherRunError(
                 f"{self.path}: holds a run of another configuration, written by an older liver_pcr "
                 f"(run format {prev.get('format', 1)}); choose another --out"
             )
         same = json.loads(to_json({k: record.get(k) for k in COMPARED}))
         if {k: prev.get(k) for k in COMPARED} != same:
-            raise ConfigError(
+            raise OtherRunError(
                 f'{self.path}: holds a run with another configuration or cohort; choose another --out'
             )
     write_text(old, to_json(record))

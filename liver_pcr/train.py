@@ -35,7 +35,7 @@ from liver_pcr.data import (
 )
 from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neural
 from .probe import fit_linear_fold, radiomics_inputs
-from .runs import RunFolder, FoldResult, load_model_file, save_checkpoint, member_dir, load_checkpoint
+from .runs import OtherRunError, RunFolder, FoldResult, load_model_file, save_checkpoint, member_dir, load_checkpoint
 from .references import REFERENCE_MODELS, ReferenceFitter
 from .evaluate import youden_threshold, summarize_predictions
 
@@ -43,7 +43,7 @@ from .evaluate import youden_threshold, summarize_predictions
 __all__ = ['PRESETS', 'DEEP_MODELS', 'IMAGENET_FILE', 'LOADERS', 'TrainConfig', 'preset', 'forward', 'Learner', 'bundle_meta',
            'model_tensors', 'model_from', 'load_bundle', 'pre_config', 'model_config', 'imagenet_weights', 'versions',
            'Context', 'fit_deep_fold', 'DeepPredictor', 'DeepFitter', 'load_models', 'fitter_for', 'run_cv',
-           'run_train', 'predict', 'cmd_cv', 'cmd_train', 'cmd_predict']
+           'run_cv_afresh', 'run_train', 'predict', 'cmd_cv', 'cmd_train', 'cmd_predict']
 
 # %% ../nbs/08_train.ipynb #7b579d3b
 @dataclass(frozen=True)
@@ -789,6 +789,22 @@ def run_cv(
     )
     rf.write_metrics(m)
     return m
+
+# %% ../nbs/08_train.ipynb #3ab30870
+def run_cv_afresh(
+    cohort,  # cohort folder or Cohort
+    model,  # model name or ModelConfig
+    out,  # a run folder that the calling command owns (the demo's, the course's)
+    **kw,  # passed to `run_cv`
+) -> dict:
+    "`run_cv`, starting `out` over when it holds a run of another configuration (or of an older format)."
+    import shutil
+
+    try:
+        return run_cv(cohort, model, out, **kw)  # finished folds of the same run are reused
+    except OtherRunError:
+        shutil.rmtree(out)
+        return run_cv(cohort, model, out, **kw)
 
 # %% ../nbs/08_train.ipynb #a2ff5593
 def run_train(

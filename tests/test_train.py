@@ -348,3 +348,17 @@ def test_resuming_into_a_run_of_the_older_format_is_refused(linear_run, tmp_path
     (run/'config.json').write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match=r'older liver_pcr \(run format 1\)'):
         run_cv(None, 'multi', run, n_folds=3, pre_cfg=PRE, show_progress=False, n_boot=50)
+
+
+def test_a_command_owned_folder_of_the_older_format_is_remade(linear_run, tmp_path):
+    "The demo's and the course's runs (folders those commands own) are started over instead of refused."
+    from liver_pcr.train import run_cv_afresh
+    from liver_pcr.runs import RunFolder, RUN_FORMAT
+    run = _copy_run(linear_run, tmp_path)
+    cfg = json.loads((run/'config.json').read_text())
+    del cfg['format']
+    (run/'config.json').write_text(json.dumps(cfg))
+    (run/'fold0'/'model.pkl').write_bytes(b'old')
+    run_cv_afresh(None, 'multi', run, n_folds=3, pre_cfg=PRE, show_progress=False, n_boot=50)
+    assert RunFolder(run).config()['format'] == RUN_FORMAT and not (run/'fold0'/'model.pkl').exists()
+    assert (pd.read_csv(run/'predictions.csv').p.values == pd.read_csv(linear_run/'predictions.csv').p.values).all()
