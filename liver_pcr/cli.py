@@ -11,7 +11,7 @@ from . import __version__
 from .core import run_main
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['COMMANDS', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #79d5272a
 def _lazy(mod, fn):
@@ -57,18 +57,11 @@ def _training_options(
         "a state dict), or 'imagenet' for torchvision's file in torch's hub cache",
     )
 
-# %% ../nbs/90_cli.ipynb #5057f6f7
-def build_parser() -> argparse.ArgumentParser:
-    "The `liver-pcr` argument parser."
-    p = _Parser(
-        prog='liver-pcr',
-        description='Predict pCR after neoadjuvant therapy for liver cancer from multi-timepoint MRI and tumour markers.',
-    )
-    p.add_argument('--version', action='version', version=f'liver_pcr {__version__}')
-    p.add_argument(
-        '--debug', action='store_true', help='show tracebacks instead of one-line errors'
-    )
-    sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
+# %% ../nbs/90_cli.ipynb #2f10dbc3
+def _add_demo(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr demo`: the main job."
     d = sub.add_parser(
         'demo', help='the main job: the model evolution on the embedded data, as a report'
     )
@@ -91,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=_lazy('report', 'cmd_demo'))
 
+# %% ../nbs/90_cli.ipynb #25d9da0a
+def _add_validate(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr validate`."
     v = sub.add_parser('validate', help='check a cohort folder: every problem, or a summary')
     v.add_argument('cohort', help='the cohort folder')
     v.add_argument(
@@ -100,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.set_defaults(func=_lazy('cohort', 'cmd_validate'))
 
+# %% ../nbs/90_cli.ipynb #8be9bb71
+def _add_synth(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr synth`."
     s = sub.add_parser('synth', help='generate a synthetic liver-MRI response cohort')
     s.add_argument('out', help='the cohort folder to create')
     s.add_argument('--patients', type=int, default=120, help='number of patients (default 120)')
@@ -139,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_lazy('synth', 'cmd_synth'))
 
+# %% ../nbs/90_cli.ipynb #bb06957f
+def _add_import(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr import dicom|png|nifti`."
     imp = sub.add_parser(
         'import',
         help='import DICOM series, the original study\'s PNG slices, or loose NIfTI files into a new cohort',
@@ -200,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         i.add_argument('--name', help="the cohort's name in cohort.json")
     imp.set_defaults(func=lambda a: imp.print_help() or 0)
 
+# %% ../nbs/90_cli.ipynb #d4f10fee
+def _add_training(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr cv`, `train` and `predict`."
     models = ['baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics']
     for name, hlp, fn in [
         ('cv', 'cross-validate a model: out-of-fold predictions, metrics, checkpoints', 'cmd_cv'),
@@ -229,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--out', required=True, help='CSV to write: patient_id,p')
     t.set_defaults(func=_lazy('train', 'cmd_predict'))
 
+# %% ../nbs/90_cli.ipynb #accda310
+def _add_pretrain(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr pretrain`."
     w = sub.add_parser(
         'pretrain', help='learn the trunk from the exams of any number of cohorts, without labels'
     )
@@ -249,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument('--device', help="'cpu', 'cuda', ... (default: the best available)")
     w.set_defaults(func=_lazy('pretrain', 'cmd_pretrain'))
 
+# %% ../nbs/90_cli.ipynb #00b09766
+def _add_ablate(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr ablate`."
     a = sub.add_parser(
         'ablate', help='the relation model with one part removed at a time: ΔAUC and DeLong p'
     )
@@ -257,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     _training_options(a)
     a.set_defaults(func=_lazy('ablation', 'cmd_ablate'))
 
+# %% ../nbs/90_cli.ipynb #a9a5a6e4
+def _add_explain(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr explain`."
     e = sub.add_parser(
         'explain',
         help="one patient's attribution maps, input contributions and marker SHAP, from the model of the fold that tested him",
@@ -276,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=_lazy('explain', 'cmd_explain'))
 
+# %% ../nbs/90_cli.ipynb #e5902b58
+def _add_compare(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr compare`."
     c = sub.add_parser(
         'compare',
         help='compare runs: AUC [CI], sensitivity, specificity, Brier, calibration, DeLong p; figures',
@@ -294,9 +327,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument('--seed', type=int, default=0, help='bootstrap seed (default 0)')
     c.set_defaults(func=_lazy('evaluate', 'cmd_compare'))
 
+# %% ../nbs/90_cli.ipynb #b342373e
+def _add_course(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr course`."
     k = sub.add_parser('course', help='copy the course (the tutorial notebooks) into a new folder')
     k.add_argument('dir', help='the folder to create (it must not exist)')
     k.set_defaults(func=_lazy('course', 'cmd_course'))
+
+# %% ../nbs/90_cli.ipynb #5057f6f7
+COMMANDS = (
+    _add_demo,
+    _add_validate,
+    _add_synth,
+    _add_import,
+    _add_training,
+    _add_pretrain,
+    _add_ablate,
+    _add_explain,
+    _add_compare,
+    _add_course,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `liver-pcr` argument parser."
+    p = _Parser(
+        prog='liver-pcr',
+        description='Predict pCR after neoadjuvant therapy for liver cancer from multi-timepoint MRI and tumour markers.',
+    )
+    p.add_argument('--version', action='version', version=f'liver_pcr {__version__}')
+    p.add_argument(
+        '--debug', action='store_true', help='show tracebacks instead of one-line errors'
+    )
+    sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #f6fa6f7b
