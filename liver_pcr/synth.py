@@ -336,8 +336,9 @@ def _truth_row(P: dict, cfg: SynthConfig) -> dict:
             'afp_producer',
         )
     }
+    exam = ('radius', 'necrosis', 'cell', 'enh', 'afp', 'pivka_ii')  # each exam's true quantities
     return row | {
-        f'necrosis_{tp}': P['states'][j]['necrosis'] for j, tp in enumerate(cfg.timepoints)
+        f'{k}_{tp}': P['states'][j][k] for j, tp in enumerate(cfg.timepoints) for k in exam
     }
 
 # %% ../nbs/02_synth.ipynb #80f21b37
