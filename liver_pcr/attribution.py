@@ -130,6 +130,12 @@ def fold_batch(
         rad = radiomics_inputs(
             cohort, fm.model.timepoints, fm.model.sequences, fm.bundle['radiomics_columns']
         )
+    if fm.bundle.get('measure_columns'):
+        from liver_pcr.probe import measure_inputs
+
+        m = fm.model
+        meas = measure_inputs(cohort, m.cfg, m.timepoints, m.sequences, columns=fm.bundle['measure_columns'])
+        rad = meas if rad is None else pd.concat([rad, meas], axis=1)
     ds = PatientDataset(pre, cohort, ids, fm.clinical, radiomics=rad)
     b = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
     b.update(
@@ -563,6 +569,12 @@ def swap_baseline(
         parts.append(torch.as_tensor(ct.transform(w).to_numpy(), dtype=torch.float32))
     if fm.bundle.get('radiomics_columns'):
         parts.append(_swapped_radiomics(fm, cohort, ids, perm))
+    if fm.bundle.get('measure_columns'):
+        from liver_pcr.probe import measure_inputs
+
+        m, cols = fm.model, fm.bundle['measure_columns']
+        t = measure_inputs(cohort, m.cfg, m.timepoints, m.sequences, ids, cols, donors=[ids[j] for j in perm])
+        parts.append(torch.as_tensor(t.to_numpy(), dtype=torch.float32))
     if parts:
         s['clinical'] = torch.cat(parts, 1)
     return s

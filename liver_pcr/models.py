@@ -41,6 +41,8 @@ class ModelConfig:
     radiomics: bool = (
         False  # linear head: add the hand-made lesion features (deep + radiomics hybrid)
     )
+    measure: bool = False  # linear head: add the measurement block (liver_pcr.measure: sizes, viable tumour, levels, markers' response)
+    deep: bool = True  # linear head: read the trunk's features (False with measure=True: the measurements alone)
     weights: str | None = (
         None  # trunk weights file (liver-pcr pretrain, torchvision's ResNet18, a state dict)
     )
@@ -86,6 +88,10 @@ class ModelConfig:
             raise ConfigError('the relation module needs at least one part')
         if self.radiomics and self.head != 'linear':
             raise ConfigError('radiomics=True (the hybrid) needs the linear head')
+        if self.measure and self.head != 'linear':
+            raise ConfigError('measure=True needs the linear head')
+        if not self.deep and (self.head != 'linear' or not (self.measure or self.radiomics)):
+            raise ConfigError('deep=False needs the linear head and another block (measure=True or radiomics=True)')
 
 # %% ../nbs/07_models.ipynb #2c7e45ac
 LAYERS = ('layer1', 'layer2', 'layer3', 'layer4')
@@ -115,7 +121,7 @@ def neural(cfg: ModelConfig) -> ModelConfig:
     "The end-to-end version of a stage, as the 2024 study trained it (ImageNet stem, global pool, neural head)."
     parts = ('diff', 'cos', 'prod', 'traj') if cfg.temporal == 'relation' else cfg.relation_parts
     return replace(
-        cfg, head='neural', stem='imagenet', pool='global', radiomics=False, relation_parts=parts
+        cfg, head='neural', stem='imagenet', pool='global', radiomics=False, measure=False, deep=True, relation_parts=parts
     )
 
 # %% ../nbs/07_models.ipynb #f36e7cd4
@@ -575,7 +581,8 @@ class PCRModel(nn.Module):
         sequences,  # the config; the data's timepoints and sequences
         k: int = 3,
         n_clinical: int = 0,  # slices per image; width of the clinical input
-        n_radiomics: int = 0,  # of which the last `n_radiomics` columns are radiomics (hybrid)
+        n_radiomics: int = 0,  # of which `n_radiomics` columns after the markers are radiomics (hybrid)
+        n_measure: int = 0,  # and the last `n_measure` columns the measurement block (`measure=True`)
     ):
         super().__init__()
         self.cfg = cfg
@@ -586,12 +593,15 @@ class PCRModel(nn.Module):
         self.register_buffer('s_idx', torch.tensor(s_idx), persistent=False)
         D, S, T, kk = cfg.feat_dim, len(s_idx), len(t_idx), k * (2 if cfg.mask_input else 1)
         self.n_radiomics = n_radiomics if cfg.radiomics else 0
-        self.n_clinical = (n_clinical - n_radiomics if cfg.use_labs else 0) + self.n_radiomics
+        self.n_measure = n_measure if cfg.measure else 0
+        n_markers = n_clinical - n_radiomics - n_measure if cfg.use_labs else 0
+        self.n_clinical = n_markers + self.n_radiomics + self.n_measure
         if cfg.head == 'linear':
             self.encoder = TrunkFeatures(kk, cfg).requires_grad_(False)
             f = torch.zeros(1, T, S, self.encoder.dim)
             widths = {b: v.shape[1] for b, (v, _) in linear_blocks(f, f[..., 0] == 0, cfg).items()}
-            widths.update(markers=self.n_clinical - self.n_radiomics, radiomics=self.n_radiomics)
+            widths = widths if cfg.deep else {}
+            widths.update(markers=n_markers, radiomics=self.n_radiomics, measure=self.n_measure)
             self.blocks = {b: w for b, w in widths.items() if w}
             self.head = LinearHead(sum(self.blocks.values()))
             return
@@ -629,7 +639,7 @@ class PCRModel(nn.Module):
         return x, pr, m
 
     def _clinical(self, clinical):
-        "The clinical columns this model reads: the markers (if `use_labs`), then the radiomics (hybrid)."
+        "The clinical columns this model reads: the markers (if `use_labs`), the radiomics (hybrid), the measurements."
         if clinical is None or not self.n_clinical:
             return None
         return clinical[:, : self.n_clinical]
@@ -638,16 +648,18 @@ class PCRModel(nn.Module):
         self, images, present, clinical=None, masks=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         "The linear head's input: (B, P) values and (B, P) missing flags, block after block (`self.blocks`)."
-        x, pr, m = self._select(images, present, masks)
-        f = self.encoder(x, m, pr)
-        blocks = linear_blocks(f, pr, self.cfg)
+        blocks = {}
+        if self.cfg.deep:
+            x, pr, m = self._select(images, present, masks)
+            blocks = linear_blocks(self.encoder(x, m, pr), pr, self.cfg)
         c = self._clinical(clinical)
-        n_mk = self.n_clinical - self.n_radiomics
+        n_mk = self.n_clinical - self.n_radiomics - self.n_measure
         if n_mk:
             blocks['markers'] = (c[:, :n_mk], torch.zeros_like(c[:, :n_mk], dtype=torch.bool))
-        if self.n_radiomics:
-            r = c[:, n_mk:]
-            blocks['radiomics'] = (torch.nan_to_num(r), torch.isnan(r))
+        for name, lo, w in (('radiomics', n_mk, self.n_radiomics), ('measure', n_mk + self.n_radiomics, self.n_measure)):
+            if w:
+                r = c[:, lo : lo + w]
+                blocks[name] = (torch.nan_to_num(r), torch.isnan(r))
         vals = torch.cat([blocks[b][0] for b in self.blocks], 1)
         miss = torch.cat([blocks[b][1] for b in self.blocks], 1)
         return vals, miss

@@ -15,8 +15,8 @@ from .models import PCRModel
 from .runs import FoldResult
 
 # %% auto #0
-__all__ = ['C_GRID', 'standardise', 'fit_logistic', 'linear_inputs', 'fit_head', 'radiomics_inputs', 'fit_linear_fold',
-           'predict_linear']
+__all__ = ['C_GRID', 'standardise', 'fit_logistic', 'linear_inputs', 'fit_head', 'radiomics_inputs', 'measure_inputs',
+           'fit_linear_fold', 'predict_linear']
 
 # %% ../nbs/07a_probe.ipynb #ddc863da
 def standardise(
@@ -160,6 +160,25 @@ def radiomics_inputs(
         columns=columns
     )
 
+
+def measure_inputs(
+    cohort,  # the cohort
+    cfg,  # the model's ModelConfig (use_labs, temporal)
+    timepoints,  # the model's timepoints, baseline first
+    sequences,  # and sequences
+    ids=None,  # patients (default: all of the cohort's)
+    columns=None,  # the saved columns, in order (default: all)
+    donors=None,  # per patient, the patient whose baseline exam and markers replace its own (counterfactual)
+) -> pd.DataFrame:
+    "The measurement block of a model with `measure=True` (rows: ids)."
+    from liver_pcr.measure import measure_block
+
+    ids = list(cohort.ids if ids is None else ids)
+    tab = measure_block(
+        cohort, ids, timepoints, sequences, labs=cfg.use_labs, changes=cfg.temporal == 'relation', donors=donors
+    )
+    return tab if columns is None else tab.reindex(columns=columns)
+
 # %% ../nbs/07a_probe.ipynb #521ab977
 def fit_linear_fold(
     ctx,  # the run's context
@@ -171,14 +190,24 @@ def fit_linear_fold(
     check_no_leak(split.train, split.val, split.test)
     fit_ids = list(split.train) + list(split.val)
     ct = None
-    if mcfg.use_labs and c.markers:
+    if mcfg.use_labs and c.markers and not mcfg.measure:  # with measure=True the markers' response is in that block
         ct = ClinicalTransformer(c.markers, pre.timepoints).fit(
             wide_labs(c, fit_ids, pre.timepoints)
         )
     rad = _radiomics(c, pre, fit_ids) if mcfg.radiomics else None
+    n_rad = 0 if rad is None else rad.shape[1]
+    meas = None
+    if mcfg.measure:
+        from liver_pcr.models import select_inputs
+
+        t_idx, s_idx = select_inputs(mcfg, pre.timepoints, pre.sequences)
+        tps, seqs = [pre.timepoints[i] for i in t_idx], [pre.sequences[i] for i in s_idx]
+        meas = measure_inputs(c, mcfg, tps, seqs)
+        meas = meas.loc[:, meas.loc[fit_ids].notna().any().values]  # columns seen on the fitting patients
+        rad = meas if rad is None else pd.concat([rad, meas], axis=1)
     fit, te = (PatientDataset(pre, c, ids, ct, radiomics=rad) for ids in (fit_ids, split.test))
     set_seed(ctx.seed + split.fold)
-    n_rad = 0 if rad is None else rad.shape[1]
+    n_meas = 0 if meas is None else meas.shape[1]
     model = PCRModel(
         mcfg,
         pre.timepoints,
@@ -186,6 +215,7 @@ def fit_linear_fold(
         k=pre.cfg.k,
         n_clinical=fit.clin.shape[1],
         n_radiomics=n_rad,
+        n_measure=n_meas,
     )
     rec = fit_head(model, fit, seed=ctx.seed + split.fold)
     pv = rec['oof'][len(split.train) :]
@@ -199,8 +229,9 @@ def fit_linear_fold(
             n_fit=len(fit_ids),
         )
     ]
-    cols = None if rad is None else list(rad.columns)
-    return FoldResult(pv, pt, log, [model], dict(ct=ct, radiomics_columns=cols))
+    cols = None if not n_rad else list(rad.columns[:n_rad])
+    mcols = None if meas is None else list(meas.columns)
+    return FoldResult(pv, pt, log, [model], dict(ct=ct, radiomics_columns=cols, measure_columns=mcols))
 
 # %% ../nbs/07a_probe.ipynb #2dfa07d0
 @torch.no_grad()

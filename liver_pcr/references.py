@@ -23,19 +23,30 @@ from liver_pcr.data import (
 from .runs import FoldResult, RunFolder
 
 # %% auto #0
-__all__ = ['REFERENCE_MODELS', 'C_GRID', 'fit_reference', 'predict_state', 'ReferenceModel', 'ReferenceFitter']
+__all__ = ['REFERENCE_MODELS', 'fit_reference', 'predict_state', 'ReferenceModel', 'ReferenceFitter']
 
 # %% ../nbs/11_references.ipynb #fd81bdcb
-REFERENCE_MODELS = ('clinical', 'radiomics')
-C_GRID = (0.01, 0.1, 1.0, 10.0)
+REFERENCE_MODELS = ('clinical', 'radiomics', 'response')
 
 
-def _features(kind: str, cohort: Cohort, ids, state: dict) -> pd.DataFrame:
-    "The reference's raw feature table for `ids` (the clinical transformer must already be in `state` for 'clinical')."
+def _features(
+    kind: str,  # 'clinical', 'radiomics' or 'response'
+    cohort: Cohort,  # the cohort
+    ids,  # which patients
+    state: dict,  # the reference's feature spec (timepoints, sequences, columns, ct)
+) -> pd.DataFrame:
+    "The reference's raw feature table for `ids` (for 'clinical', `state['ct']` names the markers and timepoints)."
     if kind == 'clinical':
-        tab = state['ct'].transform(
-            wide_labs(cohort, ids, state['ct'].timepoints, state['ct'].markers)
-        )
+        from liver_pcr.measure import marker_response
+
+        tab = marker_response(cohort, list(ids), state['ct'].timepoints, state['ct'].markers)
+    elif kind == 'response':
+        from liver_pcr.measure import measure_table, marker_response, response_criteria
+
+        tps, seqs = state['timepoints'], state['sequences']
+        tab = measure_table(cohort, tps, seqs, show_progress=False).reindex(list(ids))
+        mk = marker_response(cohort, list(ids), tps) if cohort.markers else None
+        tab = response_criteria(tab, mk, tps, seqs)
     else:
         from liver_pcr.radiomics import radiomics_table
 
@@ -59,19 +70,23 @@ def _pipeline(C: float):
 
 # %% ../nbs/11_references.ipynb #3b454cd5
 def fit_reference(
-    kind: str,
-    cohort: Cohort,
-    train,
-    val,
-    timepoints=None,
-    sequences=None,  # 'clinical' or 'radiomics'; the cohort; ids
+    kind: str,  # 'clinical', 'radiomics' or 'response'
+    cohort: Cohort,  # the cohort
+    train,  # training patient ids
+    val,  # inner-validation patient ids (fitted on too; their out-of-fold p gives the threshold)
+    timepoints=None,  # timepoints read (default: the cohort's)
+    sequences=None,  # sequences read (default: the cohort's)
+    n_inner: int = 5,  # inner folds that choose C
+    seed: int = 0,  # their seed
 ) -> dict:
-    "Fit a reference on the training ids, choosing C on the validation ids; return its state (pipeline and feature spec)."
+    "Fit a reference on `train` + `val`, C chosen by inner cross-validation; its state (pipeline, feature spec, inner out-of-fold p)."
     from sklearn.metrics import log_loss
+    from liver_pcr.probe import C_GRID, _inner_folds
 
-    if kind not in ('clinical', 'radiomics'):
-        raise ConfigError(f'unknown reference {kind!r}')
+    if kind not in REFERENCE_MODELS:
+        raise ConfigError(f'unknown reference {kind!r}: choose one of {list(REFERENCE_MODELS)}')
     check_no_leak(train, val, names=('train', 'val'))
+    fit_ids = list(train) + list(val)
     st = dict(
         kind=kind,
         timepoints=list(timepoints or cohort.timepoints),
@@ -83,23 +98,23 @@ def fit_reference(
                 f'{cohort.root}: the clinical reference needs markers (labs.csv), and the cohort has none'
             )
         st['ct'] = ClinicalTransformer(cohort.markers, st['timepoints']).fit(
-            wide_labs(cohort, train, st['timepoints'])
+            wide_labs(cohort, fit_ids, st['timepoints'])
         )
-    Xtr = _features(kind, cohort, train, st)
-    keep = [c for c in Xtr.columns if Xtr[c].notna().any()]  # decided on the training patients only
-    Xtr = Xtr[keep].loc[
-        :, ~Xtr[keep].T.duplicated().values
-    ]  # e.g. one lesion volume shared by every sequence
-    st['columns'] = list(Xtr.columns)
-    ytr, yva = np.array([cohort[i].label for i in train]), np.array([cohort[i].label for i in val])
-    Xva = _features(kind, cohort, val, st)
+    X = _features(kind, cohort, fit_ids, st)
+    keep = [c for c in X.columns if X[c].notna().any()]  # decided on the fitting patients only
+    X = X[keep].loc[:, ~X[keep].T.duplicated().values]  # e.g. one lesion volume shared by every sequence
+    st['columns'] = list(X.columns)
+    y = np.array([cohort[i].label for i in fit_ids]).astype(int)
+    folds = _inner_folds(y, n_inner, seed)
     best = None
     for C in C_GRID:
-        pipe = _pipeline(C).fit(Xtr, ytr)
-        loss = log_loss(yva, pipe.predict_proba(Xva)[:, 1], labels=[0, 1])
-        if best is None or loss < best[0]:
-            best = (loss, C, pipe)
-    st.update(C=best[1], pipeline=best[2])
+        oof = np.zeros(len(y))
+        for tr, va in folds:
+            oof[va] = _pipeline(C).fit(X.iloc[tr], y[tr]).predict_proba(X.iloc[va])[:, 1]
+        loss = log_loss(y, oof, labels=[0, 1])
+        if best is None or loss < best[0] - 1e-9:
+            best = (loss, C, oof)
+    st.update(C=best[1], pipeline=_pipeline(best[1]).fit(X, y), oof=dict(zip(fit_ids, best[2])))
     return st
 
 # %% ../nbs/11_references.ipynb #9e3573a9
@@ -114,7 +129,7 @@ def predict_state(st: dict, cohort: Cohort, ids) -> np.ndarray:
 class ReferenceModel:
     "A fitted reference as numbers: feature spec, imputer, scaler and logistic-regression coefficients."
 
-    reference: str  # 'clinical' or 'radiomics'
+    reference: str  # 'clinical', 'radiomics' or 'response'
     timepoints: list
     sequences: list
     columns: list  # the raw feature columns, in order
@@ -190,7 +205,7 @@ class ReferenceModel:
     def predict(self, cohort: Cohort, show_progress: bool = True) -> np.ndarray:
         "Probabilities of pCR for every patient of `cohort`."
         miss = [t for t in self.timepoints if t not in cohort.timepoints]
-        if self.reference == 'radiomics':
+        if self.reference in ('radiomics', 'response'):
             miss += [s for s in self.sequences if s not in cohort.sequences]
         if miss:
             raise ConfigError(
@@ -211,11 +226,11 @@ class ReferenceFitter:
         self.ctx = ctx
 
     def fit(self, split: Split, fold_dir: Path | None = None) -> FoldResult:
-        "Fit on the split's training patients, C chosen on its validation patients."
+        "Fit on the split's training and validation patients (C by inner CV); validation p are inner out-of-fold."
         c = self.ctx.cohort
         check_no_leak(split.train, split.val, split.test)
-        st = fit_reference(self.ctx.model, c, split.train, split.val)
-        pv, pt = predict_state(st, c, split.val), predict_state(st, c, split.test)
+        st = fit_reference(self.ctx.model, c, split.train, split.val, seed=self.ctx.seed + split.fold)
+        pv, pt = np.array([st['oof'][i] for i in split.val]), predict_state(st, c, split.test)
         log = [dict(fold=split.fold, C=st['C'], n_features=len(st['columns']))]
         return FoldResult(pv, pt, log, [ReferenceModel.from_state(st)])
 

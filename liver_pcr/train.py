@@ -34,7 +34,7 @@ from liver_pcr.data import (
     transformer_from,
 )
 from .models import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neural
-from .probe import fit_linear_fold, radiomics_inputs
+from .probe import fit_linear_fold, radiomics_inputs, measure_inputs
 from .runs import OtherRunError, RunFolder, FoldResult, load_model_file, save_checkpoint, member_dir, load_checkpoint
 from .references import REFERENCE_MODELS, ReferenceFitter
 from .evaluate import youden_threshold, summarize_predictions
@@ -385,6 +385,7 @@ def bundle_meta(
     ct: ClinicalTransformer | None,  # the fold's fitted clinical transformer
     threshold: float,  # the fold's decision threshold
     radiomics_columns=None,  # the hybrid's radiomics columns, in order
+    measure_columns=None,  # the measurement block's columns, in order
 ) -> dict:
     "Everything but the tensors that is needed to use a trained model on new patients, as JSON-ready values."
     return dict(
@@ -396,6 +397,8 @@ def bundle_meta(
         n_clinical=model.n_clinical,
         n_radiomics=model.n_radiomics,
         radiomics_columns=radiomics_columns,
+        n_measure=model.n_measure,
+        measure_columns=measure_columns,
         clinical=transformer_state(ct),
         threshold=float(threshold),
     )
@@ -420,6 +423,7 @@ def model_from(
         k=meta['preprocess_config']['k'],
         n_clinical=meta['n_clinical'],
         n_radiomics=meta.get('n_radiomics', 0),
+        n_measure=meta.get('n_measure', 0),
     )
     m = PCRModel(mc, meta['timepoints'], meta['sequences'], **kw)
     m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
@@ -596,6 +600,10 @@ class DeepPredictor:
         if self.meta.get('radiomics_columns'):
             tps, seqs = self.model.timepoints, self.model.sequences
             rad = radiomics_inputs(cohort, tps, seqs, self.meta['radiomics_columns'])
+        if self.meta.get('measure_columns'):
+            cols, tps, seqs = self.meta['measure_columns'], self.model.timepoints, self.model.sequences
+            meas = measure_inputs(cohort, self.model.cfg, tps, seqs, columns=cols)
+            rad = meas if rad is None else pd.concat([rad, meas], axis=1)
         ds = PatientDataset(
             pre, cohort, cohort.ids, transformer_from(self.meta['clinical']), radiomics=rad
         )
@@ -625,6 +633,7 @@ class DeepFitter:
                 res.extra.get('ct'),
                 threshold,
                 res.extra.get('radiomics_columns'),
+                res.extra.get('measure_columns'),
             )
             run.save_model(fold, meta, model_tensors(m), member=e)
 
