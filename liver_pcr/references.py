@@ -63,7 +63,7 @@ def _pipeline(C: float):
     from sklearn.linear_model import LogisticRegression
 
     return make_pipeline(
-        SimpleImputer(strategy='median', add_indicator=True),
+        SimpleImputer(strategy='median', add_indicator=False),
         StandardScaler(),
         LogisticRegression(C=C, max_iter=5000),
     )
