@@ -213,7 +213,7 @@ def _add_training(
     sub,  # the subparsers of `liver-pcr`
 ):
     "`liver-pcr cv`, `train` and `predict`."
-    models = ['baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics']
+    models = ['baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics', 'response']
     for name, hlp, fn in [
         ('cv', 'cross-validate a model: out-of-fold predictions, metrics, checkpoints', 'cmd_cv'),
         (

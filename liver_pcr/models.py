@@ -105,14 +105,22 @@ STAGES = {
         temporal='none',
         fusion='concat',
     ),
-    'single': ModelConfig('single', sequences=('AP',), temporal='concat', fusion='concat'),
-    'multi': ModelConfig('multi', temporal='concat', fusion='gated', loss='weighted_bce'),
+    # single, multi and relation read the measurements alone: on the tuning cohorts the trunk's blocks beside them
+    # lowered the AUC (bench/evolution.py's relation-deep / relation-measure / relation-both rows); `deep=True` adds them back
+    'single': ModelConfig(
+        'single', sequences=('AP',), temporal='concat', fusion='concat', measure=True, deep=False
+    ),
+    'multi': ModelConfig(
+        'multi', temporal='concat', fusion='gated', loss='weighted_bce', measure=True, deep=False
+    ),
     'relation': ModelConfig(
         'relation',
         temporal='relation',
         fusion='gated',
         loss='weighted_bce',
         relation_parts=('diff', 'traj'),
+        measure=True,
+        deep=False,
     ),
 }
 
