@@ -70,9 +70,9 @@ SHOWN = ['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']
 
 
 def ablation_table(
-    runs: dict,
-    n_boot: int = 2000,
-    seed: int = 0,  # {variant: run folder}, 'full' first
+    runs: dict,  # {variant: run folder}, with the full model as 'full'
+    n_boot: int = 2000,  # bootstrap resamples of each AUC's interval
+    seed: int = 0,  # seed of the resampling
 ) -> pd.DataFrame:
     "ΔAUC and DeLong's paired p of each variant against the full model."
     full = load_run(runs['full']).predictions.set_index('patient_id')
@@ -103,15 +103,15 @@ def ablation_table(
 
 # %% ../nbs/13a_ablation.ipynb #e07d853a
 def run_ablation(
-    cohort,
-    out,
-    preset_name: str = 'fast',
-    n_folds: int = 5,
-    seed: int = 0,
-    epochs=None,  # cohort; output folder; training
-    base: ModelConfig = STAGES['relation'],
-    show_progress: bool = True,
-    n_boot: int = 2000,
+    cohort,  # cohort folder or Cohort
+    out,  # output folder: one run folder per variant, ablation.csv and ablation.md
+    preset_name: str = 'fast',  # training preset: 'fast' or 'full'
+    n_folds: int = 5,  # cross-validation folds (the cohort's fold column wins)
+    seed: int = 0,  # seed of the splits, the training and the bootstrap
+    epochs=None,  # override the preset's epochs (neural head)
+    base: ModelConfig = STAGES['relation'],  # the full model the variants remove parts from
+    show_progress: bool = True,  # progress bars
+    n_boot: int = 2000,  # bootstrap resamples of the table's AUC intervals
 ) -> pd.DataFrame:
     "Cross-validate the full model and every one-part-removed variant; write `ablation.csv` and `ablation.md` to `out`."
     c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)

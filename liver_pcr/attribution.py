@@ -112,10 +112,10 @@ def clinical_features(fm: FoldModel, cohort: Cohort, ids) -> pd.DataFrame:
 
 # %% ../nbs/12a_attribution.ipynb #70f346a7
 def fold_batch(
-    fm: FoldModel,
-    cohort: Cohort,
-    ids=None,  # the fold model; the cohort; patients (default: the fold's test patients)
-    show_progress: bool = False,
+    fm: FoldModel,  # the fold model (from `load_fold`)
+    cohort: Cohort,  # the cohort the patients' images come from
+    ids=None,  # patients (default: the fold's test patients)
+    show_progress: bool = False,  # a progress bar while the images are preprocessed?
 ) -> dict:
     "One batch of the patients' model inputs (images, masks, present, clinical, y, patient_id), with their timepoints and sequences."
     ids = list(fm.split['test'] if ids is None else ids)
@@ -164,11 +164,11 @@ def block_size(
 
 # %% ../nbs/12a_attribution.ipynb #c4d49cc1
 def gradcam_layer(
-    model: PCRModel,
-    s: int = 0,  # the model; the sequence's index (per-sequence encoders have one trunk each)
-    layer: str = 'auto',
-    px: int = 32,
-    min_px: int = 4,
+    model: PCRModel,  # the model explained
+    s: int = 0,  # the sequence's index (per-sequence encoders have one trunk each)
+    layer: str = 'auto',  # a block name ('layer1'..'layer4'), or 'auto'
+    px: int = 32,  # side of the input images (pixels)
+    min_px: int = 4,  # 'auto': the deepest block whose maps are at least this wide
 ) -> tuple[nn.Module, str]:
     "The trunk block Grad-CAM reads for sequence `s`: `layer` or, for 'auto', the deepest with maps of at least `min_px` pixels."
     enc = model.encoder
@@ -233,13 +233,13 @@ def _gradcam(f, model, x, pr, args, layer):
 
 # %% ../nbs/12a_attribution.ipynb #16720943
 def attribute(
-    model: PCRModel,
-    b: dict,
-    method: str = 'gradcam',  # a fold model; a batch from `fold_batch`; 'gradcam' or 'ig'
-    target: str = 'predicted',
-    layer: str = 'auto',  # what is explained; Grad-CAM's block
-    n_steps: int = 32,
-    internal_batch_size: int = 64,  # integrated gradients' path steps and chunk
+    model: PCRModel,  # a fold model's network
+    b: dict,  # a batch from `fold_batch`
+    method: str = 'gradcam',  # 'gradcam' or 'ig' (integrated gradients)
+    target: str = 'predicted',  # the logit explained: 'pcr', 'no_pcr' or 'predicted' (class)
+    layer: str = 'auto',  # Grad-CAM's block (see `gradcam_layer`)
+    n_steps: int = 32,  # integrated gradients' steps along the path from the zero image
+    internal_batch_size: int = 64,  # integrated gradients: path points per forward pass
     channels: bool = False,  # integrated gradients per 2.5-D channel (B, T, S, k, H, W)?
 ) -> torch.Tensor:
     "Attribution maps (B, T, S, H, W) of every image of the batch, on the ROI grid; zero where an image is absent."
@@ -269,16 +269,16 @@ def attribute(
 
 # %% ../nbs/12a_attribution.ipynb #9c8cea33
 def plot_maps(
-    images,
-    masks,
-    present,
-    maps,  # one patient: (T, S, k, H, W), (T, k, H, W), (T, S), (T, S, H, W)
-    timepoints,
-    sequences,
-    method: str = 'gradcam',
-    title: str = '',
-    size: float = 2.0,
-    alpha: float = 0.8,
+    images,  # one patient's ROI images (T, S, k, H, W)
+    masks,  # its lesion masks (T, k, H, W)
+    present,  # which images exist (T, S)
+    maps,  # attribution maps (T, S, H, W)
+    timepoints,  # timepoint names (the columns)
+    sequences,  # sequence names (the rows)
+    method: str = 'gradcam',  # 'gradcam' (positive maps, jet) or 'ig' (signed, blue-white-red)
+    title: str = '',  # figure title (wrapped)
+    size: float = 2.0,  # side of each panel (inches)
+    alpha: float = 0.8,  # opacity of the map where its magnitude is largest
 ):
     "Attribution maps over the ROI images, timepoints side by side, lesion outlined; the map's opacity grows with its magnitude."
     import matplotlib.pyplot as plt
@@ -372,10 +372,10 @@ def shuffled_share(maps, masks, present, dilate: int = 2, seed: int = 0) -> dict
 
 # %% ../nbs/12a_attribution.ipynb #d07041fa
 def per_fold(
-    run,
-    cohort: Cohort,
-    fn,
-    folds=None,  # a cv run; the cohort; fn(fold_model, test_batch) -> DataFrame
+    run,  # a cv run folder
+    cohort: Cohort,  # the cohort the run was trained on
+    fn,  # fn(fold_model, test_batch) -> DataFrame (or None)
+    folds=None,  # folds to visit (default: all)
 ) -> pd.DataFrame:
     "`fn` on every fold's model and test patients, stacked with `model` and `fold` columns."
     out = []
@@ -403,13 +403,13 @@ def _image_rows(b, values: dict) -> pd.DataFrame:
 
 # %% ../nbs/12a_attribution.ipynb #94e6dbfd
 def attribution_in_lesion(
-    run,
-    cohort: Cohort,
-    methods=METHODS,  # a cv run; the cohort; 'gradcam' and/or 'ig'
-    dilate: int = 2,
-    seed: int = 0,
-    folds=None,
-    **kwargs,
+    run,  # a cv run folder of a deep model
+    cohort: Cohort,  # the cohort the run was trained on
+    methods=METHODS,  # 'gradcam' and/or 'ig'
+    dilate: int = 2,  # rim width around the lesion (pixels)
+    seed: int = 0,  # seed of the shuffled-map baseline
+    folds=None,  # folds to visit (default: all)
+    **kwargs,  # passed to `attribute` (target, layer, n_steps, ...)
 ) -> pd.DataFrame:
     "Attribution share inside the lesion (and rim) for every test image of every fold, with the random-map baselines."
 
@@ -427,8 +427,8 @@ def attribution_in_lesion(
 
 # %% ../nbs/12a_attribution.ipynb #08db8c33
 def lesion_summary(
-    df: pd.DataFrame,
-    by=('model', 'method'),  # rows of `attribution_in_lesion`
+    df: pd.DataFrame,  # rows of `attribution_in_lesion`
+    by=('model', 'method'),  # columns that group the rows of the summary
 ) -> pd.DataFrame:
     "Mean shares per model and method against the uniform-map (area) and shuffled-map baselines, over the maps with positive mass."
     cols = [
@@ -491,8 +491,8 @@ def contribution_summary(
 
 # %% ../nbs/12a_attribution.ipynb #7eaa6b60
 def plot_contributions(
-    summary: pd.DataFrame,
-    title: str = '',  # `contribution_summary`, or one patient's |Δp| table
+    summary: pd.DataFrame,  # `contribution_summary`, or one patient's |Δp| table
+    title: str = '',  # axes title
 ):
     "Bars of mean |Δp| per sequence (and the whole exam), grouped by timepoint."
     import matplotlib.pyplot as plt

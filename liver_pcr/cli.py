@@ -32,8 +32,7 @@ class _Parser(argparse.ArgumentParser):
 # %% ../nbs/90_cli.ipynb #c4a68aa7
 def _training_options(
     p,  # a subparser
-    folds_help: str
-    | None = 'cross-validation folds (default 5)',  # --folds help (None: no --folds)
+    folds_help: str | None = 'cross-validation folds (default 5)',  # --folds help (None: no --folds)
 ):
     "The options every training command shares: folds, seed, preset, epochs."
     if folds_help:

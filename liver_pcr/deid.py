@@ -19,7 +19,7 @@ MIN_SALT = 8
 def pseudonym(
     patient_id: str,  # the hospital's PatientID
     salt: str,  # a secret salt
-    n: int = 12,
+    n: int = 12,  # hex digits kept (12: 48 bits)
 ) -> str:
     "A reproducible pseudonym: 'P' and the first `n` hex digits of sha256(salt + PatientID)."
     if not salt or len(salt) < MIN_SALT:

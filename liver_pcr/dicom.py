@@ -218,23 +218,15 @@ _MAP_KEYS = (
 class DicomMap:
     "How DICOM series become (patient, timepoint, sequence); read from a mapping file by `read_dicom_map`."
 
-    patients: dict | str | None = (
-        None  # {PatientID: pseudonym}, 'keep' (ids already pseudonymous), or None (salted hash)
-    )
-    timepoints: list | dict | None = (
-        None  # names in study-date order, or {StudyInstanceUID or StudyDate: name}
-    )
-    sequences: dict = field(
-        default_factory=dict
-    )  # {sequence: [compiled regex, ...]}, matched on SeriesDescription
+    patients: dict | str | None = None  # {PatientID: pseudonym}, 'keep', or None (a salted hash)
+    timepoints: list | dict | None = None  # names in study-date order, or {study UID/date: name}
+    sequences: dict = field(default_factory=dict)  # {sequence: [regex, ...]} on SeriesDescription
     ignore: list = field(default_factory=list)  # compiled regexes of descriptions to skip silently
-    series: dict = field(
-        default_factory=dict
-    )  # {SeriesInstanceUID: 'skip' or {'patient'?, 'timepoint'?, 'sequence'?, 'mask'?}}
+    series: dict = field(default_factory=dict)  # {SeriesInstanceUID: 'skip' or {patient, ...}}
     masks: dict = field(default_factory=dict)  # {patient: {timepoint: Path or {sequence: Path}}}
-    clinical: Path | None = None
-    labs: Path | None = None
-    salt: str | None = None
+    clinical: Path | None = None  # clinical CSV: patient_id (PatientID or pseudonym), pcr, ...
+    labs: Path | None = None  # marker CSV: patient_id, timepoint, one column per marker
+    salt: str | None = None  # secret of the hashed ids (`import_dicom`'s salt wins)
 
     def __repr__(self):  # compact, and never shows the salt
         pat = (

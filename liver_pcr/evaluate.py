@@ -24,8 +24,8 @@ __all__ = ['DeLong', 'METRICS', 'Calibration', 'true_auc', 'auc', 'bootstrap_ind
 
 # %% ../nbs/09_evaluate.ipynb #d7fe1da4
 def _yp(
-    y,
-    p,  # outcomes (0/1) and predictions, one per patient
+    y,  # outcomes (0/1), one per patient
+    p,  # predictions, one per patient
     prob: bool = False,  # must `p` be probabilities in [0, 1]?
     both: bool = True,  # must both outcomes be present?
 ):
@@ -57,8 +57,8 @@ def true_auc(
 
 # %% ../nbs/09_evaluate.ipynb #a6f3d4cf
 def _auc_rows(
-    y,
-    p,  # (..., N) outcomes and predictions
+    y,  # (..., N) outcomes (0/1)
+    p,  # (..., N) predictions, row by row with `y`
 ):
     "AUC of each row by midranks; nan where a row lacks an outcome."
     r = stats.rankdata(p, axis=-1)
@@ -69,8 +69,8 @@ def _auc_rows(
 
 # %% ../nbs/09_evaluate.ipynb #cbd937d8
 def auc(
-    y,
-    p,  # outcomes (0/1) and predictions, one per patient
+    y,  # outcomes (0/1), one per patient
+    p,  # predictions (any score, higher = pCR more likely), one per patient
 ) -> float:
     "Area under the ROC curve (Mann–Whitney, ties count one half)."
     y, p = _yp(y, p)
@@ -79,8 +79,8 @@ def auc(
 # %% ../nbs/09_evaluate.ipynb #27456044
 def bootstrap_indices(
     y,  # outcomes (0/1), one per patient
-    n_boot: int = 2000,
-    seed: int = 0,
+    n_boot: int = 2000,  # number of resamples (rows)
+    seed: int = 0,  # seed of the random generator
     stratified: bool = True,  # resample positives and negatives separately
 ):
     "An `(n_boot, N)` matrix of patient indices, one bootstrap resample per row."
@@ -95,12 +95,12 @@ def bootstrap_indices(
 # %% ../nbs/09_evaluate.ipynb #01601fd2
 def bootstrap_ci(
     stat_fn,  # vectorised statistic: (y, p, *extra) as (B, N) matrices -> (B,) or (B, k)
-    y,
-    p,
-    *extra,  # outcomes, predictions and other per-patient arrays
-    n_boot: int = 2000,
-    seed: int = 0,
-    stratified: bool = True,
+    y,  # outcomes (0/1), one per patient
+    p,  # predictions, one per patient
+    *extra,  # other per-patient arrays, resampled with `y` and `p` (e.g. thresholds)
+    n_boot: int = 2000,  # number of bootstrap resamples
+    seed: int = 0,  # seed of the resampling
+    stratified: bool = True,  # resample positives and negatives separately
     level: float = 0.95,  # coverage of the percentile interval
 ):
     "Percentile bootstrap interval `(low, high)` of a statistic, resampling patients."
@@ -117,12 +117,12 @@ def bootstrap_ci(
 
 # %% ../nbs/09_evaluate.ipynb #eb967e34
 def bootstrap_auc_ci(
-    y,
-    p,  # outcomes (0/1) and predictions
-    n_boot: int = 2000,
-    seed: int = 0,
-    stratified: bool = True,
-    level: float = 0.95,
+    y,  # outcomes (0/1), one per patient
+    p,  # predictions, one per patient
+    n_boot: int = 2000,  # number of bootstrap resamples
+    seed: int = 0,  # seed of the resampling
+    stratified: bool = True,  # resample positives and negatives separately
+    level: float = 0.95,  # coverage of the percentile interval
 ):
     "Percentile bootstrap interval `(low, high)` of the AUC."
     return bootstrap_ci(
@@ -134,8 +134,8 @@ DeLong = namedtuple('DeLong', 'auc1 auc2 diff se z p')
 
 
 def _delong_cov(
-    y,
-    P,  # outcomes (0/1) and (k, N) predictions of k models
+    y,  # outcomes (0/1), one per patient
+    P,  # (k, N) predictions of k models for the same patients
 ):
     "AUCs of the k models and their DeLong covariance matrix, by midranks (Sun & Xu 2014)."
     P = np.atleast_2d(P)
@@ -164,9 +164,9 @@ def _ztest(a1, a2, var):
 
 # %% ../nbs/09_evaluate.ipynb #b0c84080
 def delong_test(
-    y,
-    p1,
-    p2,  # outcomes and two models' predictions for the same patients
+    y,  # outcomes (0/1), one per patient
+    p1,  # the first model's predictions
+    p2,  # the second model's predictions, for the same patients
 ) -> DeLong:
     "DeLong's paired test of two correlated AUCs (two-sided)."
     y, p1 = _yp(y, p1)
@@ -176,8 +176,8 @@ def delong_test(
 
 # %% ../nbs/09_evaluate.ipynb #466f3cb3
 def delong_vs_chance(
-    y,
-    p,  # outcomes and predictions
+    y,  # outcomes (0/1), one per patient
+    p,  # predictions, one per patient
 ) -> DeLong:
     "DeLong's test of one AUC against 0.5 (two-sided)."
     y, p = _yp(y, p)
@@ -186,8 +186,8 @@ def delong_vs_chance(
 
 # %% ../nbs/09_evaluate.ipynb #f6e3577b
 def youden_threshold(
-    y,
-    p,  # outcomes (0/1) and predictions
+    y,  # outcomes (0/1), one per patient
+    p,  # predictions, one per patient
 ) -> float:
     "The threshold maximising sensitivity + specificity − 1 (positive when p ≥ threshold); ties: the lowest."
     y, p = _yp(y, p)
@@ -202,9 +202,9 @@ METRICS = ['sensitivity', 'specificity', 'ppv', 'npv', 'balanced_accuracy']
 
 
 def _confusion(
-    y,
-    p,
-    t,  # (..., N) outcomes, predictions and thresholds
+    y,  # (..., N) outcomes (0/1)
+    p,  # (..., N) predictions
+    t,  # (..., N) thresholds: positive when p >= t
 ):
     "TP, FN, FP, TN counts of each row."
     pred, pos = p >= t, y == 1
@@ -225,8 +225,8 @@ def _metric_rows(y, p, t):
 
 # %% ../nbs/09_evaluate.ipynb #5df23045
 def _per_patient(
-    threshold,
-    n: int,  # a number, or one number per patient
+    threshold,  # a number, or one number per patient
+    n: int,  # the number of patients
 ):
     t = np.asarray(threshold, dtype=float)
     if t.ndim == 0 or t.shape == (n,):
@@ -237,12 +237,12 @@ def _per_patient(
 
 # %% ../nbs/09_evaluate.ipynb #e7481ff2
 def threshold_metrics(
-    y,
-    p,  # outcomes (0/1) and predictions
+    y,  # outcomes (0/1), one per patient
+    p,  # predictions, one per patient
     threshold=0.5,  # one threshold, or one per patient (its fold's)
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
+    n_boot: int = 2000,  # number of bootstrap resamples
+    seed: int = 0,  # seed of the resampling
+    level: float = 0.95,  # coverage of the percentile intervals
 ) -> pd.DataFrame:
     "Sensitivity, specificity, PPV, NPV, balanced accuracy with stratified bootstrap percentile CIs."
     y, p = _yp(y, p)
@@ -257,8 +257,8 @@ def threshold_metrics(
 
 # %% ../nbs/09_evaluate.ipynb #5bccf9cc
 def brier(
-    y,
-    p,  # outcomes (0/1) and probabilities
+    y,  # outcomes (0/1), one per patient
+    p,  # predicted probabilities of pCR, one per patient
 ) -> float:
     "Brier score: mean squared difference between probability and outcome."
     y, p = _yp(y, p, prob=True, both=False)
@@ -266,11 +266,11 @@ def brier(
 
 # %% ../nbs/09_evaluate.ipynb #72cd854d
 def _logistic(
-    X,
-    y,
-    offset,
-    n_iter: int = 100,
-    tol: float = 1e-10,  # design, outcomes, fixed offset
+    X,  # (N, q) design matrix
+    y,  # outcomes (0/1), one per row of `X`
+    offset,  # fixed offset added to the linear predictor, one per row
+    n_iter: int = 100,  # at most this many Newton steps
+    tol: float = 1e-10,  # stop when no coefficient moves more than this
 ):
     "Maximum-likelihood coefficients of logit P(y) = X·b + offset, by Newton–Raphson; nan if there is none."
     b = np.zeros(X.shape[1])
@@ -290,8 +290,8 @@ Calibration = namedtuple('Calibration', 'intercept slope')
 
 
 def calibration_intercept_slope(
-    y,
-    p,  # outcomes (0/1) and probabilities
+    y,  # outcomes (0/1), one per patient
+    p,  # predicted probabilities of pCR, one per patient
     eps: float = 1e-6,  # p is clipped to [eps, 1 - eps]
 ) -> Calibration:
     "Calibration-in-the-large (intercept with logit(p) as offset) and calibration slope."
@@ -302,17 +302,17 @@ def calibration_intercept_slope(
 
 # %% ../nbs/09_evaluate.ipynb #b2065550
 def _recalibration(
-    y,
-    lp,  # outcomes and the model's log-odds
+    y,  # outcomes (0/1), one per patient
+    lp,  # the model's log-odds, one per patient
 ):
     "`(a, b)` of the logistic recalibration fit  logit P(y=1) = a + b·lp."
     return _logistic(np.column_stack([np.ones(len(y)), lp]), np.asarray(y, float), np.zeros(len(y)))
 
 # %% ../nbs/09_evaluate.ipynb #ce3f87a1
 def wilson_ci(
-    k,
-    n,  # successes and trials (numbers or arrays)
-    level: float = 0.95,
+    k,  # successes (a number or an array)
+    n,  # trials, as many as `k`
+    level: float = 0.95,  # coverage of the interval
 ):
     "Wilson score interval `(low, high)` for a proportion k/n."
     k, n = np.asarray(k, float), np.asarray(n, float)
@@ -323,11 +323,11 @@ def wilson_ci(
 
 # %% ../nbs/09_evaluate.ipynb #0d2bd7a7
 def calibration_curve(
-    y,
-    p,  # outcomes (0/1) and probabilities
-    n_bins: int = 5,
-    strategy: str = 'quantile',  # 'quantile': equal-sized bins; 'uniform': equal-width
-    level: float = 0.95,
+    y,  # outcomes (0/1), one per patient
+    p,  # predicted probabilities of pCR, one per patient
+    n_bins: int = 5,  # number of bins (fewer where quantiles tie)
+    strategy: str = 'quantile',  # 'quantile' (equal-sized bins) or 'uniform' (equal-width bins)
+    level: float = 0.95,  # coverage of the Wilson intervals
 ) -> pd.DataFrame:
     "Grouped calibration: mean predicted probability, observed rate with Wilson CI, and n per bin."
     y, p = _yp(y, p, prob=True, both=False)
@@ -349,8 +349,8 @@ def calibration_curve(
 
 # %% ../nbs/09_evaluate.ipynb #b30ef19d
 def lowess(
-    x,
-    y,  # points to smooth
+    x,  # abscissae of the points to smooth
+    y,  # ordinates of the points, one per `x`
     frac: float = 2 / 3,  # fraction of the points in each local fit
     at=None,  # where to evaluate (default: the distinct x)
 ):
@@ -368,13 +368,14 @@ def lowess(
 
 # %% ../nbs/09_evaluate.ipynb #fe553b4c
 def net_benefit(
-    y,
-    p,  # outcomes (0/1) and probabilities
-    thresholds=np.arange(0.05, 0.96, 0.01),  # threshold probabilities in [0, 1)
+    y,  # outcomes (0/1), one per patient
+    p,  # predicted probabilities of pCR, one per patient
+    thresholds=None,  # threshold probabilities in [0, 1) (None: 0.05 to 0.95 in steps of 0.01)
 ) -> pd.DataFrame:
     "Decision curve: net benefit of the model, of treating all and of treating none at each threshold."
     y, p = _yp(y, p, prob=True, both=False)
-    t, n = np.asarray(thresholds, float), len(y)
+    t = np.arange(0.05, 0.96, 0.01) if thresholds is None else np.asarray(thresholds, float)
+    n = len(y)
     if ((t < 0) | (t >= 1)).any():
         raise LiverPcrError("net benefit thresholds must be in [0, 1)")
     pred, w, prev = p[None, :] >= t[:, None], t / (1 - t), y.mean()
@@ -396,23 +397,24 @@ def _roc(y, p):
 
 # %% ../nbs/09_evaluate.ipynb #dc2d7779
 def roc_points(
-    y,
-    p,  # outcomes (0/1) and predictions
+    y,  # outcomes (0/1), one per patient
+    p,  # predictions, one per patient
 ):
     "`(fpr, tpr)` of the empirical ROC curve, from (0, 0) to (1, 1)."
     return _roc(*_yp(y, p))
 
 # %% ../nbs/09_evaluate.ipynb #83c880cf
 def roc_band(
-    y,
-    p,
-    grid=np.linspace(0, 1, 101),  # outcomes, predictions and the FPR grid
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
+    y,  # outcomes (0/1), one per patient
+    p,  # predictions, one per patient
+    grid=None,  # false positive rates the band is given at (None: 0 to 1 in steps of 0.01)
+    n_boot: int = 2000,  # number of bootstrap resamples
+    seed: int = 0,  # seed of the resampling
+    level: float = 0.95,  # coverage of the pointwise band
 ):
     "`(grid, low, high)`: pointwise bootstrap percentile band of the TPR at each FPR."
     y, p = _yp(y, p)
+    grid = np.linspace(0, 1, 101) if grid is None else np.asarray(grid, float)
     tprs = np.stack(
         [np.interp(grid, *_roc(y[i], p[i])) for i in bootstrap_indices(y, n_boot, seed)]
     )
@@ -429,11 +431,10 @@ def _axes(ax=None, figsize=(5.5, 5)):
 # %% ../nbs/09_evaluate.ipynb #8742ddac
 def plot_roc(
     runs: dict,  # {name: (y, p)}
-    ci: bool
-    | str = 'auto',  # True: a band per run; 'first': for the first run only; False: none; 'auto': all up to two runs, else 'first'
-    n_boot: int = 2000,
-    seed: int = 0,
-    ax=None,
+    ci: bool | str = 'auto',  # bands: True, False, 'first' (run 1 only), 'auto' (True if ≤ 2 runs)
+    n_boot: int = 2000,  # bootstrap resamples for the AUC intervals and the bands
+    seed: int = 0,  # seed of the resampling
+    ax=None,  # matplotlib axes to draw on (None: a new figure)
 ):
     "ROC curves with AUC [95% CI] in the legend and bootstrap bands."
     fig, ax = _axes(ax)
@@ -464,11 +465,10 @@ def plot_roc(
 # %% ../nbs/09_evaluate.ipynb #86ed867c
 def plot_calibration(
     runs: dict,  # {name: (y, p)}
-    n_bins: int = 5,
-    smooth: bool
-    | str = 'auto',  # grouped points, and a curve: True/'lowess', 'logistic' (the recalibration fit), False; 'auto': LOWESS up to two runs, else logistic
+    n_bins: int = 5,  # bins of the grouped points (quantiles of p)
+    smooth: bool | str = 'auto',  # 'lowess' (True), 'logistic', False, 'auto' (LOWESS if ≤ 2 runs)
     errorbars: bool | str = 'auto',  # Wilson CIs of the grouped points ('auto': up to two runs)
-    ax=None,
+    ax=None,  # matplotlib axes to draw on (None: a new figure)
 ):
     "Calibration plot: binned observed rate (Wilson CI) against mean prediction, with slope and intercept in the legend."
     fig, ax = _axes(ax)
@@ -516,8 +516,8 @@ def plot_calibration(
 # %% ../nbs/09_evaluate.ipynb #f4623ba5
 def plot_decision_curve(
     runs: dict,  # {name: (y, p)}, on the same patients
-    thresholds=np.arange(0.05, 0.96, 0.01),
-    ax=None,
+    thresholds=None,  # threshold probabilities (None: 0.05 to 0.95 in steps of 0.01)
+    ax=None,  # matplotlib axes to draw on (None: a new figure)
 ):
     "Decision curves of the runs, with treat-all and treat-none."
     fig, ax = _axes(ax)
@@ -561,9 +561,9 @@ def _fold_thresholds(df, thresholds):
 def summarize_predictions(
     df: pd.DataFrame,  # predictions: y_true, p, fold
     thresholds=None,  # per fold (DataFrame fold, threshold or dict), one number, or None for 0.5
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
+    n_boot: int = 2000,  # number of bootstrap resamples
+    seed: int = 0,  # seed of the resampling
+    level: float = 0.95,  # coverage of the intervals
 ) -> dict:
     "The summary of one run's out-of-fold predictions, as a JSON-ready dict."
     y, p = _yp(df.y_true.to_numpy(), df.p.to_numpy(), prob=True)
@@ -699,10 +699,10 @@ def _markdown(df: pd.DataFrame) -> str:
 
 # %% ../nbs/09_evaluate.ipynb #0e2c8b27
 def compare_runs(
-    run_paths: list,  # run folders (or `Run`s); the first is the reference for DeLong's test
-    out_dir=None,  # if given: write comparison.csv/.md, roc.png, calibration.png, decision_curve.png there
-    n_boot: int = 2000,
-    seed: int = 0,
+    run_paths: list,  # run folders (or `Run`s), the first the reference of DeLong's tests
+    out_dir=None,  # where to write comparison.csv/.md and the ROC, calibration, decision figures
+    n_boot: int = 2000,  # number of bootstrap resamples
+    seed: int = 0,  # seed of the resampling
 ) -> pd.DataFrame:
     "One row per run: AUC [95% CI], sensitivity, specificity, Brier, calibration slope, DeLong p against the first."
     runs = [r if isinstance(r, Run) else load_run(r) for r in run_paths]
@@ -742,7 +742,7 @@ def _write_comparison(df, runs: dict, out: Path, n_boot, seed) -> list[Path]:
 
 # %% ../nbs/09_evaluate.ipynb #08b48fbc
 def cmd_compare(
-    args,  # args.runs: run folders; args.out: output folder or None
+    args,  # parsed `compare` options: runs (run folders), out (folder or None), n_boot, seed
 ) -> int:
     "Compare run folders: print the Markdown table and the files written."
     out = getattr(args, 'out', None)

@@ -39,12 +39,12 @@ class ExplainViewer(widgets.VBox):
 
     def __init__(
         self,
-        run,
-        cohort: Cohort,
-        patient: str | None = None,  # a cv run of a deep model; the cohort; the patient shown first
-        clinical_run=None,
-        cache: int = 3,
-        **kwargs,  # a cv run of the clinical reference (SHAP of the markers); patients kept
+        run,  # a cv run folder of a deep model
+        cohort: Cohort,  # the cohort the run was trained on
+        patient: str | None = None,  # the patient shown first (default: the first test patient)
+        clinical_run=None,  # a cv run of the clinical reference: its SHAP of the markers is shown
+        cache: int = 3,  # patients whose explanations are kept in memory
+        **kwargs,  # passed to `explain_patient` (target, shap, nsamples, n_steps)
     ):
         from liver_pcr.viewer import LRU
 
@@ -114,11 +114,11 @@ def render(self: ExplainViewer, change=None):
 
 # %% ../nbs/12d_explain_viewer.ipynb #6bdb5913
 def view_explanations(
-    run,
-    cohort: Cohort | str | None = None,
-    patient: str | None = None,  # a cv run; the cohort; a patient
-    widget: bool | None = None,
-    **kwargs,  # widget or static figure (default: widget in Jupyter)
+    run,  # a cv run folder of a deep model
+    cohort: Cohort | str | None = None,  # a Cohort or its folder (default: the sample)
+    patient: str | None = None,  # the patient shown (first)
+    widget: bool | None = None,  # a widget, or a static figure (default: a widget in Jupyter)
+    **kwargs,  # passed to `ExplainViewer`, or to `explain_patient` for the figure
 ):
     "An `ExplainViewer` in Jupyter; elsewhere the static figure of one patient's Grad-CAM maps."
     from liver_pcr.viewer import in_notebook

@@ -23,9 +23,7 @@ class ImportReport:
     "What an import wrote, what it could not use and why."
 
     source: str  # what was imported, e.g. 'DICOM series'
-    problems: list = field(
-        default_factory=list
-    )  # `Problem`s: inputs skipped or inconsistent (file relative to SRC)
+    problems: list = field(default_factory=list)  # `Problem`s: inputs skipped or inconsistent
     notes: list = field(default_factory=list)  # remarks that need no action
     counts: dict = field(default_factory=dict)  # what was written: patients, volumes, masks
     out: Path | None = None  # the cohort folder written
@@ -178,9 +176,9 @@ def _patients_table(
     clin: pd.DataFrame | None,  # the clinical table (strings), or None
     report: ImportReport,  # collects the problems
     file: str,  # the clinical table's file name, for the report
-    to_id: dict | None = None,
-    show: bool = True,
-    folds: dict | None = None,
+    to_id: dict | None = None,  # {id in the table: patient id} (None: the table's ids are kept)
+    show: bool = True,  # name the table's patient ids in the problems?
+    folds: dict | None = None,  # {patient id: fold}, replacing the table's fold column
 ) -> pd.DataFrame:
     "`patients.csv` for the written patients `ids`: label, fold, covariates, with every inconsistency reported."
     ids = sorted(ids, key=natural_key)
@@ -282,7 +280,7 @@ def fit_mask(
     mask,  # a nibabel image
     shape,  # the image's shape
     affine,  # the image's affine
-    tol: float = 1e-3,
+    tol: float = 1e-3,  # largest difference of the two affines' entries on the same grid
 ) -> np.ndarray:
     "The mask's voxels on the image grid (reoriented if only the voxel order differs); `CohortError` if it is another grid."
     import nibabel as nib

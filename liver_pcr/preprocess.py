@@ -101,9 +101,9 @@ class ROI:
 
 # %% ../nbs/05_preprocess.ipynb #81a29782
 def find_roi(
-    mask: Volume | None,
-    ref: Volume,
-    cfg: PreprocessConfig,  # the exam's union mask (or None) and a reference image
+    mask: Volume | None,  # the exam's union lesion mask (or None)
+    ref: Volume,  # a reference image of the exam: its grid when there is no mask
+    cfg: PreprocessConfig,  # ROI size, slices and pixel spacing
 ) -> ROI:
     "The ROI of an exam: centred on the largest lesion slice, or the whole middle slice without a mask."
     grid = mask if mask is not None else ref
@@ -127,11 +127,11 @@ def find_roi(
 
 # %% ../nbs/05_preprocess.ipynb #9b6e799e
 def sample(
-    vol: np.ndarray,
-    affine: np.ndarray,
-    roi: ROI,
-    order: int = 1,
-    cval: float = 0.0,  # voxels, their affine, where
+    vol: np.ndarray,  # the volume's voxels
+    affine: np.ndarray,  # its voxel-to-world affine (4, 4)
+    roi: ROI,  # where to sample
+    order: int = 1,  # spline order of the interpolation (0: nearest, for masks)
+    cval: float = 0.0,  # value outside the volume
 ) -> np.ndarray:
     "Sample a volume at the ROI's world points: (k, px, px)."
     P = roi.points()
@@ -169,10 +169,10 @@ def exam_mask(patient: Patient, tp: str, sequences) -> Volume | None:
 
 # %% ../nbs/05_preprocess.ipynb #f10a93f7
 def preprocess_exam(
-    patient: Patient,
-    tp: str,
-    sequences,
-    cfg: PreprocessConfig,  # one exam of one patient
+    patient: Patient,  # the patient
+    tp: str,  # the exam's timepoint
+    sequences,  # the sequences to stack, in order (absent ones are zeros)
+    cfg: PreprocessConfig,  # ROI size, slices, spacing and intensity clipping
 ):
     "The exam's ROI stack per sequence (S, k, px, px), its lesion mask in the ROI (k, px, px) and which sequences are present (S,)."
     S, k, n = len(sequences), cfg.k, cfg.roi_px

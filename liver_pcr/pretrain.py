@@ -75,12 +75,12 @@ def projector(
 
 # %% ../nbs/07b_pretrain.ipynb #252eda06
 def vicreg_loss(
-    z1: torch.Tensor,
-    z2: torch.Tensor,  # embeddings of the two views (B, D)
-    sim: float = 25.0,
-    var: float = 25.0,
-    cov: float = 1.0,  # weights of the three terms
-    eps: float = 1e-4,
+    z1: torch.Tensor,  # embeddings of the first views (B, D)
+    z2: torch.Tensor,  # embeddings of the second views, row by row with `z1`
+    sim: float = 25.0,  # weight of the invariance term
+    var: float = 25.0,  # weight of the variance term
+    cov: float = 1.0,  # weight of the covariance term
+    eps: float = 1e-4,  # added to each variance before its square root
 ) -> torch.Tensor:
     "VICReg: invariance (MSE between views) + variance (each dimension's SD ≥ 1) + covariance (off-diagonal)."
     n, d = z1.shape
@@ -101,8 +101,8 @@ def vicreg_loss(
 
 # %% ../nbs/07b_pretrain.ipynb #b3329bd5
 def nt_xent(
-    z1: torch.Tensor,
-    z2: torch.Tensor,  # embeddings of the two views (B, D)
+    z1: torch.Tensor,  # embeddings of the first views (B, D)
+    z2: torch.Tensor,  # embeddings of the second views, row by row with `z1`
     tau: float = 0.2,  # temperature
 ) -> torch.Tensor:
     "SimCLR's loss: each view must pick its partner among the other 2B − 1 views."
@@ -117,7 +117,7 @@ def nt_xent(
 def unlabelled_images(
     cohorts: list[Cohort],  # the cohorts
     pre_cfg: PreprocessConfig,  # how they are preprocessed
-    show_progress: bool = True,
+    show_progress: bool = True,  # progress bars while the cohorts are preprocessed
 ) -> tuple[np.ndarray, list[str]]:
     "Every present image of the cohorts, (M, k, px, px) float32, and the cohorts' names; labels are not read."
     arrays, names = [], []
@@ -238,7 +238,7 @@ def pretrain(
     weights=None,  # start from this weights file instead of a seeded random trunk
     seed: int = 0,  # seed of the trunk, the views and the order
     device=None,  # 'cpu', 'cuda', ... (None: the best available)
-    show_progress: bool = True,
+    show_progress: bool = True,  # progress bars (preprocessing and training)
 ) -> dict:
     "Learn the trunk from every image of `cohorts` without labels; write `out`; return losses and timings."
     t0 = time.time()

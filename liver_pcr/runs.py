@@ -119,11 +119,11 @@ def _json_or_empty(f: Path) -> dict:
 class Run:
     "What a run folder holds for evaluation: out-of-fold predictions, thresholds, config, metrics."
 
-    path: Path
+    path: Path  # the run folder
     predictions: pd.DataFrame  # patient_id, fold, y_true, p
     thresholds: pd.DataFrame | None = None  # fold, threshold
-    config: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # config.json ({} without one)
+    metrics: dict = field(default_factory=dict)  # metrics.json ({} without one)
 
     @property
     def name(self) -> str:

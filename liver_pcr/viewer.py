@@ -159,8 +159,8 @@ class CohortViewer(widgets.VBox):
         self,
         cohort: Cohort,  # the cohort
         patient: str | None = None,  # the patient shown first
-        timepoint: str | None = None,
-        sequence: str | None = None,
+        timepoint: str | None = None,  # the timepoint shown first (default: the patient's first)
+        sequence: str | None = None,  # the sequence shown first (default: the exam's first)
         size: int = 320,  # image size in pixels
         cache: int = 3,  # patients kept in memory
     ):
@@ -355,8 +355,8 @@ def in_notebook() -> bool:
 def view_cohort(
     cohort: Cohort | str | None = None,  # a Cohort or its folder (default: the sample)
     patient: str | None = None,  # the patient to show
-    timepoint: str | None = None,
-    sequence: str | None = None,
+    timepoint: str | None = None,  # the widget's first timepoint (the figure shows them all)
+    sequence: str | None = None,  # the widget's first sequence (the figure shows them all)
     widget: bool | None = None,  # a widget, or a static figure (default: a widget in a notebook)
     **kwargs,  # passed on to `CohortViewer`
 ):
