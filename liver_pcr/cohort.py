@@ -19,6 +19,13 @@ __all__ = ['NAME_RE', 'ID_RE', 'STUDY_SEQUENCES', 'NIFTI_RE', 'MANIFEST_COLS', '
            'sort_timepoints', 'Volume', 'load_volume', 'ImageRef', 'Patient', 'axial', 'lesion_slice', 'Cohort',
            'save_nifti', 'CohortWriter', 'cmd_validate']
 
+# %% ../nbs/01_cohort.ipynb #25c55230
+def _one_line(
+    s: str,  # a message, possibly holding text from the cohort's files
+) -> str:
+    "`s` with its unprintable characters escaped (`\\n`, `\\x0c`, ...): one line, whatever it quotes."
+    return ''.join(c if c.isprintable() else c.encode('unicode_escape').decode() for c in s)
+
 # %% ../nbs/01_cohort.ipynb #151a6f0d
 @dataclass(frozen=True)
 class Problem:
@@ -29,7 +36,7 @@ class Problem:
     what: str  # what is wrong
 
     def __str__(self):
-        return ': '.join(s for s in (self.file, self.where, self.what) if s)
+        return _one_line(': '.join(s for s in (self.file, self.where, self.what) if s))
 
 # %% ../nbs/01_cohort.ipynb #4b8674e1
 NAME_RE = re.compile(
@@ -185,8 +192,10 @@ def _read_meta(root: Path, problems: list) -> dict:
         v = meta.get(k)
         if v is None:
             continue
-        if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
-            problems.append(Problem('cohort.json', k, 'must be a list of names'))
+        if not isinstance(v, list) or not all(isinstance(s, str) and NAME_RE.match(s) for s in v):
+            problems.append(
+                Problem('cohort.json', k, 'must be a list of names (letters, digits, _ . -)')
+            )
             meta.pop(k)
         elif len(set(v)) != len(v):
             problems.append(Problem('cohort.json', k, f'duplicate names in {v}'))
@@ -196,6 +205,8 @@ def _read_meta(root: Path, problems: list) -> dict:
             Problem('cohort.json', 'label', 'must be the name of a column of patients.csv')
         )
         meta.pop('label')
+    if 'name' in meta and not (isinstance(meta['name'], str) and meta['name'].strip()):
+        problems.append(Problem('cohort.json', 'name', f"must be a text, not {meta.pop('name')!r}"))
     return meta
 
 # %% ../nbs/01_cohort.ipynb #ae241986
@@ -255,12 +266,13 @@ def _read_patients(root: Path, label: str, problems: list) -> pd.DataFrame | Non
     if 'fold' in df.columns:
         for i, v in enumerate(df['fold']):
             x = _number(v)
-            if x is None or (not math.isnan(x) and x != int(x)):
+            if x is None or (not math.isnan(x) and (x != int(x) or abs(x) >= 2**31)):
+                big = x is not None and x == int(x)  # an integer, but no fold number
                 problems.append(
                     Problem(
                         'patients.csv',
                         f"{_line(i)} (patient {df['patient_id'].iat[i]})",
-                        f'fold {v!r} is not an integer',
+                        f'fold {v!r} is {"too large" if big else "not an integer"}',
                     )
                 )
             elif not math.isnan(x):
@@ -294,6 +306,8 @@ def _read_labs(root: Path, ids: set, timepoints: list | None, problems: list) ->
             )
         if not tp:
             problems.append(Problem('labs.csv', _line(i), 'empty timepoint'))
+        elif not NAME_RE.match(tp):
+            problems.append(Problem('labs.csv', where, f'malformed timepoint {tp!r}'))
         elif timepoints is not None and tp not in timepoints:
             problems.append(
                 Problem(
@@ -329,6 +343,16 @@ def _safe_rel(root: Path, rel: str) -> Path | None:
     if norm == '..' or norm.startswith('../') or norm.startswith('/'):
         return None
     return root / norm
+
+# %% ../nbs/01_cohort.ipynb #0dcc5dfe
+def _is_file(
+    p: Path,  # a path from images.csv
+) -> bool:
+    "Is `p` a file? False, not an error, for a path the system refuses (too long, a NUL byte)."
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
 
 # %% ../nbs/01_cohort.ipynb #7040e762
 MANIFEST_COLS = ['patient_id', 'timepoint', 'sequence', 'image', 'mask']
@@ -373,7 +397,7 @@ def _read_manifest(root: Path, problems: list) -> pd.DataFrame:
                     )
                 )
                 paths[col] = False
-            elif not p.is_file():
+            elif not _is_file(p):
                 problems.append(Problem(rel, '', f'missing (listed in images.csv {_line(i)})'))
                 paths[col] = False
             else:
@@ -470,6 +494,11 @@ def _read_images(root: Path, ids: set, meta: dict, problems: list) -> pd.DataFra
             )
         )
         return pd.DataFrame(columns=MANIFEST_COLS)
+    for label in ('timepoint', 'sequence'):
+        bad = ~man[label].map(lambda v: bool(NAME_RE.match(str(v)))).astype(bool)
+        for v in sorted(set(man[label][bad])):
+            problems.append(Problem(src, f'{label} {v!r}', 'malformed (allowed: letters, digits, _ . -)'))
+        man = man[~bad]
     for (pid, tp, seq), g in man.groupby(['patient_id', 'timepoint', 'sequence'], sort=False):
         if len(g) > 1:
             problems.append(

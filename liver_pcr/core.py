@@ -6,7 +6,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #d4a396d3
 from __future__ import annotations
-import os, sys, json, random, tempfile, contextlib, traceback, importlib.resources
+import os, re, sys, json, random, tempfile, contextlib, traceback, importlib.resources
 from pathlib import Path
 import numpy as np
 
@@ -165,6 +165,50 @@ def _file_error(path, why: str) -> LiverPcrError:
     e.path, e.why = Path(path), why
     return e
 
+# %% ../nbs/00_core.ipynb #0ecaeb9e
+def _line_at(
+    raw: bytes,  # a file's bytes
+    i: int,  # a position in them
+) -> int:
+    "The line (from 1) that byte `i` is on, whatever the line ends (LF, CRLF, CR)."
+    return len(re.split(rb'\r\n?|\n', raw[:i]))
+
+# %% ../nbs/00_core.ipynb #a2e14ff6
+def _file_text(
+    path: Path,  # the file
+    what: str | None = None,  # what the file is, for messages
+) -> str:
+    "The text of `path` (UTF-8, BOM allowed); `LiverPcrError` naming it if it is missing or not UTF-8 text."
+    if not path.is_file():
+        why = f'no such {what} file' if what else 'no such file'
+        raise _file_error(path, 'is a folder, not a file' if path.is_dir() else why)
+    raw = path.read_bytes()
+    if raw[:2] in (b'\xff\xfe', b'\xfe\xff'):
+        raise _file_error(path, 'is UTF-16 text: save it as UTF-8')
+    if b'\x00' in raw:
+        raise _file_error(path, f'holds a NUL byte (line {_line_at(raw, raw.index(0))}): not a text file')
+    try:
+        return raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        at = f'line {_line_at(raw, e.start)}: byte 0x{raw[e.start]:02x}'
+        raise _file_error(path, f'is not UTF-8 text ({at}): save it as UTF-8') from None
+
+# %% ../nbs/00_core.ipynb #fa142180
+def _named_columns(
+    path,  # the file, for messages
+    df,  # its table as pandas read it
+    names: list,  # the header cells as written (stripped)
+):
+    "`df` with the header's own names, empty unnamed columns dropped; `LiverPcrError` for ambiguous ones."
+    if dup := [n for n in dict.fromkeys(names) if n and names.count(n) > 1]:
+        at = [i + 1 for i, n in enumerate(names) if n == dup[0]]
+        raise _file_error(path, f'column {dup[0]!r} appears {len(at)} times (columns {at})')
+    df = df.set_axis(names, axis=1)
+    empty = [i for i, n in enumerate(names) if not n]
+    if full := [i + 1 for i in empty if (df.iloc[:, i] != '').any()]:
+        raise _file_error(path, f'column {full[0]} has values but no name (its header cell is empty)')
+    return df.iloc[:, [i for i in range(len(names)) if i not in empty]]
+
 # %% ../nbs/00_core.ipynb #faaf585d
 def read_table(
     path,  # a CSV file
@@ -175,19 +219,20 @@ def read_table(
     warn=None,  # called with the reason when rows have more values than the header (None: raise)
 ):
     "A CSV file as a table of stripped strings; `LiverPcrError` naming the file if it cannot be used."
-    import warnings, pandas as pd
+    import io, warnings, pandas as pd
 
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise _file_error(path, f'no such {what} file' if what else 'no such file')
+    text = _file_text(path, what)
+    if not text.strip():
+        raise _file_error(path, 'is empty (a header line is expected)')
+    kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
     try:
         with warnings.catch_warnings(
             record=True
         ) as caught:  # index_col=False: a trailing comma never shifts the columns
             warnings.simplefilter('always', pd.errors.ParserWarning)
-            df = pd.read_csv(
-                path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False
-            )
+            df = pd.read_csv(io.StringIO(text), **kw)
+        head = pd.read_csv(io.StringIO(text), header=None, nrows=1, **kw)  # the names as written
     except Exception as e:
         raise _file_error(
             path, f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})'
@@ -196,8 +241,7 @@ def read_table(
         if warn is None:
             raise _file_error(path, 'some rows have more values than the header has columns')
         warn('some rows have more values than the header has columns')
-    df.columns = [str(c).strip() for c in df.columns]
-    df = df.apply(lambda c: c.str.strip())
+    df = _named_columns(path, df.apply(lambda c: c.str.strip()), [c.strip() for c in head.iloc[0]])
     if miss := [c for c in required if c not in df.columns]:
         have = ', '.join(map(repr, df.columns))
         raise _file_error(path, f"missing column(s) {', '.join(map(repr, miss))} (it has {have})")
@@ -210,10 +254,9 @@ def read_json_object(
 ) -> dict:
     "The JSON object in `path`; `LiverPcrError` naming the file if it is missing, not JSON or not an object."
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise _file_error(path, f'no such {what} file' if what else 'no such file')
+    text = _file_text(path, what)
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(text)
     except Exception as e:
         raise _file_error(path, f'invalid JSON ({e})') from None
     if not isinstance(obj, dict):

@@ -112,12 +112,22 @@ def _check_twins(stacks: dict, report: ImportReport):
                         f'no {ot} twin (same patient, sequence and slice)',
                     )
 
+# %% ../nbs/04d_png.ipynb #7300ba43
+def _slice_base(
+    ks,  # the slice numbers of one stack
+) -> int:
+    "The number of a stack's first slice: 0 if it holds a slice 0, else 1 (1-based numbering)."
+    return 0 if 0 in ks else 1
+
 # %% ../nbs/04d_png.ipynb #9b821b86
 def _stack_png(key, sl: dict, report: ImportReport, how: dict):
-    "One volume from the slices of a stack (gaps reported), or None."
+    "One volume from the slices of a stack (gaps reported, counting from its base), or None."
     pid, tp, seq = key
     wh = f'patient {pid}, {tp}/{seq}'
-    miss = sorted(set(range(max(sl) + 1)) - set(sl))
+    base = _slice_base(sl)
+    miss = sorted(set(range(base, max(sl) + 1)) - set(sl))
+    if base == 1:
+        how['from-1'] = how.get('from-1', 0) + 1
     arrs = []
     for k in sorted(sl):
         try:
@@ -142,7 +152,8 @@ def _stack_png(key, sl: dict, report: ImportReport, how: dict):
         report.problem(
             _files_label([sl[k][1] for k, _ in arrs]),
             wh,
-            f'slice(s) {sorted(miss)} missing: stacked the {len(arrs)} present slices',
+            f'slice(s) {sorted(miss)} missing{" (numbered from 1)" if base else ""}: '
+            f'stacked the {len(arrs)} present slices',
         )
     return np.stack([a.T for _, a in arrs], axis=2)
 
@@ -279,6 +290,8 @@ def import_png(
             report.note(f"{how['rgb-colour']} colour RGB slice(s) converted to grey (luma)")
         if how.get('rgb-grey'):
             report.note(f"{how['rgb-grey']} RGB slice(s) held grey images: one channel used")
+        if how.get('from-1'):
+            report.note(f"{how['from-1']} of {len(stacks)} stack(s) number their slices from 1")
         rows, labs = _png_clinical(clin, cfile, ids, names, report)
         pt = pd.DataFrame(rows)
         if fj is not None:

@@ -238,8 +238,8 @@ def synth(tmp_path_factory):
     return root/'c'
 
 
-def png_layout(cohort, root, rgb=()):
-    "The original layout: {PID}_{label}_{start|end}_{SEQ}_{slice}.png per sequence folder, clinic_data.json, data_fold.json."
+def png_layout(cohort, root, rgb=(), first=0):
+    "The original layout: {PID}_{label}_{start|end}_{SEQ}_{slice}.png per sequence folder (slices numbered from `first`), clinic_data.json, data_fold.json."
     c, stacks = Cohort.load(cohort), {}
     for p in c:
         for tp, ex in p.exams.items():
@@ -249,7 +249,7 @@ def png_layout(cohort, root, rgb=()):
                 stacks[(p.id, tp, s)] = [axial(v, k) for k in range(z - 2, z + 3)]
                 d = root/'png'/s; d.mkdir(parents=True, exist_ok=True)
                 for k, im in enumerate(stacks[(p.id, tp, s)]):
-                    f = d/f"{p.id}_{int(p.label)}_{dict(pre='start', post='end')[tp]}_{s}_{k}.png"
+                    f = d/f"{p.id}_{int(p.label)}_{dict(pre='start', post='end')[tp]}_{s}_{k + first}.png"
                     Image.fromarray(np.stack([im]*3, -1) if p.id in rgb else im).save(f)
     clin = {p.id: {'bef_afp': p.lab('pre', 'afp'), 'bef_dcp': p.lab('pre', 'pivka_ii'), 'aft_afp': p.lab('post', 'afp'),
                    'aft_dcp': p.lab('post', 'pivka_ii'), 'label': int(p.label)} for p in c}
@@ -314,6 +314,28 @@ def test_png_faults_are_reported(tmp_path, synth, capsys):
     assert c.validate(show_progress=False) == []
     assert c['A0001'].fold is None and np.isnan(c['B9'].label) and c['A0002'].label == y['A0002']
     assert c['A0001'].volume('pre', 'T1').shape[2] == 4
+
+
+def test_png_one_based_slices_import_cleanly_and_real_gaps_are_reported(tmp_path, synth, capsys):
+    stacks, clin, folds = png_layout(synth, tmp_path, first=1)          # ..._T2_1.png to ..._T2_5.png
+    png, cj, fj = tmp_path/'png', tmp_path/'clinic_data.json', tmp_path/'data_fold.json'
+    assert sorted(int(f.stem.rsplit('_', 1)[1]) for f in png.glob('T2/A0001_*_start_T2_*.png')) == [1, 2, 3, 4, 5]
+    rc, out, err = run_cli(capsys, 'import', 'png', png, tmp_path/'out', '--clinical', cj, '--folds', fj)
+    assert rc == 0 and err == '', out + err
+    assert 'imported with no problem' in out and 'missing' not in out, out
+    assert f'note: {len(stacks)} of {len(stacks)} stack(s) number their slices from 1' in out
+    for (p, tp, s), sl in stacks.items():
+        data = np.asanyarray(nib.load(tmp_path/'out'/'images'/p/tp/f'{s}.nii.gz').dataobj)
+        np.testing.assert_array_equal(data, np.stack([im.T for im in sl], axis=2))
+    y = clin['A0001']['label']
+    for tp in ('start', 'end'): (png/'T2'/f"A0001_{y}_{tp}_T2_3.png").unlink()    # slice 3 really missing, in both exams
+    rc, out, err = run_cli(capsys, 'import', 'png', png, tmp_path/'out2', '--clinical', cj, '--folds', fj)
+    assert rc == 1 and err == '', out + err
+    probs = out.split('problem(s) (these inputs were skipped or are inconsistent):\n')[1].splitlines()[:-1]
+    assert probs == [f'  T2/A0001_{y}_{e}_T2_1.png (+3 more files): patient A0001, {tp}/T2: slice(s) [3] missing (numbered from 1): '
+                     'stacked the 4 present slices' for e, tp in (('end', 'post'), ('start', 'pre'))], out
+    assert out.splitlines()[-1] == 'imported with 2 problem(s)'
+    assert Cohort.load(tmp_path/'out2')['A0001'].volume('pre', 'T2').shape[2] == 4
 
 
 def test_png_refuses_existing_out_and_out_inside_src(tmp_path, synth, capsys):
