@@ -34,7 +34,8 @@ HEADS = ['linear', 'neural']
 
 
 def _cfg(stage, head):
-    return STAGES[stage] if head == 'linear' else neural(STAGES[stage])
+    "The stage reading the images through the trunk (its measurement block is tested in test_measure.py)."
+    return replace(STAGES[stage], deep=True, measure=False) if head == 'linear' else neural(STAGES[stage])
 
 
 @pytest.mark.parametrize('head', HEADS)
@@ -233,7 +234,9 @@ def test_linear_head_saved_and_loaded_predicts_the_same(tmp_path):
     s = cfg['splits'][0]
     model, b = load_bundle(tmp_path/'r'/'fold0'/'model.pt')
     from liver_pcr.train import transformer_from
-    ds = PatientDataset(pre, c, s['test'], transformer_from(b['clinical']))
+    from liver_pcr.probe import measure_inputs
+    meas = measure_inputs(c, model.cfg, model.timepoints, model.sequences, s['test'], b['measure_columns'])
+    ds = PatientDataset(pre, c, s['test'], transformer_from(b['clinical']), radiomics=meas)
     np.testing.assert_allclose(predict_linear(model, ds), preds.loc[s['test'], 'p'].to_numpy(), atol=1e-6)
     assert preds.p.std() > 1e-4
 
