@@ -50,10 +50,10 @@ def check_no_leak(
 
 # %% ../nbs/06_data.ipynb #56b39264
 def make_splits(
-    ids,
-    y,
-    n_folds: int = 5,
-    seed: int = 0,  # labelled patient ids and their 0/1 labels; folds; seed
+    ids,  # labelled patient ids
+    y,  # their 0/1 labels, in the order of `ids`
+    n_folds: int = 5,  # number of outer folds
+    seed: int = 0,  # seed of the stratified shuffles
     val_frac: float = 0.2,  # share of each training fold held out for inner validation
     folds=None,  # predefined fold per id (the cohort's `fold` column), if any
 ) -> list[Split]:
@@ -112,10 +112,10 @@ def cohort_splits(
 
 # %% ../nbs/06_data.ipynb #d456bd7c
 def wide_labs(
-    cohort: Cohort,
-    ids,
-    timepoints=None,
-    markers=None,  # the cohort, which patients, timepoints, markers
+    cohort: Cohort,  # the cohort
+    ids,  # which patients, one row each
+    timepoints=None,  # timepoints to read (None: the cohort's)
+    markers=None,  # markers to read (None: the cohort's)
 ) -> pd.DataFrame:
     "Raw marker values, one row per patient, columns `(marker, timepoint)`; NaN when missing."
     tps, mks = (
@@ -228,9 +228,9 @@ class Augment:
 
 # %% ../nbs/06_data.ipynb #9b7ee4d5
 def augment_exams(
-    x: torch.Tensor,
-    aug: Augment,
-    g: torch.Generator,  # a patient's exams (T, S, k, H, W); how; random stream
+    x: torch.Tensor,  # a patient's exams (T, S, k, H, W)
+    aug: Augment,  # how to augment
+    g: torch.Generator,  # the random stream
     masks: torch.Tensor | None = None,  # their lesion masks (T, k, H, W), moved with the images
 ):
     "Per exam, one random spatial transform for all its sequences (and its mask), then an intensity jitter per sequence."
@@ -265,9 +265,9 @@ def augment_exams(
 
 # %% ../nbs/06_data.ipynb #9e2c5cba
 def augment_exam(
-    x: torch.Tensor,
-    aug: Augment,
-    g: torch.Generator,  # one exam (S, k, H, W); how; random stream
+    x: torch.Tensor,  # one exam (S, k, H, W)
+    aug: Augment,  # how to augment
+    g: torch.Generator,  # the random stream
     mask: torch.Tensor | None = None,  # its lesion mask (k, H, W), moved with the images
 ):
     "`augment_exams` for one exam."
@@ -280,15 +280,13 @@ class PatientDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        pre: Preprocessed,
-        cohort: Cohort,
-        ids,  # the cached tensors, the cohort (labels, labs), which patients
-        clinical: ClinicalTransformer
-        | None = None,  # fitted on the fold's training patients (None: no labs)
-        augment: Augment | None = None,
-        seed: int = 0,
-        radiomics: pd.DataFrame
-        | None = None,  # a feature table (rows: patient ids) appended to `clinical`
+        pre: Preprocessed,  # the cached tensors
+        cohort: Cohort,  # the cohort (labels and labs)
+        ids,  # which patients
+        clinical: ClinicalTransformer | None = None,  # fitted on training patients (None: no labs)
+        augment: Augment | None = None,  # training augmentation (None: none)
+        seed: int = 0,  # seed of the augmentations
+        radiomics: pd.DataFrame | None = None,  # features (rows: patient ids) added to `clinical`
     ):
         self.ids, self.pos = list(ids), pre.index(list(ids))
         self.pre, self.augment, self.seed, self.epoch = pre, augment, seed, 0

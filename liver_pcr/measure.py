@@ -50,7 +50,7 @@ def ellipsoid_phantom(
     levels: dict | None = None,  # sequence -> (liver, viable, necrotic) intensity
     noise: float = 0.02,  # Gaussian noise, relative to the liver level
     seed: int = 0,  # the noise's seed
-    fov_mm: float = 120.0,  # the side of the field of view (mm); the body fills it
+    fov_mm: float = 120.0,  # the side of the field of view (mm), which the body fills
 ) -> tuple[dict, np.ndarray, tuple, dict]:
     "Images (sequence -> array), the lesion mask, the spacing and the true answers of an ellipsoid lesion in a liver."
     levels = levels or {'AP': (0.35, 0.80, 0.08), 'DWI': (0.28, 0.70, 0.12)}
@@ -296,7 +296,7 @@ def measure_table(
     timepoints: list | None = None,  # timepoints to measure (default: the cohort's)
     sequences: list | None = None,  # sequences to measure (default: the cohort's)
     cfg: MeasureConfig = MeasureConfig(),  # how to measure
-    cache=None,  # cache root (default: cache_dir()/'measures'); False: no cache
+    cache=None,  # cache root (None: cache_dir()/'measures', False: no cache)
     n_jobs: int = 1,  # worker processes
     show_progress: bool = True,  # show a progress bar
 ) -> pd.DataFrame:

@@ -24,35 +24,19 @@ class ModelConfig:
 
     name: str = 'relation'
     sequences: tuple | None = None  # sequences used (None: all of the cohort's)
-    timepoints: tuple | None = (
-        None  # timepoints used (None: all); 'first'/'last' name the cohort's first/last
-    )
+    timepoints: tuple | None = None  # timepoints used (None: all, 'first'/'last': the cohort's)
     use_labs: bool = True  # the clinical (markers) branch
-    head: str = (
-        'linear'  # 'linear': penalised logistic regression on trunk features; 'neural': end to end
-    )
-    stem: str = (
-        'small'  # 'small': 3×3 stride-1 conv1, no max-pool; 'imagenet': 7×7 stride 2 + max-pool
-    )
+    head: str = 'linear'  # 'linear': logistic regression on trunk features, 'neural': end to end
+    stem: str = 'small'  # 'small': 3×3 stride 1, no max-pool, 'imagenet': 7×7 stride 2 + max-pool
     layer: str = 'layer1'  # linear head: the deepest trunk block that is read
-    pool: str = (
-        'lesion'  # 'lesion': mean and SD in the lesion, mean on its rim and ROI; 'global': ROI mean
-    )
-    radiomics: bool = (
-        False  # linear head: add the hand-made lesion features (deep + radiomics hybrid)
-    )
+    pool: str = 'lesion'  # 'lesion': lesion mean and SD, rim and ROI means, 'global': ROI mean
+    radiomics: bool = False  # linear head: add hand-made lesion features (deep + radiomics hybrid)
     measure: bool = False  # linear head: add the measurement block (liver_pcr.measure: sizes, viable tumour, levels, markers' response)
     deep: bool = True  # linear head: read the trunk's features (False with measure=True: the measurements alone)
-    weights: str | None = (
-        None  # trunk weights file (liver-pcr pretrain, torchvision's ResNet18, a state dict)
-    )
+    weights: str | None = None  # trunk weights file (liver-pcr pretrain, ResNet18 or a state dict)
     trunk_seed: int = 0  # seed of the trunk's random initialisation when no weights are given
-    encoder: str = (
-        'shared'  # 'shared' trunk with a sequence embedding, or 'per_sequence' trunks (neural)
-    )
-    fusion: str = (
-        'gated'  # sequence fusion (neural): 'gated' attention over present sequences, or 'concat'
-    )
+    encoder: str = 'shared'  # 'shared' trunk + sequence embedding, or 'per_sequence' (neural)
+    fusion: str = 'gated'  # neural: 'gated' attention over the present sequences, or 'concat'
     temporal: str = 'relation'  # 'relation', 'concat', or 'none' (one timepoint)
     relation_parts: tuple = ('diff', 'cos', 'prod', 'traj')  # what the relation module compares
     feat_dim: int = 128  # image feature size after the trunk (neural)
@@ -134,9 +118,9 @@ def neural(cfg: ModelConfig) -> ModelConfig:
 
 # %% ../nbs/07_models.ipynb #f36e7cd4
 def select_inputs(
-    cfg: ModelConfig,
-    timepoints,
-    sequences,  # the config; what the data has
+    cfg: ModelConfig,  # the model's config
+    timepoints,  # the data's timepoints
+    sequences,  # the data's sequences
 ) -> tuple[list[int], list[int]]:
     "Indices of the timepoints and sequences the model uses."
     timepoints, sequences = list(timepoints), list(sequences)
@@ -277,8 +261,8 @@ def load_weights(
 
 # %% ../nbs/07_models.ipynb #d1c0af18
 def lesion_pool(
-    f: torch.Tensor,
-    mask: torch.Tensor,  # maps (N, C, h, w); lesion masks (N, 1, H, W) on the ROI grid
+    f: torch.Tensor,  # feature maps (N, C, h, w)
+    mask: torch.Tensor,  # lesion masks (N, 1, H, W) on the ROI grid
     rim_px: int = 2,  # rim width in ROI pixels
 ) -> torch.Tensor:
     "(N, 4C): mean and SD inside the lesion, mean on its rim, mean over the ROI (no lesion: the ROI)."
@@ -450,9 +434,9 @@ class RelationModule(nn.Module):
 
     def forward(
         self,
-        e,
-        ep,
-        times=None,  # (B, T, D) exam features, (B, T) present, (B, T) times (None: ranks)
+        e,  # exam features (B, T, D)
+        ep,  # which exams are present (B, T)
+        times=None,  # exam times (B, T) (None: ranks 0..1)
     ):
         B, T, D = e.shape
         if times is None:
@@ -525,9 +509,9 @@ def _slope(f, ok, times):
 
 # %% ../nbs/07_models.ipynb #a5a1a62c
 def linear_blocks(
-    f,
-    present,
-    cfg: ModelConfig,  # exam features (B, T, S, F); present (B, T, S); the config
+    f,  # exam features (B, T, S, F)
+    present,  # which images are present (B, T, S)
+    cfg: ModelConfig,  # the model's config
     times=None,  # (B, T) exam times (None: ranks 0..1)
 ) -> dict:
     "The image blocks of the linear head: name → ((B, P) values, (B, P) missing)."
@@ -584,13 +568,13 @@ class PCRModel(nn.Module):
 
     def __init__(
         self,
-        cfg: ModelConfig,
-        timepoints,
-        sequences,  # the config; the data's timepoints and sequences
-        k: int = 3,
-        n_clinical: int = 0,  # slices per image; width of the clinical input
-        n_radiomics: int = 0,  # of which `n_radiomics` columns after the markers are radiomics (hybrid)
-        n_measure: int = 0,  # and the last `n_measure` columns the measurement block (`measure=True`)
+        cfg: ModelConfig,  # the model's config
+        timepoints,  # the data's timepoints
+        sequences,  # the data's sequences
+        k: int = 3,  # slices per image
+        n_clinical: int = 0,  # width of the clinical input (markers, radiomics, measurements)
+        n_radiomics: int = 0,  # clinical-input columns after the markers that are radiomics
+        n_measure: int = 0,  # last clinical-input columns: the measurement block (`measure=True`)
     ):
         super().__init__()
         self.cfg = cfg

@@ -20,8 +20,8 @@ __all__ = ['C_GRID', 'standardise', 'fit_logistic', 'linear_inputs', 'fit_head',
 
 # %% ../nbs/07a_probe.ipynb #ddc863da
 def standardise(
-    X: np.ndarray,
-    miss: np.ndarray,  # training values (n, P); their missing flags (n, P)
+    X: np.ndarray,  # training values (n, P)
+    miss: np.ndarray,  # their missing flags (n, P)
     blocks: dict,  # block name → width, in column order
 ) -> tuple[np.ndarray, np.ndarray]:
     "Column means and scales (SD × √(usable columns of the block)) fitted on the training rows."
@@ -55,11 +55,11 @@ def _inner_folds(y: np.ndarray, n_inner: int, seed: int):
 
 # %% ../nbs/07a_probe.ipynb #1bf7c93e
 def fit_logistic(
-    Z: np.ndarray,
-    y: np.ndarray,  # standardised training features (n, P); labels 0/1
-    Cs=C_GRID,
-    n_inner: int = 5,
-    seed: int = 0,  # penalty grid; inner folds; their seed
+    Z: np.ndarray,  # standardised training features (n, P)
+    y: np.ndarray,  # labels 0/1
+    Cs=C_GRID,  # penalty grid (values of C)
+    n_inner: int = 5,  # inner folds
+    seed: int = 0,  # seed of the inner folds
 ) -> dict:
     "L2 logistic regression with C chosen by inner CV (log-loss): coef (P,), bias, C, inner out-of-fold p."
     from sklearn.linear_model import LogisticRegression
@@ -90,9 +90,9 @@ def fit_logistic(
 # %% ../nbs/07a_probe.ipynb #0d74efc2
 @torch.no_grad()
 def linear_inputs(
-    model: PCRModel,
-    ds,
-    batch_size: int = 32,  # a model; a dataset
+    model: PCRModel,  # a model with head='linear'
+    ds,  # a dataset (PatientDataset)
+    batch_size: int = 32,  # patients per forward pass
 ) -> tuple[np.ndarray, np.ndarray]:
     "The linear head's inputs (n, P) and missing flags (n, P) for every patient of `ds`."
     model.eval()
@@ -107,11 +107,11 @@ def linear_inputs(
 
 # %% ../nbs/07a_probe.ipynb #0efb8db7
 def fit_head(
-    model: PCRModel,
-    ds,  # a model with head='linear'; its training patients (PatientDataset)
-    Cs=C_GRID,
-    n_inner: int = 5,
-    seed: int = 0,  # penalty grid; inner folds; their seed
+    model: PCRModel,  # a model with head='linear'
+    ds,  # its training patients (PatientDataset)
+    Cs=C_GRID,  # penalty grid (values of C)
+    n_inner: int = 5,  # inner folds
+    seed: int = 0,  # seed of the inner folds
 ) -> dict:
     "Fit the model's linear head on `ds`; return the fit's record (C, inner log-loss, inner out-of-fold p)."
     if model.cfg.head != 'linear':
@@ -148,10 +148,10 @@ def _radiomics(cohort, pre, ids) -> pd.DataFrame:
 
 # %% ../nbs/07a_probe.ipynb #f4591324
 def radiomics_inputs(
-    cohort,
-    timepoints,
-    sequences,
-    columns,  # the cohort; the model's inputs; saved columns
+    cohort,  # the cohort
+    timepoints,  # the model's timepoints
+    sequences,  # the model's sequences
+    columns,  # the saved columns, in their order
 ) -> pd.DataFrame:
     "A fitted hybrid's radiomics input for every patient of `cohort`: the saved columns, in order."
     from liver_pcr.radiomics import radiomics_table

@@ -45,11 +45,10 @@ OFFSETS = ((1, 0), (1, 1), (0, 1), (-1, 1))  # in-plane steps (dx, dy): 0°, 45�
 
 
 def glcm(
-    q: np.ndarray,
-    roi: np.ndarray
-    | None = None,  # grey levels (x, y[, z]) in 0..levels-1; voxels to count (default all)
-    levels: int = 16,
-    offsets=OFFSETS,
+    q: np.ndarray,  # grey levels (x, y[, z]) in 0..levels-1
+    roi: np.ndarray | None = None,  # voxels to count (None: all)
+    levels: int = 16,  # number of grey levels
+    offsets=OFFSETS,  # in-plane neighbour offsets (dx, dy), one per direction
 ) -> np.ndarray:
     "Symmetric co-occurrence counts (direction, level, level) of in-plane neighbours that both lie in `roi`."
     q = np.asarray(q)
@@ -96,10 +95,10 @@ def glcm_features(
 
 # %% ../nbs/10_radiomics.ipynb #50cadaf3
 def quantise(
-    x: np.ndarray,
-    levels: int = 16,  # the intensities; the number of grey levels
-    lo: float | None = None,
-    hi: float | None = None,  # bin range (default: p1 and p99 of `x`)
+    x: np.ndarray,  # the intensities
+    levels: int = 16,  # the number of grey levels
+    lo: float | None = None,  # lower end of the bins (None: p1 of `x`)
+    hi: float | None = None,  # upper end of the bins (None: p99 of `x`)
 ) -> np.ndarray:
     "Grey levels 0..levels-1: equal bins between `lo` and `hi`, clipped at both ends."
     x = np.asarray(x, np.float64)
@@ -122,10 +121,10 @@ def central_roi(
 
 # %% ../nbs/10_radiomics.ipynb #0917ad14
 def background_ring(
-    roi: np.ndarray,
-    body: np.ndarray,
-    spacing,  # the region; the body voxels; voxel size (mm)
-    ring_mm: float = 8.0,
+    roi: np.ndarray,  # the region
+    body: np.ndarray,  # the body voxels
+    spacing,  # voxel size (mm)
+    ring_mm: float = 8.0,  # ring width (mm)
 ) -> np.ndarray:
     "Voxels within `ring_mm` mm of `roi`, outside it and inside `body`."
     dist = ndimage.distance_transform_edt(~roi, sampling=spacing)
@@ -200,11 +199,11 @@ def _intensity(x: np.ndarray, r: np.ndarray, cfg) -> dict:
 
 # %% ../nbs/10_radiomics.ipynb #28cf3c7b
 def exam_features(
-    volume: Volume | np.ndarray,
-    mask: Volume | np.ndarray | None = None,  # the image; its lesion mask (None: a central box)
+    volume: Volume | np.ndarray,  # the image
+    mask: Volume | np.ndarray | None = None,  # its lesion mask (None: a central box)
     sequence: str | None = None,  # the sequence's name: when given, it prefixes every feature name
-    cfg: RadiomicsConfig = RadiomicsConfig(),
-    spacing=None,  # settings; voxel size (mm) for a bare array
+    cfg: RadiomicsConfig = RadiomicsConfig(),  # feature settings
+    spacing=None,  # voxel size (mm) for a bare array
 ) -> dict:
     "Features of one exam image: lesion size, intensities relative to the surrounding ring, low/high-signal shares, GLCM texture."
     img, m, sp = _arrays(volume, mask, spacing)
@@ -243,10 +242,10 @@ def _exam(patient: Patient, tp: str, seq: str, masks: dict, cfg) -> dict:
 
 # %% ../nbs/10_radiomics.ipynb #1eaa37a6
 def patient_features(
-    patient: Patient,
-    timepoints: list,
-    sequences: list,  # the patient; timepoints (baseline first) and sequences
-    cfg: RadiomicsConfig = RadiomicsConfig(),
+    patient: Patient,  # the patient
+    timepoints: list,  # timepoints to read, baseline first
+    sequences: list,  # sequences to read
+    cfg: RadiomicsConfig = RadiomicsConfig(),  # feature settings
 ) -> dict:
     "Exam features for each timepoint × sequence, and each later timepoint's change from the baseline."
     out, masks = {}, {}
@@ -299,13 +298,13 @@ def _one(args):
 
 # %% ../nbs/10_radiomics.ipynb #713436d6
 def radiomics_table(
-    cohort: Cohort,
-    timepoints: list | None = None,
-    sequences: list | None = None,  # default: the cohort's
-    show_progress: bool = True,
-    cfg: RadiomicsConfig = RadiomicsConfig(),
-    cache: bool = True,
-    n_jobs: int = 1,  # read/write the disk cache?; worker processes
+    cohort: Cohort,  # the cohort
+    timepoints: list | None = None,  # timepoints to read (None: the cohort's)
+    sequences: list | None = None,  # sequences to read (None: the cohort's)
+    show_progress: bool = True,  # show a progress bar
+    cfg: RadiomicsConfig = RadiomicsConfig(),  # feature settings
+    cache: bool = True,  # read and write the disk cache?
+    n_jobs: int = 1,  # worker processes
 ) -> pd.DataFrame:
     "Delta-radiomics features of every patient (rows: patient_id; columns sorted), cached on disk."
     tps, seqs = list(timepoints or cohort.timepoints), list(sequences or cohort.sequences)

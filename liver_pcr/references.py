@@ -130,8 +130,8 @@ class ReferenceModel:
     "A fitted reference as numbers: feature spec, imputer, scaler and logistic-regression coefficients."
 
     reference: str  # 'clinical', 'radiomics' or 'response'
-    timepoints: list
-    sequences: list
+    timepoints: list  # timepoints the features are read at
+    sequences: list  # sequences the features are read from
     columns: list  # the raw feature columns, in order
     C: float  # the chosen regularisation strength
     medians: list  # the imputer's value per column

@@ -34,9 +34,9 @@ DEMO_PATIENTS = 120
 
 
 def demo_cohort(
-    out: Path,
-    patients: int | None = None,
-    seed: int = 0,  # output folder; cohort size; generator seed
+    out: Path,  # output folder (for a generated cohort and its truth)
+    patients: int | None = None,  # cohort size (None: the default demo cohort)
+    seed: int = 0,  # generator seed
     sample: bool = False,  # the packaged 24-patient sample instead?
 ) -> tuple[Cohort, pd.DataFrame | None]:
     "The demo's cohort and its generator truth (None when unknown): by default 120 synthetic patients (cached, shared with the course)."
@@ -80,18 +80,18 @@ def _truth_aucs(
 
 
 def run_demo(
-    out='liver_pcr_demo',
-    preset_name: str = 'fast',
-    patients: int | None = None,
-    seed: int = 0,  # output folder; training preset; cohort size
-    n_folds: int = 5,
-    epochs: int | None = None,
-    ablate: bool = False,
-    quiet: bool = False,
-    n_boot: int = 2000,
-    sample: bool = False,
-    weights=None,
-    head: str | None = None,  # packaged sample?; trunk weights; head
+    out='liver_pcr_demo',  # output folder
+    preset_name: str = 'fast',  # training preset ('fast' or 'full')
+    patients: int | None = None,  # cohort size (None: the default demo cohort)
+    seed: int = 0,  # random seed of the run (cohort, folds, training, bootstrap)
+    n_folds: int = 5,  # cross-validation folds
+    epochs: int | None = None,  # override the preset's number of epochs
+    ablate: bool = False,  # also run the ablations of the relation model
+    quiet: bool = False,  # print nothing
+    n_boot: int = 2000,  # bootstrap resamples for the confidence intervals
+    sample: bool = False,  # the packaged 24-patient sample instead?
+    weights=None,  # trunk weights file
+    head: str | None = None,  # 'linear' or 'neural' (None: each model's own)
 ) -> Path:
     "The model evolution, the references and the ablations on the embedded data; returns the report's path."
     from liver_pcr.evaluate import compare_runs
@@ -255,16 +255,16 @@ def _table(df: pd.DataFrame) -> str:
 
 # %% ../nbs/13_report.ipynb #b9743cab
 def write_report(
-    out,
-    cohort: Cohort,
-    cmp: pd.DataFrame,
-    abl: pd.DataFrame | None = None,  # folder; cohort; comparison; ablation table
+    out,  # output folder
+    cohort: Cohort,  # the cohort
+    cmp: pd.DataFrame,  # the model comparison (`compare_runs`)
+    abl: pd.DataFrame | None = None,  # the ablation table (None: no ablations)
     oracle: float | None = None,  # the oracle AUC (synthetic cohorts)
     ceiling: float | None = None,  # the reachable ceiling (synthetic cohorts)
-    preset_name: str = 'fast',
-    n_folds: int = 5,
-    seed: int = 0,
-    times: dict | None = None,
+    preset_name: str = 'fast',  # training preset, as reported
+    n_folds: int = 5,  # cross-validation folds, as reported
+    seed: int = 0,  # random seed, as reported
+    times: dict | None = None,  # seconds per step, as reported
 ) -> Path:
     "Write the self-contained `report.html` into `out`."
     out, e = Path(out), html.escape

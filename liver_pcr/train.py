@@ -57,20 +57,16 @@ class TrainConfig:
     warmup_epochs: int = 1
     patience: int = 10  # epochs without improvement on the inner validation split before stopping
     min_epochs: int = 5
-    select: str = (
-        'auc'  # checkpoint choice on the inner validation split: 'auc' (ties: loss) or 'loss'
-    )
+    select: str = 'auc'  # checkpoint choice on the inner validation: 'auc' (ties: loss) or 'loss'
     augment: bool = True
     device: str | None = None  # None: the best available
     amp: bool = False  # mixed precision (GPU only)
     channels_last: bool = False  # memory format (GPU only)
     grad_clip: float = 0.0  # clip the gradient norm to this (0: no clipping)
-    ensemble: int = 1  # models per fold, differing by seed; their probabilities are averaged
+    ensemble: int = 1  # models per fold (seeds differ), their probabilities averaged
     drop_input: float = 0.0  # modality dropout: chance of hiding each input image during training
-    ema: float = 0.0  # decay of an exponential moving average of the weights (0: none); evaluation uses the average
-    checkpoint_seconds: float = (
-        60.0  # write the resumable checkpoint at most this often (and when a fit call ends)
-    )
+    ema: float = 0.0  # decay of a moving average of the weights used in evaluation (0: none)
+    checkpoint_seconds: float = 60.0  # seconds between resumable checkpoints (plus one as fit ends)
 
 # %% ../nbs/08_train.ipynb #29c3a72c
 PRESETS = {
@@ -137,15 +133,15 @@ class Learner:
 
     def __init__(
         self,
-        model: nn.Module,
-        train_ds,
-        val_ds,
-        loss_fn: nn.Module,
-        cfg: TrainConfig,  # what, on what, how
-        seed: int = 0,
-        workdir=None,  # seed of the batch order; folder for checkpoints and the log
-        balanced: bool = False,
-        tag: dict | None = None,  # balanced sampler?; columns added to every log row
+        model: nn.Module,  # the model to train
+        train_ds,  # the training patients (a PatientDataset)
+        val_ds,  # the inner validation patients (checkpoint choice, early stopping)
+        loss_fn: nn.Module,  # the training loss
+        cfg: TrainConfig,  # how to train
+        seed: int = 0,  # seed of the batch order
+        workdir=None,  # folder for checkpoints and the log (None: no folder)
+        balanced: bool = False,  # oversample the minority class in training batches?
+        tag: dict | None = None,  # columns added to every log row
     ):
         self.model, self.train_ds, self.val_ds, self.loss_fn, self.cfg = (
             model,
@@ -311,9 +307,8 @@ def _train_epoch(self: Learner, show_progress: bool) -> float:
 @patch
 def fit(
     self: Learner,
-    until_epoch: int
-    | None = None,  # stop after this many epochs (to continue later from the checkpoint)
-    show_progress: bool = True,
+    until_epoch: int | None = None,  # stop after this many epochs (resume later from checkpoint)
+    show_progress: bool = True,  # show a progress bar
 ) -> Learner:
     "Train (resuming from `workdir`'s checkpoint if there is one); keep the weights best on the inner validation split."
     self._resume()
@@ -462,10 +457,10 @@ DEEP_MODELS = tuple(STAGES)
 
 
 def model_config(
-    model,
-    sequences=None,  # a stage / reference name, or a ModelConfig; sequences to use
-    weights=None,
-    head: str | None = None,  # trunk weights file; 'linear'/'neural'
+    model,  # a stage or reference name, or a ModelConfig
+    sequences=None,  # sequences to use (None: the config's)
+    weights=None,  # trunk weights file ('imagenet': torchvision's ResNet18)
+    head: str | None = None,  # 'linear' or 'neural' (None: the config's)
 ) -> ModelConfig | str:
     "The configuration of a named model (references stay names)."
     if isinstance(model, str) and model in REFERENCE_MODELS:
