@@ -119,13 +119,13 @@ def plot_shap(self: PatientExplanation):
 
 # %% ../nbs/12c_explain.ipynb #8c2dc717
 def explain_patient(
-    run,
-    cohort: Cohort,
-    patient: str,
-    methods=METHODS,  # a cv (or train) run of a deep model; the cohort; the patient
-    target: str = 'predicted',
-    shap: bool = True,
-    nsamples: int = 300,
+    run,  # a cv (or train) run of a deep model
+    cohort: Cohort,  # the cohort
+    patient: str,  # the patient to explain
+    methods=METHODS,  # the attribution methods to run
+    target: str = 'predicted',  # the class the maps explain ('predicted', 'pcr' or 'no_pcr')
+    shap: bool = True,  # add SHAP values of the markers
+    nsamples: int = 300,  # KernelSHAP samples (neural head)
     n_steps: int = 32,
 ) -> PatientExplanation:
     "Explain one patient with the model of the fold whose test set holds him."

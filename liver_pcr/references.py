@@ -73,7 +73,7 @@ def fit_reference(
     kind: str,  # 'clinical', 'radiomics' or 'response'
     cohort: Cohort,  # the cohort
     train,  # training patient ids
-    val,  # inner-validation patient ids (fitted on too; their out-of-fold p gives the threshold)
+    val,  # inner-validation patient ids, fitted on too (their out-of-fold p give the threshold)
     timepoints=None,  # timepoints read (default: the cohort's)
     sequences=None,  # sequences read (default: the cohort's)
     n_inner: int = 5,  # inner folds that choose C

@@ -63,10 +63,10 @@ def marker_display(
 
 # %% ../nbs/12b_shap_markers.ipynb #d857156a
 def shap_reference_fold(
-    st: ReferenceModel,
-    cohort: Cohort,
-    background_ids,
-    ids,  # a fitted clinical reference; its training ids; ids to explain
+    st: ReferenceModel,  # a fitted clinical reference
+    cohort: Cohort,  # the cohort
+    background_ids,  # its training ids (the background)
+    ids,  # the ids to explain
 ):
     "Exact SHAP values (log-odds) of the clinical reference for `ids`, background: `background_ids`."
     import shap
@@ -167,10 +167,10 @@ def plot_beeswarm(ex, max_display: int = 12, title: str = ''):
 
 # %% ../nbs/12b_shap_markers.ipynb #985b92af
 def plot_waterfall(
-    ex,
-    patient=0,
-    max_display: int = 10,
-    title: str = '',  # an Explanation; a row (index or patient id)
+    ex,  # an Explanation
+    patient=0,  # its row: an index or a patient id
+    max_display: int = 10,  # features shown (the rest are summed)
+    title: str = '',  # the figure's title
 ):
     "SHAP waterfall of one patient: from the base value to his log-odds, feature by feature (raw marker values shown)."
     import shap, matplotlib.pyplot as plt
@@ -224,12 +224,12 @@ def clinical_fn(model: PCRModel, b: dict, i: int = 0):
 
 # %% ../nbs/12b_shap_markers.ipynb #b9e950f0
 def shap_clinical_branch(
-    fm: FoldModel,
-    cohort: Cohort,
-    b: dict,
-    i: int = 0,  # the fold model; the cohort; a batch; which patient
-    nsamples: int = 300,
-    n_background: int = 10,  # KernelExplainer's samples; background summary size
+    fm: FoldModel,  # the fold model
+    cohort: Cohort,  # the cohort
+    b: dict,  # a batch of its patients
+    i: int = 0,  # which patient of the batch
+    nsamples: int = 300,  # KernelExplainer's samples
+    n_background: int = 10,  # the size of the background summary
 ):
     "KernelSHAP of the deep model's clinical input for patient `i` of `b` (log-odds), background: the fold's training patients."
     import shap

@@ -711,7 +711,7 @@ def _config_record(ctx: Context, **extra) -> dict:
 
 # %% ../nbs/08_train.ipynb #bca69c79
 def run_cv(
-    cohort=None,  # cohort folder (or Cohort; default: the packaged sample)
+    cohort=None,  # cohort folder or Cohort (default: the packaged sample)
     model='relation',  # model name or ModelConfig
     out=None,  # run folder (default: a new temporary folder)
     n_folds: int = 5,  # folds (the cohort's fold column wins)
