@@ -472,10 +472,11 @@ def measure_block(
 ) -> pd.DataFrame:
     "The model's measurement inputs for `ids` (NaN where missing)."
     tps, seqs = list(timepoints), list(sequences)
-    tab = measure_table(cohort, tps, seqs, cfg, show_progress=False).reindex(list(ids))
+    whole = measure_table(cohort, tps, seqs, cfg, show_progress=False)
+    tab = whole.reindex(list(ids))
     if donors is not None:
         base = [c for c in tab.columns if c.startswith(f'{tps[0]}_')]
-        tab[base] = measure_table(cohort, tps, seqs, cfg, show_progress=False).reindex(list(donors))[base].to_numpy()
+        tab[base] = whole.reindex(list(donors))[base].to_numpy()
     parts = [exam_transforms(tab, t, seqs, cfg).add_prefix(f'{t}_') for t in tps]
     if changes and len(tps) > 1:
         parts.append(measure_changes(tab, tps, seqs, cfg))
