@@ -17,7 +17,7 @@ The property, for every damaged cohort:
 The images themselves are never damaged: each example links `images/` to the base cohort's copy and
 validates shallowly, so an example costs a few tens of milliseconds.
 """
-import contextlib, csv, io, json, os, shutil, tempfile
+import contextlib, copy, csv, io, json, math, os, shutil, tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -107,7 +107,17 @@ CSV_OPS = st.one_of(
     st.tuples(st.just('blank_row'), _pos),
 )
 
+_NAMES = st.sampled_from(['pre', 'post', 'mid', 'T2', 'DWI', 'AP', 'PVP', 'T1', 'a b', '', 'x' * 300])
+META_VALUES = {  # values that are plausible for one key of cohort.json (and so reach the checks behind the type checks)
+    'label': st.sampled_from(['pcr', 'age', 'sex', 'bclc', 'fold', 'patient_id', 'nosuchcolumn', 'PCR', ' pcr']),
+    'timepoints': st.lists(_NAMES, max_size=4),
+    'sequences': st.lists(_NAMES, max_size=5),
+    'name': st.text(max_size=20),
+    'other': JSON_VALUES,
+}
+
 JSON_OPS = st.one_of(
+    st.sampled_from(list(META_VALUES)).flatmap(lambda k: st.tuples(st.just('set'), st.just(k), META_VALUES[k])),
     st.tuples(st.just('set'), st.sampled_from(['name', 'timepoints', 'sequences', 'label', 'other']), JSON_VALUES),
     st.tuples(st.just('del'), st.sampled_from(['name', 'timepoints', 'sequences', 'label'])),
     st.tuples(st.just('whole'), JSON_VALUES),  # not an object (a list, a number, ...)
@@ -181,7 +191,7 @@ def _csv_op(rows: list, op: tuple) -> list:
 
 def _json_op(meta, op: tuple):
     "One structural change of cohort.json's object."
-    kind, *a = op
+    kind, *a = copy.deepcopy(op)  # the sampled values are shared between examples
     if kind == 'whole':
         return a[0]
     if not isinstance(meta, dict):
@@ -266,8 +276,15 @@ def test_damaged_cohort_is_reported_not_crashed(base, tmp_path_factory, plan):
         before = _snapshot(root)
 
         c = Cohort.read(root)  # collects problems, never raises for a folder that exists
-        for p in c.validate(deep=False, show_progress=False):
+        probs = c.validate(deep=False, show_progress=False)
+        for p in probs:
             assert '\n' not in str(p) and '\r' not in str(p), repr(str(p))
+        unusable = {p.file for p in c.problems if not p.where} | {
+            p.file for p in c.problems if p.where in ("column 'patient_id'", "column 'image'")}
+        if 'patients.csv' in unusable:  # then nobody is "not in patients.csv": the ids are unknown, not absent
+            assert not any('is not in patients.csv' in str(p) for p in probs), [str(p) for p in probs]
+        if 'images.csv' in unusable:  # then nobody "has no images": the manifest is unknown, not empty
+            assert not any(p.what == 'has no images' for p in probs), [str(p) for p in probs]
         try:
             c = Cohort.load(root)
         except LiverPcrError as e:
@@ -287,3 +304,24 @@ def test_damaged_cohort_is_reported_not_crashed(base, tmp_path_factory, plan):
         assert all(line.startswith('error: ') for line in err.splitlines()), err
         assert (rc == 0) == ('OK:' in out.getvalue())
         assert _snapshot(root) == before, 'validate changed the cohort folder'
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(v=st.one_of(st.from_regex(r'\A[+-]?(\d{0,3}[._]?\d{0,3})([eE][+-]?\d{1,3})?\Z'),
+                   st.text(alphabet='0123456789.eE+-_ x\u0661\uff11', max_size=8)))
+def test_numbers_parse_like_pandas(v):
+    "A lab value or label is a number exactly when pandas reads it as a finite number, and then the same one."
+    from liver_pcr.cohort import _MISSING, _number
+    v = v.strip()
+    if v.lower() in _MISSING:
+        return
+    try:
+        ref = float(pd.to_numeric(pd.Series([v]), errors='raise').iloc[0])
+    except (ValueError, TypeError):
+        ref = None
+    if ref is not None and not math.isfinite(ref):
+        ref = None
+    got = _number(v)
+    assert (got is None) == (ref is None), (v, got, ref)
+    if ref is not None:
+        assert math.isclose(got, ref, rel_tol=1e-15, abs_tol=0.0), (v, got, ref)
