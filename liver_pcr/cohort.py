@@ -703,7 +703,9 @@ class Cohort:
         byp = {pid: g for pid, g in self.manifest.groupby('patient_id', sort=False)}
         labp = (
             {
-                pid: g.drop(columns='patient_id').set_index('timepoint')
+                pid: g.drop(columns='patient_id')
+                .drop_duplicates('timepoint')  # a duplicate row is a problem already: the first one counts
+                .set_index('timepoint')
                 for pid, g in self.labs.groupby('patient_id', sort=False)
             }
             if len(self.labs)

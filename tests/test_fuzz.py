@@ -7,7 +7,7 @@ a BOM, CRLF or CR line ends, truncation, binary garbage, empty or deleted files,
 
 The property, for every damaged cohort:
 
-- `Cohort.read` never raises; `Cohort.load` succeeds or raises a `LiverPcrError` whose every problem
+- `Cohort.read` never raises, and its cohort can be summarised and its labs looked up; `Cohort.load` succeeds or raises a `LiverPcrError` whose every problem
   is ONE line, and some problem names a damaged file;
 - every `Problem` that `validate` returns prints as one line;
 - `liver-pcr validate --shallow` (the CLI's `main`, in-process) exits 0 or 1, prints only `error: ...`
@@ -284,6 +284,8 @@ def test_damaged_cohort_is_reported_not_crashed(base, tmp_path_factory, plan):
         before = _snapshot(root)
 
         c = Cohort.read(root)  # collects problems, never raises for a folder that exists
+        c.summary()  # what is read can be shown, problems or not
+        [p.lab(tp, m) for p in c for tp in c.timepoints for m in c.markers]
         probs = c.validate(deep=False, show_progress=False)
         for p in probs:
             assert '\n' not in str(p) and '\r' not in str(p), repr(str(p))
