@@ -26,6 +26,14 @@ def _one_line(
     "`s` with its unprintable characters escaped (`\\n`, `\\x0c`, ...): one line, whatever it quotes."
     return ''.join(c if c.isprintable() else c.encode('unicode_escape').decode() for c in s)
 
+
+def _short(
+    s: str,  # one part of a message (a file, a place, what is wrong)
+    n: int = 300,  # the most characters it keeps
+) -> str:
+    "`s`, its middle cut out (`…`) when it is longer than `n`: a 20 000-character cell still gives a readable line."
+    return s if len(s) <= n else s[: n // 2] + '…' + s[-(n // 2) :]
+
 # %% ../nbs/01_cohort.ipynb #151a6f0d
 @dataclass(frozen=True)
 class Problem:
@@ -36,7 +44,8 @@ class Problem:
     what: str  # what is wrong
 
     def __str__(self):
-        return _one_line(': '.join(s for s in (self.file, self.where, self.what) if s))
+        file = _short(_one_line(self.file), 4096)  # named in full, unless it can be no file name
+        return ': '.join(s for s in (file, _short(_one_line(self.where)), _short(_one_line(self.what))) if s)
 
 # %% ../nbs/01_cohort.ipynb #4b8674e1
 NAME_RE = re.compile(

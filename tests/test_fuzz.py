@@ -9,7 +9,7 @@ The property, for every damaged cohort:
 
 - `Cohort.read` never raises, and its cohort can be summarised and its labs looked up; `Cohort.load` succeeds or raises a `LiverPcrError` whose every problem
   is ONE line, and some problem names a damaged file;
-- every `Problem` that `validate` returns prints as one line;
+- every `Problem` that `validate` returns prints as one line, short but for the file it names;
 - `liver-pcr validate --shallow` (the CLI's `main`, in-process) exits 0 or 1, prints only `error: ...`
   lines on stderr, no traceback and no "bug in liver_pcr", and leaves every byte of the cohort as it was;
 - when the reader accepts `patients.csv`, it has as many patients as Python's `csv` module finds rows.
@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from liver_pcr import cli
-from liver_pcr.cohort import MANIFEST_COLS, Cohort
+from liver_pcr.cohort import MANIFEST_COLS, Cohort, _one_line
 from liver_pcr.core import LiverPcrError, read_table, sample_cohort_path
 
 N_PATIENTS = 4  # patients kept from the packaged sample
@@ -289,6 +289,8 @@ def test_damaged_cohort_is_reported_not_crashed(base, tmp_path_factory, plan):
         probs = c.validate(deep=False, show_progress=False)
         for p in probs:
             assert '\n' not in str(p) and '\r' not in str(p), repr(str(p))
+            rest = len(str(p)) - len(_one_line(p.file))  # the file is named in full; the rest is kept short
+            assert rest <= 700, f'a line of {len(str(p))} characters: {str(p)[:200]}...'
         unusable = {f for f, need in (('patients.csv', ['patient_id']), ('images.csv', MANIFEST_COLS[:4]))
                     if _unusable(root/f, need) and (f == 'patients.csv' or (root/f).exists())}  # else: images/ is scanned
         if 'patients.csv' in unusable:  # then nobody is "not in patients.csv": the ids are unknown, not absent
