@@ -7,8 +7,9 @@ a BOM, CRLF or CR line ends, truncation, binary garbage, empty or deleted files,
 
 The property, for every damaged cohort:
 
-- `Cohort.read` never raises, and its cohort can be summarised and its labs looked up; `Cohort.load` succeeds or raises a `LiverPcrError` whose every problem
-  is ONE line, and some problem names a damaged file;
+- `Cohort.read` never raises, and its cohort can be summarised and its labs looked up;
+- `Cohort.load` succeeds or raises a `LiverPcrError` whose every problem is ONE line, and some
+  problem names a damaged file;
 - every `Problem` that `validate` returns prints as one line, short but for the file it names;
 - `liver-pcr validate --shallow` (the CLI's `main`, in-process) exits 0 or 1, prints only `error: ...`
   lines on stderr, no traceback and no "bug in liver_pcr", and leaves every byte of the cohort as it was;
@@ -293,7 +294,7 @@ def test_damaged_cohort_is_reported_not_crashed(base, tmp_path_factory, plan):
             rest = len(str(p)) - len(_one_line(p.file))  # the file is named in full; the rest is kept short
             assert rest <= 700, f'a line of {len(str(p))} characters: {str(p)[:200]}...'
         unusable = {f for f, need in (('patients.csv', ['patient_id']), ('images.csv', MANIFEST_COLS[:4]))
-                    if _unusable(root/f, need) and (f == 'patients.csv' or (root/f).exists())}  # else: images/ is scanned
+                    if _unusable(root/f, need) and (f == 'patients.csv' or (root/f).exists())}  # else: a scan
         if 'patients.csv' in unusable:  # then nobody is "not in patients.csv": the ids are unknown, not absent
             assert not any('is not in patients.csv' in str(p) for p in probs), [str(p) for p in probs]
         if 'images.csv' in unusable:  # then nobody "has no images": the manifest is unknown, not empty
