@@ -26,6 +26,14 @@ def _one_line(
     "`s` with its unprintable characters escaped (`\\n`, `\\x0c`, ...): one line, whatever it quotes."
     return ''.join(c if c.isprintable() else c.encode('unicode_escape').decode() for c in s)
 
+
+def _short(
+    s: str,  # one part of a message (a file, a place, what is wrong)
+    n: int = 300,  # the most characters it keeps
+) -> str:
+    "`s`, its middle cut out (`…`) when it is longer than `n`: a 20 000-character cell still gives a readable line."
+    return s if len(s) <= n else s[: n // 2] + '…' + s[-(n // 2) :]
+
 # %% ../../nbs/01_cohort.reader.ipynb #151a6f0d
 @dataclass(frozen=True)
 class Problem:
@@ -36,7 +44,8 @@ class Problem:
     what: str  # what is wrong
 
     def __str__(self):
-        return _one_line(': '.join(s for s in (self.file, self.where, self.what) if s))
+        file = _short(_one_line(self.file), 4096)  # named in full, unless it can be no file name
+        return ': '.join(s for s in (file, _short(_one_line(self.where)), _short(_one_line(self.what))) if s)
 
 # %% ../../nbs/01_cohort.reader.ipynb #4b8674e1
 NAME_RE = re.compile(
@@ -161,12 +170,17 @@ def _table_or_problem(root: Path, name: str, problems: list) -> pd.DataFrame | N
 
 # %% ../../nbs/01_cohort.reader.ipynb #bb761740
 _MISSING = {'', 'na', 'nan', 'n/a', 'null', 'none'}
+_NUMBER_RE = re.compile(
+    r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?', re.ASCII
+)  # a plain decimal number: no '1_000', no other scripts' digits
 
 
 def _number(v: str) -> float | None:
     "A float from a CSV cell; nan for missing, None if not a number."
     if v.lower() in _MISSING:
         return math.nan
+    if not _NUMBER_RE.fullmatch(v):
+        return None
     try:
         x = float(v)
     except ValueError:
@@ -205,6 +219,10 @@ def _read_meta(root: Path, problems: list) -> dict:
             Problem('cohort.json', 'label', 'must be the name of a column of patients.csv')
         )
         meta.pop('label')
+    elif meta.get('label') in ('patient_id', 'fold'):
+        problems.append(
+            Problem('cohort.json', 'label', f"{meta.pop('label')!r} is not an outcome column")
+        )
     if 'name' in meta and not (isinstance(meta['name'], str) and meta['name'].strip()):
         problems.append(Problem('cohort.json', 'name', f"must be a text, not {meta.pop('name')!r}"))
     return meta
@@ -218,9 +236,11 @@ def _read_patients(root: Path, label: str, problems: list) -> pd.DataFrame | Non
     df = _table_or_problem(root, 'patients.csv', problems)
     if df is None:
         return None
+    named = '' if label == 'pcr' else ' (the label named in cohort.json)'
     for col in ('patient_id', label):
         if col not in df.columns:
-            problems.append(Problem('patients.csv', f'column {col!r}', 'missing (required)'))
+            why = 'missing (required)' + (named if col == label else '')
+            problems.append(Problem('patients.csv', f'column {col!r}', why))
     if 'patient_id' not in df.columns:
         return None
     if not len(df):
@@ -256,7 +276,7 @@ def _read_patients(root: Path, label: str, problems: list) -> pd.DataFrame | Non
                     Problem(
                         'patients.csv',
                         f"{_line(i)} (patient {df['patient_id'].iat[i]})",
-                        f'{label} {v!r} is not 1, 0 or empty',
+                        f'{label} {v!r} is not 1, 0 or empty{named}',
                     )
                 )
             else:
@@ -281,8 +301,8 @@ def _read_patients(root: Path, label: str, problems: list) -> pd.DataFrame | Non
     return df
 
 # %% ../../nbs/01_cohort.reader.ipynb #4288306f
-def _read_labs(root: Path, ids: set, timepoints: list | None, problems: list) -> pd.DataFrame:
-    "Read and check `labs.csv` (optional): one row per patient and timepoint, numeric markers."
+def _read_labs(root: Path, ids: set | None, timepoints: list | None, problems: list) -> pd.DataFrame:
+    "Read and check `labs.csv` (optional): one row per patient and timepoint, numeric markers; `ids` None: not checked."
     cols = ['patient_id', 'timepoint']
     if not (root / 'labs.csv').exists():
         return pd.DataFrame(columns=cols)
@@ -300,7 +320,7 @@ def _read_labs(root: Path, ids: set, timepoints: list | None, problems: list) ->
         r = dict(zip(df.columns, row))
         pid, tp = r['patient_id'], r['timepoint']
         where = f'{_line(i)} (patient {pid}, timepoint {tp})'
-        if pid not in ids:
+        if ids is not None and pid not in ids:
             problems.append(
                 Problem('labs.csv', _line(i), f'patient {pid!r} is not in patients.csv')
             )
@@ -479,7 +499,7 @@ def _scan_images(root: Path, problems: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=MANIFEST_COLS)
 
 # %% ../../nbs/01_cohort.reader.ipynb #1ea44a0d
-def _read_images(root: Path, ids: set, meta: dict, problems: list) -> pd.DataFrame:
+def _read_images(root: Path, ids: set | None, meta: dict, problems: list) -> pd.DataFrame:
     "The image manifest (from images.csv or the images/ tree), checked against patients and cohort.json."
     if (root / 'images.csv').exists():
         src, man = 'images.csv', _read_manifest(root, problems)
@@ -507,7 +527,7 @@ def _read_images(root: Path, ids: set, meta: dict, problems: list) -> pd.DataFra
                 )
             )
     man = man.drop_duplicates(['patient_id', 'timepoint', 'sequence'])
-    for pid in sorted(set(man.patient_id) - ids):
+    for pid in sorted(set(man.patient_id) - ids) if ids is not None else []:
         problems.append(Problem(src, f'patient {pid}', 'has images but is not in patients.csv'))
     for key, label in (('timepoints', 'timepoint'), ('sequences', 'sequence')):
         declared = meta.get(key)
@@ -662,9 +682,9 @@ class Cohort:
             raise CohortError(f'{root}: not a cohort folder (no such directory)')
         meta = _read_meta(root, problems)
         table = _read_patients(root, meta.get('label', 'pcr'), problems)
+        ids = None if table is None else set(table.patient_id)  # None: unknown (patients.csv unusable)
         if table is None:
             table = pd.DataFrame(columns=['patient_id', '_y', '_fold'])
-        ids = set(table.patient_id)
         labs = _read_labs(root, ids, meta.get('timepoints'), problems)
         man = _read_images(root, ids, meta, problems)
         return cls(root, meta, table, labs, man, problems)
@@ -692,7 +712,9 @@ class Cohort:
         byp = {pid: g for pid, g in self.manifest.groupby('patient_id', sort=False)}
         labp = (
             {
-                pid: g.drop(columns='patient_id').set_index('timepoint')
+                pid: g.drop(columns='patient_id')
+                .drop_duplicates('timepoint')  # a duplicate row is a problem already: the first one counts
+                .set_index('timepoint')
                 for pid, g in self.labs.groupby('patient_id', sort=False)
             }
             if len(self.labs)
@@ -838,8 +860,11 @@ def validate(
 ) -> list[Problem]:
     "Every problem of the cohort: its tables and layout, and (deep) every volume and mask."
     problems = list(self.problems)
+    unread = not len(self.manifest) and any(
+        q.file == 'images.csv' for q in problems
+    )  # no image listed because images.csv is unusable: its problems say so, not one per patient
     for p in self:
-        if not p.exams:
+        if not p.exams and not unread:
             problems.append(Problem('patients.csv', f'patient {p.id}', 'has no images'))
     if not deep:
         return problems
