@@ -109,3 +109,18 @@ def test_packages_are_found_not_listed(wheel):
     proj = tomllib.loads((ROOT/'pyproject.toml').read_text())
     assert 'packages' not in proj['tool']['setuptools']
     assert 'liver_pcr/zz_planted/inner.py' in zipfile.ZipFile(wheel[0]).namelist()
+
+def test_the_report_template_loads_from_the_unpacked_wheel(wheel, tmp_path):
+    "The installed package, not the checkout, is where the report finds its template."
+    import os, zipfile
+    site = tmp_path/'site'
+    zipfile.ZipFile(wheel[0]).extractall(site)
+    code = ("import liver_pcr, jinja2; from liver_pcr.report import REPORT_TEMPLATE; "
+            "t = jinja2.Environment(loader=jinja2.PackageLoader('liver_pcr', 'templates')).get_template(REPORT_TEMPLATE); "
+            "print(liver_pcr.__file__); print(t.filename)")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, 'PYTHONPATH': str(site)}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pkg, tpl = r.stdout.split()
+    assert Path(pkg).resolve().is_relative_to(site.resolve()), pkg
+    assert Path(tpl).resolve() == (site/'liver_pcr'/'templates'/'report.html.j2').resolve()
