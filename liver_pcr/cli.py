@@ -212,7 +212,9 @@ def _add_training(
     sub,  # the subparsers of `liver-pcr`
 ):
     "`liver-pcr cv`, `train` and `predict`."
-    models = ['baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics', 'response']
+    from liver_pcr.models.registry import MODEL_NAMES  # no torch: the registry is plain names
+
+    models = list(MODEL_NAMES)
     for name, hlp, fn in [
         ('cv', 'cross-validate a model: out-of-fold predictions, metrics, checkpoints', 'cmd_cv'),
         (

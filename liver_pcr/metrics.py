@@ -73,7 +73,7 @@ def auc(
     y, p = _yp(y, p)
     return float(_auc_rows(y, p))
 
-# %% ../nbs/09_metrics.ipynb #735a4edc
+# %% ../nbs/09_metrics.ipynb #4f4d0f84
 def auc_or_nan(
     y,  # outcomes (0/1), one per patient
     p,  # predictions, one per patient

@@ -14,18 +14,17 @@ from markupsafe import Markup
 from .core import ConfigError, write_text, check_out_path, sample_cohort_path, is_tiny
 from .cohort.reader import Cohort
 from .train.cv import run_cv_afresh, versions
-from .models.references import REFERENCE_MODELS
+from .models.registry import MODEL_NAMES, is_reference
 from .train.runs import to_json
 from .course import course_cohort
 from .evaluate.ablation import run_ablation
 
 # %% auto #0
-__all__ = ['DEMO_MODELS', 'REFERENCES', 'DEMO_PATIENTS', 'TRIPOD_AI', 'REPORT_FIGURES', 'COMPARISON_COLUMNS', 'REPORT_TEMPLATE',
+__all__ = ['DEMO_MODELS', 'DEMO_PATIENTS', 'TRIPOD_AI', 'REPORT_FIGURES', 'COMPARISON_COLUMNS', 'REPORT_TEMPLATE',
            'REPORT_SECTIONS', 'demo_cohort', 'run_demo', 'report_context', 'render_report', 'write_report', 'cmd_demo']
 
 # %% ../nbs/13_report.ipynb #79e3c946
-DEMO_MODELS = ('baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics', 'response')
-REFERENCES = REFERENCE_MODELS  # every reference: clinical, radiomics, response
+DEMO_MODELS = MODEL_NAMES
 
 
 def _say(msg, quiet=False):
@@ -124,8 +123,8 @@ def run_demo(
             check=False,
             show_progress=not quiet,
             n_boot=n_boot,
-            weights=None if m in REFERENCES else weights,
-            head=None if m in REFERENCES else head,
+            weights=None if is_reference(m) else weights,
+            head=None if is_reference(m) else head,
         )
         times[m] = time.time() - t1
         _say(

@@ -12,7 +12,7 @@ import numpy as np, pandas as pd, torch
 from ..core import ConfigError, set_seed
 from ..data.dataset import Split, check_no_leak, ClinicalTransformer, wide_labs, PatientDataset
 from .nets import PCRModel
-from ..train.runs import FoldResult
+from .registry import FoldResult
 
 # %% auto #0
 __all__ = ['C_GRID', 'standardise', 'fit_logistic', 'linear_inputs', 'fit_head', 'radiomics_inputs', 'measure_inputs',

@@ -20,15 +20,12 @@ from liver_pcr.data.dataset import (
     transformer_state,
     transformer_from,
 )
-from ..train.runs import FoldResult, RunFolder
+from .registry import REFERENCE_MODELS, FoldResult
 
 # %% auto #0
-__all__ = ['REFERENCE_MODELS', 'fit_reference', 'predict_state', 'ReferenceModel', 'ReferenceFitter']
+__all__ = ['fit_reference', 'predict_state', 'ReferenceModel', 'ReferenceFitter']
 
 # %% ../../nbs/07c_models.references.ipynb #fd81bdcb
-REFERENCE_MODELS = ('clinical', 'radiomics', 'response')
-
-
 def _features(
     kind: str,  # 'clinical', 'radiomics' or 'response'
     cohort: Cohort,  # the cohort
@@ -234,7 +231,13 @@ class ReferenceFitter:
         log = [dict(fold=split.fold, C=st['C'], n_features=len(st['columns']))]
         return FoldResult(pv, pt, log, [ReferenceModel.from_state(st)])
 
-    def save(self, res: FoldResult, run: RunFolder, fold, threshold: float) -> None:
+    def save(
+        self,
+        res: FoldResult,  # the fitted fold
+        run,  # the run folder (`liver_pcr.train.runs.RunFolder`)
+        fold,  # the fold (None: a final model)
+        threshold: float,  # the fold's threshold
+    ) -> None:
         "Save the fitted reference as numbers in `model.json`."
         meta = dict(kind='reference', threshold=float(threshold), **asdict(res.models[0]))
         run.save_model(fold, meta)

@@ -35,15 +35,23 @@ from liver_pcr.data.dataset import (
 )
 from ..models.nets import ModelConfig, STAGES, PCRModel, make_loss, select_inputs, neural
 from ..models.linear import fit_linear_fold, radiomics_inputs, measure_inputs
-from .runs import OtherRunError, RunFolder, FoldResult, load_model_file, save_checkpoint, member_dir, load_checkpoint
-from ..models.references import REFERENCE_MODELS, ReferenceFitter
+from liver_pcr.train.runs import (
+    OtherRunError,
+    RunFolder,
+    load_model_file,
+    save_checkpoint,
+    member_dir,
+    load_checkpoint,
+)
+from ..models.registry import FoldResult, is_reference, check_model_name
+from ..models.references import ReferenceFitter
 from ..metrics import auc_or_nan, youden_threshold, summarize_predictions
 
 # %% auto #0
-__all__ = ['PRESETS', 'DEEP_MODELS', 'IMAGENET_FILE', 'LOADERS', 'TrainConfig', 'preset', 'forward', 'Learner', 'bundle_meta',
-           'model_tensors', 'model_from', 'load_bundle', 'pre_config', 'model_config', 'imagenet_weights', 'versions',
-           'Context', 'fit_deep_fold', 'DeepPredictor', 'DeepFitter', 'load_models', 'fitter_for', 'run_cv',
-           'run_cv_afresh', 'run_train', 'predict', 'cmd_cv', 'cmd_train', 'cmd_predict']
+__all__ = ['PRESETS', 'IMAGENET_FILE', 'LOADERS', 'TrainConfig', 'preset', 'forward', 'Learner', 'bundle_meta', 'model_tensors',
+           'model_from', 'load_bundle', 'pre_config', 'model_config', 'imagenet_weights', 'versions', 'Context',
+           'fit_deep_fold', 'DeepPredictor', 'DeepFitter', 'load_models', 'fitter_for', 'run_cv', 'run_cv_afresh',
+           'run_train', 'predict', 'cmd_cv', 'cmd_train', 'cmd_predict']
 
 # %% ../../nbs/08_train.cv.ipynb #7b579d3b
 @dataclass(frozen=True)
@@ -446,9 +454,6 @@ def pre_config(
     )
 
 # %% ../../nbs/08_train.cv.ipynb #f8673a8e
-DEEP_MODELS = tuple(STAGES)
-
-
 def model_config(
     model,  # a stage or reference name, or a ModelConfig
     sequences=None,  # sequences to use (None: the config's)
@@ -456,12 +461,10 @@ def model_config(
     head: str | None = None,  # 'linear' or 'neural' (None: the config's)
 ) -> ModelConfig | str:
     "The configuration of a named model (references stay names)."
-    if isinstance(model, str) and model in REFERENCE_MODELS:
+    if is_reference(model):
         return model
-    if isinstance(model, str) and model not in STAGES:
-        raise ConfigError(
-            f"unknown model {model!r}: choose one of {list(DEEP_MODELS + REFERENCE_MODELS)}"
-        )
+    if isinstance(model, str):
+        check_model_name(model)
     cfg = STAGES[model] if isinstance(model, str) else model
     if head == 'neural' and cfg.head != 'neural':
         cfg = neural(cfg)
@@ -520,12 +523,12 @@ class Context:
     @property
     def name(self) -> str:
         "The model's name."
-        return self.model if self.model in REFERENCE_MODELS else self.model.name
+        return self.model if is_reference(self.model) else self.model.name
 
     @property
     def model_config(self) -> dict | None:
         "A deep model's configuration as a dict (None for a reference)."
-        return None if self.model in REFERENCE_MODELS else asdict(self.model)
+        return None if is_reference(self.model) else asdict(self.model)
 
 # %% ../../nbs/08_train.cv.ipynb #84fe2d6e
 def fit_deep_fold(ctx: Context, split: Split, fold_dir: Path) -> FoldResult:
@@ -650,7 +653,7 @@ def load_models(
 # %% ../../nbs/08_train.cv.ipynb #650a3d07
 def fitter_for(ctx: Context):
     "The fitter of the context's model: a reference's, or the deep models'."
-    return ReferenceFitter(ctx) if ctx.model in REFERENCE_MODELS else DeepFitter(ctx)
+    return ReferenceFitter(ctx) if is_reference(ctx.model) else DeepFitter(ctx)
 
 # %% ../../nbs/08_train.cv.ipynb #8e4e8b83
 def _prepare(
@@ -677,7 +680,7 @@ def _prepare(
     p, t = preset(preset_name, epochs)
     mcfg = model_config(model, sequences, weights, head)
     ctx = Context(c, mcfg, pre_cfg or p, train_cfg or t, seed, show_progress=show_progress)
-    if mcfg not in REFERENCE_MODELS:
+    if not is_reference(mcfg):
         select_inputs(
             mcfg, c.timepoints, c.sequences
         )  # a clear error before any work if inputs are missing

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 import numpy as np, pandas as pd
 from liver_pcr.core import (
     LiverPcrError,
@@ -23,8 +22,7 @@ from liver_pcr.core import (
 
 # %% auto #0
 __all__ = ['RUN_FORMAT', 'COMPARED', 'CHECKPOINT', 'to_json', 'Run', 'OtherRunError', 'RunFolder', 'load_run', 'write_toy_run',
-           'save_tensors', 'load_tensors', 'load_model_file', 'FoldResult', 'Fitter', 'member_dir', 'save_checkpoint',
-           'load_checkpoint']
+           'save_tensors', 'load_tensors', 'load_model_file', 'member_dir', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../../nbs/08a_train.runs.ipynb #c17e0677
 RUN_FORMAT = 2  # 1: pickled references and bundles (before 0.3); 2: JSON + plain tensors
@@ -467,30 +465,6 @@ def model_folds(self: RunFolder) -> list:
             'is this a run folder of liver-pcr train or cv, with its models kept?'
         )
     return have
-
-# %% ../../nbs/08a_train.runs.ipynb #39b7d7ac
-@dataclass
-class FoldResult:
-    "What fitting one split gives."
-
-    val: np.ndarray  # inner-validation probabilities (they choose the threshold)
-    test: np.ndarray  # test probabilities (the out-of-fold predictions)
-    log: list  # rows for log.csv
-    models: list  # the fitted models (ensemble members)
-    extra: dict = field(default_factory=dict)  # what the fitter's `save` needs besides the models
-
-# %% ../../nbs/08a_train.runs.ipynb #ce4a2461
-class Fitter(Protocol):
-    "How the runners fit, save and load the models of one kind."
-
-    def fit(self, split, fold_dir: Path) -> FoldResult: ...
-
-    def save(self, res: FoldResult, run: RunFolder, fold, threshold: float) -> None: ...
-
-    @staticmethod
-    def load(
-        meta: dict, tensors: dict | None
-    ): ...  # -> an object with `predict(cohort, show_progress)`
 
 # %% ../../nbs/08a_train.runs.ipynb #6067ea3c
 CHECKPOINT = 'last.pt'  # the resumable checkpoint's file, in a member's folder
