@@ -19,7 +19,8 @@ import torch
 from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import cache_dir
 from dataclasses import replace
-from liver_pcr.cohort.synth import SynthConfig, make_cohort, oracle_auc, ceiling_features, table_cv_auc
+from liver_pcr.cohort.synth import SynthConfig, make_cohort, oracle_auc
+from liver_pcr.evaluate.ceiling import ceiling_features, table_cv_auc
 from liver_pcr.data.dataset import cohort_splits
 from liver_pcr.data.measure import measure_table
 from liver_pcr.models.nets import STAGES

@@ -71,7 +71,8 @@ def _truth_aucs(
     seed: int,  # and their seed
 ) -> tuple[float | None, float | None]:
     "The oracle AUC and the reachable ceiling (the linear head on the true quantities, the same folds); None without a truth."
-    from liver_pcr.cohort.synth import oracle_auc, ceiling_features, table_cv_auc
+    from liver_pcr.cohort.synth import oracle_auc
+    from liver_pcr.evaluate.ceiling import ceiling_features, table_cv_auc
     from liver_pcr.data.dataset import cohort_splits
 
     if tt is None:

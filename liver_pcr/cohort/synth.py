@@ -16,7 +16,7 @@ from .reader import CohortWriter, STUDY_SEQUENCES
 # %% auto #0
 __all__ = ['SEQUENCES', 'CONTRAST', 'W_NECROSIS', 'W_CELLULARITY', 'W_MARKERS', 'SHARED', 'SynthConfig', 'viable_signal',
            'pcr_intercept', 'sample_patient', 'exam_affine', 'render_exam', 'truth_table', 'make_cohort', 'oracle_auc',
-           'ceiling_features', 'table_cv_auc', 'cmd_synth']
+           'cmd_synth']
 
 # %% ../../nbs/02_cohort.synth.ipynb #a05c9a05
 SEQUENCES = STUDY_SEQUENCES  # the sequences the generator can draw: the original study's
@@ -429,55 +429,6 @@ def oracle_auc(
     from liver_pcr.metrics import auc
 
     return auc(truth.pcr, truth.p_true)
-
-# %% ../../nbs/02_cohort.synth.ipynb #7243d044
-def ceiling_features(
-    truth: pd.DataFrame,  # a truth table with each exam's quantities (`radius_{tp}`, `necrosis_{tp}`, ...)
-    timepoints,  # the exams, baseline first
-    markers_only: bool = False,  # only the markers' response (the markers' ceiling)
-) -> pd.DataFrame:
-    "The changes of the true per-exam quantities from baseline, in the clinicians' transforms (rows: patient_id)."
-    from liver_pcr.data.measure import AFP_PRODUCER
-
-    t = truth.set_index('patient_id')
-    b, out = timepoints[0], {}
-    logit = lambda x: np.log(np.clip(x, 0.01, 0.99) / (1 - np.clip(x, 0.01, 0.99)))
-    out['afp_producer'] = (t[f'afp_{b}'] > AFP_PRODUCER).astype(float)
-    for tp in timepoints[1:]:
-        dafp = np.log1p(t[f'afp_{tp}']) - np.log1p(t[f'afp_{b}'])
-        out[f'{tp}_dlog_afp'] = dafp * out['afp_producer']
-        out[f'{tp}_afp_response'] = (t[f'afp_{tp}'] <= 0.5 * t[f'afp_{b}']) * out['afp_producer']
-        out[f'{tp}_dlog_pivka_ii'] = np.log1p(t[f'pivka_ii_{tp}']) - np.log1p(t[f'pivka_ii_{b}'])
-        if not markers_only:
-            n0, n1 = t[f'necrosis_{b}'], t[f'necrosis_{tp}']
-            out[f'{tp}_log_volume_ratio'] = 3 * np.log(t[f'radius_{tp}'] / t[f'radius_{b}'])
-            out[f'{tp}_logit_necrosis_gain'] = logit((n1 - n0) / (1 - n0))
-            out[f'{tp}_dlog_cell'] = np.log(t[f'cell_{tp}'] / t[f'cell_{b}'])
-            out[f'{tp}_dlog_enh'] = np.log(t[f'enh_{tp}'] / t[f'enh_{b}'])
-    return pd.DataFrame(out, index=t.index).astype(float)
-
-# %% ../../nbs/02_cohort.synth.ipynb #d721353a
-def table_cv_auc(
-    table: pd.DataFrame,  # features (rows: patient_id)
-    splits,  # the folds (`liver_pcr.data.dataset.cohort_splits`)
-    labels: pd.Series,  # 0/1 outcome per patient_id
-    seed: int = 0,  # seed of the inner folds
-) -> tuple[float, pd.Series]:
-    "Pooled out-of-fold AUC of the linear head's penalised logistic regression on a feature table, and the out-of-fold log-odds."
-    from liver_pcr.metrics import auc
-    from liver_pcr.models.linear import fit_logistic
-
-    X = table.astype(float)
-    oof = pd.Series(np.nan, index=[i for s in splits for i in s.test])
-    for s in splits:
-        fit = list(s.train) + list(s.val)
-        A = X.loc[fit]
-        mu, sd = A.mean(), A.std(ddof=0)
-        sd = sd.where(sd > 1e-12, np.inf)
-        z = lambda ids: ((X.loc[ids].fillna(mu) - mu) / sd).fillna(0.0).to_numpy()
-        r = fit_logistic(z(fit), labels[fit].to_numpy().astype(int), seed=seed + s.fold)
-        oof[list(s.test)] = z(list(s.test)) @ r['coef'] + r['bias']
-    return auc(labels[oof.index].astype(int), oof), oof
 
 # %% ../../nbs/02_cohort.synth.ipynb #3a4af439
 def cmd_synth(args) -> int:
