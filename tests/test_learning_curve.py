@@ -159,3 +159,19 @@ def test_cli_bad_input_is_one_line_exit_1(tmp_path, args, needle):
     assert r.returncode == 1 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr
     assert not (tmp_path / 'lc').exists()
+
+
+# --- tutorial 10 -----------------------------------------------------------------------------------
+
+def test_tutorial_exercises_are_tagged_and_empty():
+    from pathlib import Path
+    nb = json.loads((Path(__file__).resolve().parents[1] / 'nbs' / 'tutorials' / '10_how_many_patients.ipynb').read_text())
+    cells = nb['cells']
+    heads = [i for i, c in enumerate(cells) if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith('## Exercises')]
+    assert len(heads) == 1  # one section, the last
+    after = cells[heads[0] + 1:]
+    code = [c for c in after if c['cell_type'] == 'code']
+    assert code and all('exercise' in c['metadata'].get('tags', []) and not c['outputs'] for c in code)
+    assert not any('exercise' in c['metadata'].get('tags', []) for c in cells[:heads[0]])
+    assert '<details>' in ''.join(''.join(c['source']) for c in after if c['cell_type'] == 'markdown')
+    assert not any(''.join(c['source']).startswith('## ') for c in after if c['cell_type'] == 'markdown')
