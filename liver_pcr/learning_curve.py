@@ -68,7 +68,9 @@ def subsample_cohort(
     return Cohort(cohort.root, meta, t, cohort.labs, cohort.manifest, [])
 
 # %% ../nbs/09b_learning_curve.ipynb #8c9c3ea3
-def _name(model) -> str:
+def _name(
+    model,  # a stage or reference name, or a ModelConfig
+) -> str:
     "A model's name: itself (a stage or reference name) or its config's `name`."
     return model if isinstance(model, str) else model.name
 
@@ -357,10 +359,14 @@ def cox_snell_r2(
     p, mu = float(prevalence), math.sqrt(2) * norm.ppf(c_statistic)
     alpha = math.log(p / (1 - p)) - mu * mu / 2  # the exact log-odds: alpha + mu * x
 
-    def pos(x):
+    def pos(
+        x,  # the linear predictor of an event
+    ):
         return norm.pdf(x, mu) * log_expit(alpha + mu * x)
 
-    def neg(x):
+    def neg(
+        x,  # the linear predictor of a non-event
+    ):
         return norm.pdf(x) * log_expit(-(alpha + mu * x))
 
     lim = 12 + abs(mu)
@@ -482,7 +488,9 @@ def _report_lines(
     return lines
 
 # %% ../nbs/09b_learning_curve.ipynb #e929f519
-def cmd_learning_curve(args) -> int:
+def cmd_learning_curve(
+    args,  # the parsed command line
+) -> int:
     "`liver-pcr learning-curve COHORT --models M ... --sizes N ... --repeats R --out DIR`."
     c = Cohort.load(args.cohort)
     out = check_out_path(args.out, cohort=c.root, overwrite=False)
