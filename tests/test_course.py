@@ -114,7 +114,7 @@ def dists(tmp_path_factory):
 def test_wheel_and_sdist_carry_the_tutorials(dists):
     whl, sdist = dists
     files = [f.as_posix() for f in course_files(ROOT/'nbs'/'tutorials')]
-    assert len([f for f in files if f.endswith('.ipynb')]) == 9
+    assert len([f for f in files if f.endswith('.ipynb')]) == 10
     names = set(zipfile.ZipFile(whl).namelist())
     shipped = sorted(n for n in names if 'tutorials' in n)
     assert {f'liver_pcr/tutorials/{f}' for f in files} <= names, shipped
