@@ -380,7 +380,7 @@ def _riley_n(
     r2: float,  # anticipated Cox–Snell R²
     s: float,  # required shrinkage factor
 ) -> int:
-    "Riley et al. 2019, eq. 11: the n at which the expected shrinkage is `s`."
+    "Riley et al. 2019: the n at which the expected global shrinkage factor is `s`."
     return math.ceil(parameters / ((s - 1) * math.log(1 - r2 / s)))
 
 

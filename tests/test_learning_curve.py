@@ -49,7 +49,7 @@ def test_riley_worked_example():
     "pmsampsize's documented binary example (R, Stata, Python): 24 parameters, R2cs 0.288, prevalence 0.174."
     r = riley_sample_size(0.174, 24, r2_cs=0.288)
     assert (r['shrinkage'], r['optimism'], r['overall_risk'], r['minimum']) == (623, 662, 221, 662)
-    assert r['epp'] == pytest.approx(4.8, abs=0.005)  # the EPP of Riley et al. 2019's Chagas example
+    assert r['epp'] == pytest.approx(4.8, abs=0.005)  # the EPP Riley et al. 2019 report for their Chagas example
     assert r['max_r2_cs'] == pytest.approx(0.6032, abs=1e-4)
     assert r['r2_nagelkerke'] == pytest.approx(0.288 / 0.6032, abs=1e-3)
 
