@@ -6,11 +6,11 @@ Targets: cache build under 60 s; cached iteration at least 20x faster than the t
 import argparse, os, tempfile, time
 from pathlib import Path
 import torch
-from liver_pcr.cohort import Cohort
-from liver_pcr.synth import SynthConfig, make_cohort
-from liver_pcr.preprocess import PreprocessConfig, preprocess_cohort
-from liver_pcr.data import cohort_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment
-from liver_pcr.models import STAGES, PCRModel, make_loss
+from liver_pcr.cohort.reader import Cohort
+from liver_pcr.cohort.synth import SynthConfig, make_cohort
+from liver_pcr.data.preprocess import PreprocessConfig, preprocess_cohort
+from liver_pcr.data.dataset import cohort_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment
+from liver_pcr.models.nets import STAGES, PCRModel, make_loss
 
 p = argparse.ArgumentParser()
 p.add_argument('--patients', type=int, default=120); p.add_argument('--cohort', help='an existing cohort (default: generate one)')

@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np, pandas as pd
 import torch
 
-from liver_pcr.cohort import Cohort
+from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import cache_dir
 from dataclasses import replace
-from liver_pcr.synth import SynthConfig, make_cohort, oracle_auc, ceiling_features, table_cv_auc
-from liver_pcr.data import cohort_splits
-from liver_pcr.measure import measure_table
-from liver_pcr.models import STAGES
-from liver_pcr.train import run_cv
-from liver_pcr.interpret import counterfactual_swap
+from liver_pcr.cohort.synth import SynthConfig, make_cohort, oracle_auc, ceiling_features, table_cv_auc
+from liver_pcr.data.dataset import cohort_splits
+from liver_pcr.data.measure import measure_table
+from liver_pcr.models.nets import STAGES
+from liver_pcr.train.cv import run_cv
+from liver_pcr.interpret.attribution import counterfactual_swap
 
 SETS = {   # seed → how the cohort differs from the generator's default (120 patients, pre/post, T2 DWI AP PVP, 96×96×16)
     'tuning': {0: {}, 1: {}, 2: {}, 3: dict(timepoints=('pre', 'mid', 'post')),

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from liver_pcr.cohort import Cohort
-from liver_pcr.synth import SynthConfig, make_cohort, oracle_auc, truth_table
+from liver_pcr.cohort.reader import Cohort
+from liver_pcr.cohort.synth import SynthConfig, make_cohort, oracle_auc, truth_table
 
 
 def time_generation(cfg: SynthConfig, n_jobs: int, root: Path) -> tuple[float, Path]:

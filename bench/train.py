@@ -6,7 +6,7 @@ stage and bare loop are timed in turn `--repeats` times and the medians compared
 """
 import argparse, time
 import torch, torch.nn as nn, torchvision
-from liver_pcr.models import STAGES, PCRModel, make_loss
+from liver_pcr.models.nets import STAGES, PCRModel, make_loss
 
 p = argparse.ArgumentParser()
 p.add_argument('--px', type=int, default=32); p.add_argument('--k', type=int, default=3)

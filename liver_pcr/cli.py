@@ -95,7 +95,7 @@ def _add_validate(
         action='store_true',
         help='check the tables and file layout only, without opening the volumes',
     )
-    v.set_defaults(func=_lazy('cohort', 'cmd_validate'))
+    v.set_defaults(func=_lazy('cohort.reader', 'cmd_validate'))
 
 # %% ../nbs/90_cli.ipynb #8be9bb71
 def _add_synth(
@@ -139,7 +139,7 @@ def _add_synth(
         default=min(2, os.cpu_count() or 1),
         help='worker processes (default: up to 2)',
     )
-    s.set_defaults(func=_lazy('synth', 'cmd_synth'))
+    s.set_defaults(func=_lazy('cohort.synth', 'cmd_synth'))
 
 # %% ../nbs/90_cli.ipynb #bb06957f
 def _add_import(
@@ -166,7 +166,7 @@ def _add_import(
         default=None,
         help='salt for hashed patient ids when the map has no pseudonym table',
     )
-    i.set_defaults(func=_lazy('importers', 'cmd_import_dicom'))
+    i.set_defaults(func=_lazy('importers.commands', 'cmd_import_dicom'))
     i = isub.add_parser(
         'png', help="the original 2024 study's layout: {PID}_{label}_{start|end}_{SEQ}_{slice}.png"
     )
@@ -180,7 +180,7 @@ def _add_import(
     i.add_argument(
         '--folds', help='data_fold.json: {"train": {"0": [pids]}, "test": {"0": [pids]}}'
     )
-    i.set_defaults(func=_lazy('importers', 'cmd_import_png'))
+    i.set_defaults(func=_lazy('importers.commands', 'cmd_import_png'))
     i = isub.add_parser('nifti', help='loose NIfTI files named by a pattern, plus a clinical table')
     i.add_argument('src', help='folder of NIfTI files (never modified)')
     i.add_argument('out', help='the cohort folder to create')
@@ -193,7 +193,7 @@ def _add_import(
         '--clinical', help='CSV with patient_id, the label column, optional fold and covariates'
     )
     i.add_argument('--labs', help='CSV with patient_id, timepoint and marker columns')
-    i.set_defaults(func=_lazy('importers', 'cmd_import_nifti'))
+    i.set_defaults(func=_lazy('importers.commands', 'cmd_import_nifti'))
     for k in ('png', 'nifti'):
         isub.choices[k].add_argument(
             '--sequences',
@@ -232,14 +232,14 @@ def _add_training(
         t.add_argument(
             '--sequences', nargs='+', help="sequences the model uses (default: the stage's)"
         )
-        t.set_defaults(func=_lazy('train', fn))
+        t.set_defaults(func=_lazy('train.cv', fn))
     t = sub.add_parser(
         'predict', help='apply a trained run (train or cv) to a cohort, labelled or not'
     )
     t.add_argument('run', help='a run folder of liver-pcr train or cv')
     t.add_argument('cohort', help='the cohort folder')
     t.add_argument('--out', required=True, help='CSV to write: patient_id,p')
-    t.set_defaults(func=_lazy('train', 'cmd_predict'))
+    t.set_defaults(func=_lazy('train.cv', 'cmd_predict'))
 
 # %% ../nbs/90_cli.ipynb #accda310
 def _add_pretrain(
@@ -264,7 +264,7 @@ def _add_pretrain(
         '--method', default='vicreg', choices=['vicreg', 'simclr'], help='self-supervised objective'
     )
     w.add_argument('--device', help="'cpu', 'cuda', ... (default: the best available)")
-    w.set_defaults(func=_lazy('pretrain', 'cmd_pretrain'))
+    w.set_defaults(func=_lazy('models.pretrain', 'cmd_pretrain'))
 
 # %% ../nbs/90_cli.ipynb #00b09766
 def _add_ablate(
@@ -277,7 +277,7 @@ def _add_ablate(
     a.add_argument('cohort', help='the cohort folder')
     a.add_argument('--out', required=True, help='output folder (never inside the cohort)')
     _training_options(a)
-    a.set_defaults(func=_lazy('ablation', 'cmd_ablate'))
+    a.set_defaults(func=_lazy('evaluate.ablation', 'cmd_ablate'))
 
 # %% ../nbs/90_cli.ipynb #a9a5a6e4
 def _add_explain(
@@ -301,7 +301,7 @@ def _add_explain(
         default=['gradcam', 'ig'],
         help='attribution methods (default: both)',
     )
-    e.set_defaults(func=_lazy('explain', 'cmd_explain'))
+    e.set_defaults(func=_lazy('interpret.explain', 'cmd_explain'))
 
 # %% ../nbs/90_cli.ipynb #e5902b58
 def _add_compare(
@@ -324,7 +324,7 @@ def _add_compare(
         '--n-boot', dest='n_boot', type=int, default=2000, help='bootstrap resamples (default 2000)'
     )
     c.add_argument('--seed', type=int, default=0, help='bootstrap seed (default 0)')
-    c.set_defaults(func=_lazy('evaluate', 'cmd_compare'))
+    c.set_defaults(func=_lazy('evaluate.compare', 'cmd_compare'))
 
 # %% ../nbs/90_cli.ipynb #1c0e5a7b
 def _add_learning_curve(

@@ -10,7 +10,7 @@ import os, re, json, shlex, shutil, sys, tempfile, importlib.resources
 from pathlib import Path
 import pandas as pd
 from .core import ConfigError, LiverPcrError, cache_dir, is_tiny, sample_cohort_path
-from .cohort import Cohort
+from .cohort.reader import Cohort
 
 # %% auto #0
 __all__ = ['course_dir', 'course_cohort', 'course_run', 'course_source', 'shown_images', 'course_files', 'copy_course',
@@ -31,7 +31,7 @@ def course_cohort(
     seed: int = 0,  # generator seed
 ) -> tuple[Cohort, pd.DataFrame]:
     "The course's cohort and its truth table (the packaged sample under the test run)."
-    from liver_pcr.synth import SynthConfig, make_cohort, truth_table
+    from liver_pcr.cohort.synth import SynthConfig, make_cohort, truth_table
 
     if is_tiny():
         c = Cohort.load(sample_cohort_path())
@@ -50,7 +50,7 @@ def course_run(
     **kw,  # passed to `run_cv`
 ) -> Path:
     "Cross-validate `model` on the course cohort (reusing a finished run); return the run folder."
-    from liver_pcr.train import run_cv_afresh  # here, so that copying the course needs no torch
+    from liver_pcr.train.cv import run_cv_afresh  # here, so that copying the course needs no torch
 
     c, _ = course_cohort()
     name = model if isinstance(model, str) else model.name

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 from .core import ConfigError, progress, check_out_path, save_figure, write_text
-from .cohort import Cohort
+from .cohort.reader import Cohort
 
 # %% auto #0
 __all__ = ['subsample_ids', 'subsample_cohort', 'learning_curve', 'power_law', 'fit_power_law', 'PowerLawFit',
@@ -133,9 +133,9 @@ def learning_curve(
     **kw,  # passed to `run_cv`: epochs, head, weights, sequences, ...
 ) -> pd.DataFrame:
     "Pooled out-of-fold AUC of each model on label-stratified subsamples: one row per (model, n, repeat)."
-    from liver_pcr.models import STAGES
-    from liver_pcr.references import REFERENCE_MODELS
-    from liver_pcr.train import run_cv_afresh
+    from liver_pcr.models.nets import STAGES
+    from liver_pcr.models.references import REFERENCE_MODELS
+    from liver_pcr.train.cv import run_cv_afresh
 
     c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
     y = c.labels.dropna().astype(int)

@@ -10,12 +10,12 @@ import base64, html, time
 from pathlib import Path
 import pandas as pd
 from .core import write_text, check_out_path, sample_cohort_path, is_tiny
-from .cohort import Cohort
-from .train import run_cv_afresh, versions
-from .references import REFERENCE_MODELS
-from .runs import to_json
+from .cohort.reader import Cohort
+from .train.cv import run_cv_afresh, versions
+from .models.references import REFERENCE_MODELS
+from .train.runs import to_json
 from .course import course_cohort
-from .ablation import run_ablation
+from .evaluate.ablation import run_ablation
 
 # %% auto #0
 __all__ = ['DEMO_MODELS', 'REFERENCES', 'DEMO_PATIENTS', 'TRIPOD_AI', 'demo_cohort', 'run_demo', 'write_report', 'cmd_demo']
@@ -40,7 +40,7 @@ def demo_cohort(
     sample: bool = False,  # the packaged 24-patient sample instead?
 ) -> tuple[Cohort, pd.DataFrame | None]:
     "The demo's cohort and its generator truth (None when unknown): by default 120 synthetic patients (cached, shared with the course)."
-    from liver_pcr.synth import SynthConfig, make_cohort, truth_table
+    from liver_pcr.cohort.synth import SynthConfig, make_cohort, truth_table
 
     if patients is None and not sample and not is_tiny():
         c, tt = course_cohort(DEMO_PATIENTS, seed)
@@ -69,8 +69,8 @@ def _truth_aucs(
     seed: int,  # and their seed
 ) -> tuple[float | None, float | None]:
     "The oracle AUC and the reachable ceiling (the linear head on the true quantities, the same folds); None without a truth."
-    from liver_pcr.synth import oracle_auc, ceiling_features, table_cv_auc
-    from liver_pcr.data import cohort_splits
+    from liver_pcr.cohort.synth import oracle_auc, ceiling_features, table_cv_auc
+    from liver_pcr.data.dataset import cohort_splits
 
     if tt is None:
         return None, None
@@ -94,7 +94,7 @@ def run_demo(
     head: str | None = None,  # 'linear' or 'neural' (None: each model's own)
 ) -> Path:
     "The model evolution, the references and the ablations on the embedded data; returns the report's path."
-    from liver_pcr.evaluate import compare_runs
+    from liver_pcr.evaluate.compare import compare_runs
 
     t0, out = time.time(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def run_demo(
     if ablate:
         t1 = time.time()
         _say('ablations of the relation model ...', quiet)
-        from liver_pcr.train import model_config
+        from liver_pcr.train.cv import model_config
 
         base = model_config('relation', weights=weights, head=head)
         abl = run_ablation(

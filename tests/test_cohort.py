@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from liver_pcr.cohort import Cohort
-from liver_pcr.synth import SynthConfig, make_cohort
+from liver_pcr.cohort.reader import Cohort
+from liver_pcr.cohort.synth import SynthConfig, make_cohort
 from liver_pcr.testing import tree_digest
 
 CFG = SynthConfig(n_patients=4, seed=0, shape=(32, 32, 6), spacing=(8., 8., 10.))
@@ -293,7 +293,7 @@ def test_hand_written_cohort_defect_is_found(tmp_path):
 def test_packaged_sample_loads_from_the_installed_package(tmp_path):
     "`Cohort.load()` without a path nor LIVER_PCR_DATA reads the sample shipped with the package, from any folder."
     env = {k: v for k, v in os.environ.items() if k != 'LIVER_PCR_DATA'}
-    code = ("import json; from liver_pcr.core import sample_cohort_path; from liver_pcr.cohort import Cohort\n"
+    code = ("import json; from liver_pcr.core import sample_cohort_path; from liver_pcr.cohort.reader import Cohort\n"
             "c = Cohort.load(); assert c.root == sample_cohort_path()\n"
             "print(json.dumps(dict(root=str(c.root), n=len(c), tps=c.timepoints, seqs=c.sequences, markers=c.markers,\n"
             "  problems=[str(p) for p in c.validate(show_progress=False)])))")

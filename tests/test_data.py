@@ -3,10 +3,10 @@ import shutil
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 
-from liver_pcr.cohort import Cohort
+from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import LiverPcrError, ConfigError, sample_cohort_path
-from liver_pcr.preprocess import PreprocessConfig, preprocess_cohort
-from liver_pcr.data import make_splits, cohort_splits, check_no_leak, ClinicalTransformer, wide_labs, PatientDataset, Split
+from liver_pcr.data.preprocess import PreprocessConfig, preprocess_cohort
+from liver_pcr.data.dataset import make_splits, cohort_splits, check_no_leak, ClinicalTransformer, wide_labs, PatientDataset, Split
 
 CFG = PreprocessConfig(roi_px=16, roi_mm=64)
 
@@ -105,7 +105,7 @@ def test_cache_outside_cohort_and_invalidated(tmp_path):
 
 def test_augmenting_all_exams_at_once_equals_exam_by_exam():
     "The batched transform draws the stream exam by exam, so it is the per-exam transform, bit for bit; the mask moves with its image."
-    from liver_pcr.data import Augment, augment_exam, augment_exams
+    from liver_pcr.data.dataset import Augment, augment_exam, augment_exams
     x = torch.zeros(3, 2, 3, 24, 24); x[:, :, :, 4:9, 14:20] = 1.0     # an off-centre square, every sequence
     m = x[:, 0].clone()
     aug = Augment(rotate_deg=20, shift_px=3)

@@ -10,11 +10,11 @@ from scipy.special import expit, logit
 
 from liver_pcr.core import LiverPcrError
 from liver_pcr.testing import binormal
-from liver_pcr.evaluate import (auc, bootstrap_auc_ci, bootstrap_ci, brier, calibration_curve,
+from liver_pcr.evaluate.compare import (auc, bootstrap_auc_ci, bootstrap_ci, brier, calibration_curve,
                                 calibration_intercept_slope, cmd_compare, compare_runs, delong_test,
                                 delong_vs_chance, load_run, net_benefit, summarize_predictions, threshold_metrics,
                                 true_auc, wilson_ci, youden_threshold)
-from liver_pcr.runs import write_toy_run
+from liver_pcr.train.runs import write_toy_run
 
 
 def _tied(seed, n=150, levels=7):
@@ -346,7 +346,7 @@ def _three_runs():
 def test_calibration_figure_draws_the_recalibration_fit_for_many_runs():
     "With more than two runs the curve is expit(a + b·logit p) of the maximum-likelihood recalibration fit: its slope is the legend's."
     import matplotlib; matplotlib.use('Agg')
-    from liver_pcr.evaluate import plot_calibration
+    from liver_pcr.evaluate.compare import plot_calibration
     runs = _three_runs()
     ax = plot_calibration(runs).axes[0]
     curves = [l for l in ax.get_lines() if len(l.get_xdata()) == 50]
@@ -364,7 +364,7 @@ def test_roc_figure_bands():
     "One band per run for up to two runs; beyond that only the first run's band."
     import matplotlib; matplotlib.use('Agg')
     from matplotlib.collections import PolyCollection
-    from liver_pcr.evaluate import plot_roc
+    from liver_pcr.evaluate.compare import plot_roc
     runs = _three_runs()
     bands = lambda fig: sum(isinstance(c, PolyCollection) for c in fig.axes[0].collections)
     assert bands(plot_roc(runs, n_boot=100)) == 1

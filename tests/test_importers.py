@@ -10,9 +10,11 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from liver_pcr.cli import main
-from liver_pcr.cohort import Cohort, axial, lesion_slice
-from liver_pcr.dicom import LPS
-from liver_pcr.importers import import_dicom, import_nifti, pseudonym
+from liver_pcr.cohort.reader import Cohort, axial, lesion_slice
+from liver_pcr.importers.dicom import LPS
+from liver_pcr.importers.dicom import import_dicom
+from liver_pcr.importers.nifti import import_nifti
+from liver_pcr.importers.deid import pseudonym
 from liver_pcr.testing import mr_small_series, tree_digest
 
 
@@ -179,7 +181,7 @@ def test_dicom_hash_needs_a_salt_and_is_reproducible(tmp_path, capsys):
     for o in ('o1', 'o2'): assert run_cli(capsys, 'import', 'dicom', tmp_path/'src', tmp_path/o, '--map', mp, '--salt', 'hospital-secret')[0] == 0
     assert Cohort.load(tmp_path/'o1').ids == Cohort.load(tmp_path/'o2').ids == [pseudonym('H-1', 'hospital-secret')]
     mp2 = write_map(tmp_path/'map2.json', timepoints=['pre'], sequences={'T2': 't2'}, salt='hospital-secret')   # the salt may live in the map
-    from liver_pcr.importers import read_dicom_map
+    from liver_pcr.importers.dicom import read_dicom_map
     assert 'hospital-secret' not in repr(read_dicom_map(mp2))
     assert import_dicom(tmp_path/'src', tmp_path/'o3', mp2).exit_code == 0 and Cohort.load(tmp_path/'o3').ids == Cohort.load(tmp_path/'o1').ids
     assert not any('hospital-secret'.encode() in f.read_bytes() for f in (tmp_path/'o3').rglob('*') if f.is_file())
@@ -230,7 +232,7 @@ def test_dicom_csv_map(tmp_path):
 
 @pytest.fixture(scope='module')
 def synth(tmp_path_factory):
-    from liver_pcr.synth import SynthConfig, make_cohort
+    from liver_pcr.cohort.synth import SynthConfig, make_cohort
     root = tmp_path_factory.mktemp('synth')
     cfg = SynthConfig(n_patients=6, seed=5, shape=(40, 36, 9), spacing=(7., 7., 8.), sequences=('T1', 'T1V', 'T2'),
                       p_missing_sequence=0, p_missing_exam=0, id_prefix='A')

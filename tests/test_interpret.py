@@ -7,14 +7,34 @@ import pandas as pd
 import pytest
 import torch
 
-from liver_pcr.cohort import Cohort
+from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import LiverPcrError, ConfigError, run_main, sample_cohort_path
-from liver_pcr.interpret import (METHODS, ablation, attribute, attribution_in_lesion, cmd_explain, explain_to, fold_batch,
-                                 fold_of, forward, fusion_weights, gradcam_layer, lesion_summary, load_fold, load_reference,
-                                 reference_features, run_splits, shap_clinical_branch, shap_reference, plot_waterfall, plot_beeswarm)
-from liver_pcr.models import ModelConfig, PCRModel, STAGES, neural
-from liver_pcr.preprocess import PreprocessConfig
-from liver_pcr.train import TrainConfig, run_cv
+from liver_pcr.interpret.attribution import (
+    METHODS,
+    ablation,
+    attribute,
+    attribution_in_lesion,
+    fold_batch,
+    fold_of,
+    forward,
+    fusion_weights,
+    gradcam_layer,
+    lesion_summary,
+    load_fold,
+    run_splits,
+)
+from liver_pcr.interpret.explain import cmd_explain, explain_to
+from liver_pcr.interpret.shap import (
+    load_reference,
+    reference_features,
+    shap_clinical_branch,
+    shap_reference,
+    plot_waterfall,
+    plot_beeswarm,
+)
+from liver_pcr.models.nets import ModelConfig, PCRModel, STAGES, neural
+from liver_pcr.data.preprocess import PreprocessConfig
+from liver_pcr.train.cv import TrainConfig, run_cv
 
 TINY = dict(pre_cfg=PreprocessConfig(roi_px=16, roi_mm=96), train_cfg=TrainConfig(epochs=2, min_epochs=1, patience=1), n_folds=3,
             show_progress=False, n_boot=50, check=False)
@@ -109,7 +129,7 @@ def test_unknown_method_layer_and_target_are_refused(fold0):
 @pytest.fixture(scope='module')
 def synth_run(tmp_path_factory):
     "A relation model cross-validated on a 40-patient synthetic cohort (3 folds, a few epochs)."
-    from liver_pcr.synth import make_cohort, SynthConfig
+    from liver_pcr.cohort.synth import make_cohort, SynthConfig
     d = tmp_path_factory.mktemp('synth')
     make_cohort(d/'cohort', SynthConfig(n_patients=40, shape=(48, 48, 8), spacing=(6., 6., 8.)), show_progress=False)
     c = Cohort.load(d/'cohort')

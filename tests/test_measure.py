@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from dataclasses import replace
 
-from liver_pcr.cohort import Cohort
-from liver_pcr.measure import (MeasureConfig, ellipsoid_phantom, exam_measures, longest_diameter, measure_table,
+from liver_pcr.cohort.reader import Cohort
+from liver_pcr.data.measure import (MeasureConfig, ellipsoid_phantom, exam_measures, longest_diameter, measure_table,
                                measure_changes, measure_block, marker_response, AFP_PRODUCER)
 
 
@@ -45,7 +45,7 @@ def test_diameter_is_the_longest_in_plane_chord_not_through_plane():
 def test_real_nifti_in_mm_whatever_the_orientation():
     import nibabel as nib
     from pathlib import Path
-    from liver_pcr.cohort import load_volume
+    from liver_pcr.cohort.reader import load_volume
     vol = load_volume(Path(nib.__file__).parent/'tests'/'data'/'anatomical.nii')
     ijk = np.indices(vol.shape).reshape(3, -1)
     xyz = (vol.affine @ np.vstack([ijk, np.ones(ijk.shape[1])]))[:3].reshape(3, *vol.shape)
@@ -70,7 +70,7 @@ def test_table_cache_is_reused_and_a_damaged_entry_heals(cohort_dir, tmp_path, c
 
 
 def test_measurements_track_the_generator_truth(tmp_path):
-    from liver_pcr.synth import SynthConfig, make_cohort, truth_table
+    from liver_pcr.cohort.synth import SynthConfig, make_cohort, truth_table
     cfg = SynthConfig(n_patients=12, seed=5, shape=(64, 64, 12), spacing=(4.0, 4.0, 6.0), p_missing_sequence=0, p_missing_exam=0)
     make_cohort(tmp_path/'c', cfg, show_progress=False)
     c, tt = Cohort.load(tmp_path/'c'), truth_table(cfg).set_index('patient_id')
@@ -106,8 +106,8 @@ def test_swapping_the_baseline_changes_only_what_depends_on_it(cohort_dir):
 
 
 def test_measure_only_model_trains_predicts_and_saves_as_data(cohort_dir, _cache, tmp_path):
-    from liver_pcr.models import STAGES, ModelConfig
-    from liver_pcr.train import run_cv, run_train, predict
+    from liver_pcr.models.nets import STAGES, ModelConfig
+    from liver_pcr.train.cv import run_cv, run_train, predict
     from liver_pcr.core import ConfigError
     with pytest.raises(ConfigError):
         ModelConfig(deep=False)
@@ -120,8 +120,8 @@ def test_measure_only_model_trains_predicts_and_saves_as_data(cohort_dir, _cache
 
 
 def test_response_reference_reads_the_criteria(cohort_dir, _cache, tmp_path):
-    from liver_pcr.train import run_cv
-    from liver_pcr.runs import RunFolder
+    from liver_pcr.train.cv import run_cv
+    from liver_pcr.train.runs import RunFolder
     r = run_cv(cohort_dir, 'response', tmp_path/'resp', n_folds=3, show_progress=False, n_boot=50)
     meta, _ = RunFolder(tmp_path/'resp').load_model(0)
     assert any('recist' in c for c in meta['columns']) and any('afp' in c for c in meta['columns'])

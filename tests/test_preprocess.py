@@ -3,10 +3,10 @@ rebuilt; a whole one is reused as it is; nothing outside the cache root is ever 
 import json
 import numpy as np, pytest
 
-import liver_pcr.preprocess as pp
-from liver_pcr.cohort import Cohort
+import liver_pcr.data.preprocess as pp
+from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import LiverPcrError, sample_cohort_path
-from liver_pcr.preprocess import CACHE_FORMAT, PreprocessConfig, preprocess_cohort
+from liver_pcr.data.preprocess import CACHE_FORMAT, PreprocessConfig, preprocess_cohort
 
 CFG = PreprocessConfig(roi_px=16, roi_mm=64)
 ARRAYS = ('images', 'masks', 'present')

@@ -6,11 +6,11 @@ import shutil
 from types import SimpleNamespace
 import numpy as np, pandas as pd, pytest, torch
 
-from liver_pcr.cohort import Cohort
+from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import ConfigError, data_root
-from liver_pcr.models import ResNetTrunk, load_weights
-from liver_pcr.preprocess import PreprocessConfig, preprocess_cohort
-from liver_pcr.pretrain import pretrain, cmd_pretrain
+from liver_pcr.models.nets import ResNetTrunk, load_weights
+from liver_pcr.data.preprocess import PreprocessConfig, preprocess_cohort
+from liver_pcr.models.pretrain import pretrain, cmd_pretrain
 
 PRE = PreprocessConfig(roi_mm=64, roi_px=16, k=3)
 FAST = dict(epochs=1, batch_size=32, steps=2, show_progress=False)

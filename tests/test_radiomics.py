@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import liver_pcr.radiomics as rad
-from liver_pcr.cohort import Cohort, Volume, save_nifti
+import liver_pcr.data.radiomics as rad
+from liver_pcr.cohort.reader import Cohort, Volume, save_nifti
 from liver_pcr.core import CohortError, ConfigError
 from liver_pcr.testing import tree_digest
-from liver_pcr.radiomics import (EXAM_FEATURES, RadiomicsConfig, exam_features, glcm, glcm_features, patient_features,
+from liver_pcr.data.radiomics import (EXAM_FEATURES, RadiomicsConfig, exam_features, glcm, glcm_features, patient_features,
                                  quantise, radiomics_cache_path, radiomics_table)
 
 

@@ -7,12 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 
-from liver_pcr.cohort import Cohort
+from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import ConfigError, LiverPcrError
-from liver_pcr.models import STAGES, PCRModel, select_inputs, neural
-from liver_pcr.preprocess import PreprocessConfig, preprocess_cohort
-from liver_pcr.data import cohort_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment, check_no_leak
-from liver_pcr.train import Learner, TrainConfig, run_cv, run_train, predict, make_loss
+from liver_pcr.models.nets import STAGES, PCRModel, select_inputs, neural
+from liver_pcr.data.preprocess import PreprocessConfig, preprocess_cohort
+from liver_pcr.data.dataset import cohort_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment, check_no_leak
+from liver_pcr.train.cv import Learner, TrainConfig, run_cv, run_train, predict, make_loss
 
 TPS, SEQS = ['pre', 'post'], ['T2', 'DWI', 'AP', 'PVP']
 PRE = PreprocessConfig(roi_px=16, roi_mm=64)
@@ -135,7 +135,7 @@ def test_cv_outputs_and_threshold_ignores_test_labels(tmp_path):
     for s in cfg['splits']: check_no_leak(s['train'], s['val'], s['test'])
     # the threshold of each fold is a function of its inner-validation predictions only: permuting the test fold's labels
     # cannot change it, because the runner never reads them (they are not an input of _threshold)
-    from liver_pcr.train import _threshold
+    from liver_pcr.train.cv import _threshold
     thr = pd.read_csv(tmp_path/'r'/'thresholds.csv').set_index('fold').threshold
     for s in cfg['splits']:
         done = json.loads((tmp_path/'r'/f"fold{s['fold']}"/'done.json').read_text())
@@ -201,8 +201,8 @@ def test_cv_on_invalid_cohort_exit_1(tmp_path):
 
 def test_ensemble_members_are_averaged_and_saved(tmp_path):
     "Each fold keeps every member; the run's test probabilities and `predict` are the members' means."
-    from liver_pcr.runs import RunFolder
-    from liver_pcr.train import load_models
+    from liver_pcr.train.runs import RunFolder
+    from liver_pcr.train.cv import load_models
     run_cv(None, neural(STAGES['single']), tmp_path/'e', n_folds=3, pre_cfg=PRE, train_cfg=replace(TINY, ensemble=2), show_progress=False, n_boot=100)
     rf, c = RunFolder(tmp_path/'e'), Cohort.load()
     assert rf.members(0) == [0, 1] and (tmp_path/'e'/'fold0'/'model-1.pt').exists()
@@ -227,14 +227,14 @@ def test_linear_head_saved_and_loaded_predicts_the_same(tmp_path):
     run_cv(None, 'relation', tmp_path/'r', n_folds=3, pre_cfg=PRE, show_progress=False, n_boot=50)
     cfg = json.loads((tmp_path/'r'/'config.json').read_text())
     preds = pd.read_csv(tmp_path/'r'/'predictions.csv').set_index('patient_id')
-    from liver_pcr.train import load_bundle
-    from liver_pcr.probe import predict_linear
+    from liver_pcr.train.cv import load_bundle
+    from liver_pcr.models.linear import predict_linear
     c = Cohort.load()
     pre = preprocess_cohort(c, PRE, show_progress=False)
     s = cfg['splits'][0]
     model, b = load_bundle(tmp_path/'r'/'fold0'/'model.pt')
-    from liver_pcr.train import transformer_from
-    from liver_pcr.probe import measure_inputs
+    from liver_pcr.train.cv import transformer_from
+    from liver_pcr.models.linear import measure_inputs
     meas = measure_inputs(c, model.cfg, model.timepoints, model.sequences, s['test'], b['measure_columns'])
     ds = PatientDataset(pre, c, s['test'], transformer_from(b['clinical']), radiomics=meas)
     np.testing.assert_allclose(predict_linear(model, ds), preds.loc[s['test'], 'p'].to_numpy(), atol=1e-6)
@@ -243,8 +243,8 @@ def test_linear_head_saved_and_loaded_predicts_the_same(tmp_path):
 
 def test_linear_head_uses_the_inner_cv_not_the_test_fold(tmp_path):
     "Changing a test patient's images cannot change the fitted head of that fold (it is fitted on train + val only)."
-    from liver_pcr.probe import fit_linear_fold
-    from liver_pcr.train import Context, TrainConfig
+    from liver_pcr.models.linear import fit_linear_fold
+    from liver_pcr.train.cv import Context, TrainConfig
     c = Cohort.load()
     pre = preprocess_cohort(c, PRE, show_progress=False)
     s = cohort_splits(c, 3, 0)[0]
@@ -355,8 +355,8 @@ def test_resuming_into_a_run_of_the_older_format_is_refused(linear_run, tmp_path
 
 def test_a_command_owned_folder_of_the_older_format_is_remade(linear_run, tmp_path):
     "The demo's and the course's runs (folders those commands own) are started over instead of refused."
-    from liver_pcr.train import run_cv_afresh
-    from liver_pcr.runs import RunFolder, RUN_FORMAT
+    from liver_pcr.train.cv import run_cv_afresh
+    from liver_pcr.train.runs import RunFolder, RUN_FORMAT
     run = _copy_run(linear_run, tmp_path)
     cfg = json.loads((run/'config.json').read_text())
     del cfg['format']
