@@ -13,7 +13,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['LiverPcrError', 'CohortError', 'ConfigError', 'set_seed', 'get_device', 'sample_cohort_path', 'data_root',
            'cache_dir', 'atomic_path', 'write_text', 'figure_png', 'save_figure', 'read_table', 'read_json_object',
-           'is_inside', 'check_out_path', 'progress', 'is_tiny', 'run_main']
+           'is_inside', 'check_out_path', 'progress', 'first_items', 'is_tiny', 'run_main']
 
 # %% ../nbs/00_core.ipynb #ff771b53
 class LiverPcrError(Exception):
@@ -293,6 +293,16 @@ def progress(it=None, **kwargs):
     kwargs.setdefault('disable', None)  # None: off when the output is not a terminal or notebook
     kwargs.setdefault('leave', False)
     return tqdm(it, **kwargs)
+
+# %% ../nbs/00_core.ipynb #8bd85842
+def first_items(
+    xs,  # the items
+    k: int = 5,  # how many to show
+) -> str:
+    "The first `k` items, and how many there are in all."
+    xs = list(xs)
+    more = f', … ({len(xs)} in all)' if len(xs) > k else ''
+    return ', '.join(map(str, xs[:k])) + more
 
 # %% ../nbs/00_core.ipynb #9d05fe4b
 def is_tiny() -> bool:

@@ -6,10 +6,12 @@ Docs: https://liver-pcr.github.io/liver_pcr/report.html.md"""
 
 # %% ../nbs/13_report.ipynb #425601c4
 from __future__ import annotations
-import base64, html, time
+import base64, time
 from pathlib import Path
 import pandas as pd
-from .core import write_text, check_out_path, sample_cohort_path, is_tiny
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+from .core import ConfigError, write_text, check_out_path, sample_cohort_path, is_tiny
 from .cohort.reader import Cohort
 from .train.cv import run_cv_afresh, versions
 from .models.references import REFERENCE_MODELS
@@ -18,7 +20,8 @@ from .course import course_cohort
 from .evaluate.ablation import run_ablation
 
 # %% auto #0
-__all__ = ['DEMO_MODELS', 'REFERENCES', 'DEMO_PATIENTS', 'TRIPOD_AI', 'demo_cohort', 'run_demo', 'write_report', 'cmd_demo']
+__all__ = ['DEMO_MODELS', 'REFERENCES', 'DEMO_PATIENTS', 'TRIPOD_AI', 'REPORT_FIGURES', 'COMPARISON_COLUMNS', 'REPORT_TEMPLATE',
+           'REPORT_SECTIONS', 'demo_cohort', 'run_demo', 'report_context', 'render_report', 'write_report', 'cmd_demo']
 
 # %% ../nbs/13_report.ipynb #79e3c946
 DEMO_MODELS = ('baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics', 'response')
@@ -238,13 +241,30 @@ TRIPOD_AI = [
     ),
 ]
 
+# %% ../nbs/13_report.ipynb #35ed2fda
+REPORT_FIGURES = ('roc.png', 'calibration.png', 'decision_curve.png')
 
-def _img(path: Path) -> str:
-    return f'<img src="data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()}" style="max-width:32%;margin:0.3%">'
 
-# %% ../nbs/13_report.ipynb #6c83c8bd
-def _table(df: pd.DataFrame) -> str:
-    return df.to_html(
+def _png_uri(
+    path: Path,  # a PNG file
+) -> str:
+    "The file as a `data:image/png;base64,...` URI."
+    return 'data:image/png;base64,' + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _figures(
+    out: Path,  # the demo's output folder (its comparison/ holds the figures)
+) -> list[str]:
+    "The URIs of the comparison's figures that exist, in the report's order."
+    figs = [Path(out) / 'comparison' / f for f in REPORT_FIGURES]
+    return [_png_uri(f) for f in figs if f.exists()]
+
+# %% ../nbs/13_report.ipynb #033d76a3
+def _table(
+    df: pd.DataFrame,  # the table to show
+) -> Markup:
+    "The table as HTML (its cells escaped by pandas), marked safe for the template."
+    html_table = df.to_html(
         index=False,
         border=0,
         classes='t',
@@ -252,8 +272,107 @@ def _table(df: pd.DataFrame) -> str:
         na_rep='—',
         escape=True,
     )
+    return Markup(html_table)
 
-# %% ../nbs/13_report.ipynb #b9743cab
+# %% ../nbs/13_report.ipynb #073736ea
+COMPARISON_COLUMNS = {
+    'model': 'model',
+    'n': 'n',
+    'n_pos': 'pCR',
+    'AUC [95% CI]': 'AUC [95% CI]',
+    'sensitivity': 'sensitivity',
+    'specificity': 'specificity',
+    'brier': 'Brier',
+    'calibration_slope': 'calibration slope',
+    'delong_p': 'DeLong p vs {baseline}',
+}
+
+
+def _comparison_table(
+    cmp: pd.DataFrame,  # the model comparison (`compare_runs`)
+) -> pd.DataFrame:
+    "The columns the report shows, renamed."
+    missing = [c for c in [*COMPARISON_COLUMNS, 'auc', 'run'] if c not in cmp.columns]
+    if missing:
+        raise ConfigError(f'not a model comparison (compare_runs): no column {", ".join(missing)}')
+    if cmp.empty:
+        raise ConfigError('the model comparison has no rows: nothing to report')
+    names = {k: v.format(baseline=cmp.model.iat[0]) for k, v in COMPARISON_COLUMNS.items()}
+    return cmp[list(names)].rename(columns=names)
+
+# %% ../nbs/13_report.ipynb #016c1949
+def report_context(
+    out,  # output folder (its comparison/ holds the figures)
+    cohort: Cohort,  # the cohort
+    cmp: pd.DataFrame,  # the model comparison (`compare_runs`)
+    abl: pd.DataFrame | None = None,  # the ablation table (None: no ablations)
+    oracle: float | None = None,  # the oracle AUC (synthetic cohorts)
+    ceiling: float | None = None,  # the reachable ceiling (synthetic cohorts)
+    preset_name: str = 'fast',  # training preset, as reported
+    n_folds: int = 5,  # cross-validation folds, as reported
+    seed: int = 0,  # random seed, as reported
+    times: dict | None = None,  # seconds per step, as reported
+) -> dict:
+    "What the report's template shows."
+    show = _comparison_table(cmp)
+    best = cmp.loc[cmp.auc.idxmax()]
+    config = dict(
+        preset=preset_name,
+        n_folds=n_folds,
+        seed=seed,
+        runs=list(cmp.run),
+        versions=versions(),
+        seconds={k: round(v, 1) for k, v in (times or {}).items()},
+    )
+    ablation = None if abl is None else _table(abl[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']])
+    return dict(
+        cohort_name=cohort.name,
+        n=int(cmp.n.iat[0]),
+        n_pos=int(cmp.n_pos.iat[0]),
+        n_folds=n_folds,
+        preset_name=preset_name,
+        seed=seed,
+        oracle=oracle,
+        ceiling=ceiling,
+        small=int(cmp.n.iat[0]) < 60,
+        comparison=_table(show),
+        best_model=str(best.model),
+        best_auc=str(best['AUC [95% CI]']),
+        figures=_figures(Path(out)),
+        ablation=ablation,
+        cohort_summary=cohort.summary(),
+        tripod=TRIPOD_AI,
+        config_json=to_json(config),
+    )
+
+# %% ../nbs/13_report.ipynb #53279b5c
+REPORT_TEMPLATE = 'report.html.j2'
+REPORT_SECTIONS = (
+    'Comparison',
+    'ROC, calibration, decision curve',
+    'Ablations of the relation model',
+    'Cohort',
+    'What this report covers (TRIPOD+AI-style)',
+    'Configuration and versions',
+)
+
+
+def render_report(
+    ctx: dict,  # what the report shows (`report_context`)
+    template: str = REPORT_TEMPLATE,  # a template of liver_pcr/templates
+) -> str:
+    "The report's HTML: the package's template rendered with `ctx`, every value escaped."
+    env = Environment(
+        loader=PackageLoader('liver_pcr', 'templates'),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return env.get_template(template).render(ctx)
+
+# %% ../nbs/13_report.ipynb #025a4368
 def write_report(
     out,  # output folder
     cohort: Cohort,  # the cohort
@@ -267,94 +386,8 @@ def write_report(
     times: dict | None = None,  # seconds per step, as reported
 ) -> Path:
     "Write the self-contained `report.html` into `out`."
-    out, e = Path(out), html.escape
-    show = cmp[
-        [
-            'model',
-            'n',
-            'n_pos',
-            'AUC [95% CI]',
-            'sensitivity',
-            'specificity',
-            'brier',
-            'calibration_slope',
-            'delong_p',
-        ]
-    ].rename(
-        columns={
-            'n_pos': 'pCR',
-            'brier': 'Brier',
-            'calibration_slope': 'calibration slope',
-            'delong_p': f'DeLong p vs {cmp.model.iat[0]}',
-        }
-    )
-    figs = ''.join(
-        _img(out / 'comparison' / f)
-        for f in ('roc.png', 'calibration.png', 'decision_curve.png')
-        if (out / 'comparison' / f).exists()
-    )
-    best = cmp.loc[cmp.auc.idxmax()]
-    small = int(cmp.n.iat[0]) < 60
-    parts = [
-        f'<h1>liver_pcr — the model evolution on {e(cohort.name)}</h1>',
-        f'<p>{int(cmp.n.iat[0])} patients ({int(cmp.n_pos.iat[0])} pCR), {n_folds}-fold patient-level cross-validation, preset <b>{e(preset_name)}</b>, seed {seed}.'
-        + (
-            f' The oracle AUC of this synthetic cohort (the true probabilities) is <b>{oracle:.3f}</b>: no model reaches it, because images measure the response with noise and each fold fits on a few dozen patients.'
-            + (
-                f' The <b>reachable ceiling</b> is <b>{ceiling:.3f}</b>: the same penalised regression as the linear head, on the generator\'s true lesion size, necrosis, cellularity, enhancement and markers (their changes, the same folds) — what a perfect reader of the images would get at this cohort size. A model near the ceiling measures the response; one far below it does not.'
-                if ceiling
-                else ''
-            )
-            if oracle
-            else ''
-        )
-        + '</p>',
-        '<div class="warn">'
-        + (
-            'With so few patients every confidence interval is wide: read the table as a demonstration of the pipeline, not as evidence for one model over another. '
-            'Run <code>liver-pcr demo</code> (120 patients, a few minutes on 2 CPU cores) for the evolution on a cohort of realistic size.'
-            if small
-            else 'Intervals are patient-level bootstrap 95% CIs; differences between models are tested with DeLong\'s paired test.'
-        )
-        + '</div>',
-        '<h2>Comparison</h2>',
-        _table(show),
-        f'<p>Highest AUC: <b>{e(str(best.model))}</b> ({e(str(best["AUC [95% CI]"]))}). A model of the family that does not beat the <i>clinical</i>, <i>radiomics</i> and <i>response</i> references says so here.</p>',
-        '<h2>ROC, calibration, decision curve</h2>',
-        figs,
-    ]
-    if abl is not None:
-        parts += [
-            '<h2>Ablations of the relation model</h2><p>Each row removes one part and is cross-validated again on the same patients; ΔAUC and DeLong\'s paired p are against the full model.</p>',
-            _table(abl[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']]),
-        ]
-    parts += [
-        '<h2>Cohort</h2><pre>' + e(cohort.summary()) + '</pre>',
-        '<h2>What this report covers (TRIPOD+AI-style)</h2><table class="t">'
-        + ''.join(f'<tr><td><b>{e(k)}</b></td><td>{e(v)}</td></tr>' for k, v in TRIPOD_AI)
-        + '</table>',
-        '<h2>Configuration and versions</h2><pre>'
-        + e(
-            to_json(
-                dict(
-                    preset=preset_name,
-                    n_folds=n_folds,
-                    seed=seed,
-                    runs=list(cmp.run),
-                    versions=versions(),
-                    seconds={k: round(v, 1) for k, v in (times or {}).items()},
-                )
-            )
-        )
-        + '</pre>',
-    ]
-    css = (
-        'body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table.t{border-collapse:collapse;margin:1em 0}'
-        'table.t td,table.t th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}.warn{background:#fff4d6;padding:8px;border-radius:4px}'
-        'pre{background:#f6f6f6;padding:8px;overflow-x:auto}'
-    )
-    doc = f'<!doctype html><html><head><meta charset="utf-8"><title>liver_pcr report</title><style>{css}</style></head><body>{"".join(parts)}</body></html>'
-    return write_text(out / 'report.html', doc)
+    ctx = report_context(out, cohort, cmp, abl, oracle, ceiling, preset_name, n_folds, seed, times)
+    return write_text(Path(out) / 'report.html', render_report(ctx))
 
 # %% ../nbs/13_report.ipynb #40763cae
 def cmd_demo(args) -> int:

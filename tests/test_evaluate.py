@@ -10,10 +10,24 @@ from scipy.special import expit, logit
 
 from liver_pcr.core import LiverPcrError
 from liver_pcr.testing import binormal
-from liver_pcr.evaluate.compare import (auc, bootstrap_auc_ci, bootstrap_ci, brier, calibration_curve,
-                                calibration_intercept_slope, cmd_compare, compare_runs, delong_test,
-                                delong_vs_chance, load_run, net_benefit, summarize_predictions, threshold_metrics,
-                                true_auc, wilson_ci, youden_threshold)
+from liver_pcr.metrics import (
+    auc,
+    bootstrap_auc_ci,
+    bootstrap_ci,
+    brier,
+    calibration_curve,
+    calibration_intercept_slope,
+    delong_test,
+    delong_vs_chance,
+    net_benefit,
+    summarize_predictions,
+    threshold_metrics,
+    true_auc,
+    wilson_ci,
+    youden_threshold,
+)
+from liver_pcr.evaluate.compare import cmd_compare, compare_runs
+from liver_pcr.train.runs import load_run
 from liver_pcr.train.runs import write_toy_run
 
 

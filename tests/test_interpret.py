@@ -16,13 +16,13 @@ from liver_pcr.interpret.attribution import (
     attribution_in_lesion,
     fold_batch,
     fold_of,
-    forward,
     fusion_weights,
     gradcam_layer,
     lesion_summary,
     load_fold,
     run_splits,
 )
+from liver_pcr.train.cv import forward
 from liver_pcr.interpret.explain import cmd_explain, explain_to
 from liver_pcr.interpret.shap import (
     load_reference,

@@ -12,7 +12,8 @@ from liver_pcr.core import ConfigError, LiverPcrError
 from liver_pcr.models.nets import STAGES, PCRModel, select_inputs, neural
 from liver_pcr.data.preprocess import PreprocessConfig, preprocess_cohort
 from liver_pcr.data.dataset import cohort_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment, check_no_leak
-from liver_pcr.train.cv import Learner, TrainConfig, run_cv, run_train, predict, make_loss
+from liver_pcr.train.cv import Learner, TrainConfig, run_cv, run_train, predict
+from liver_pcr.models.nets import make_loss
 
 TPS, SEQS = ['pre', 'post'], ['T2', 'DWI', 'AP', 'PVP']
 PRE = PreprocessConfig(roi_px=16, roi_mm=64)
@@ -233,7 +234,7 @@ def test_linear_head_saved_and_loaded_predicts_the_same(tmp_path):
     pre = preprocess_cohort(c, PRE, show_progress=False)
     s = cfg['splits'][0]
     model, b = load_bundle(tmp_path/'r'/'fold0'/'model.pt')
-    from liver_pcr.train.cv import transformer_from
+    from liver_pcr.data.dataset import transformer_from
     from liver_pcr.models.linear import measure_inputs
     meas = measure_inputs(c, model.cfg, model.timepoints, model.sequences, s['test'], b['measure_columns'])
     ds = PatientDataset(pre, c, s['test'], transformer_from(b['clinical']), radiomics=meas)

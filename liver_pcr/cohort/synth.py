@@ -426,9 +426,9 @@ def oracle_auc(
     truth: pd.DataFrame,  # the truth table of `make_cohort`
 ) -> float:
     "AUC of the true pCR probabilities against the drawn labels."
-    from sklearn.metrics import roc_auc_score
+    from liver_pcr.metrics import auc
 
-    return float(roc_auc_score(truth.pcr, truth.p_true))
+    return auc(truth.pcr, truth.p_true)
 
 # %% ../../nbs/02_cohort.synth.ipynb #7243d044
 def ceiling_features(
@@ -464,7 +464,7 @@ def table_cv_auc(
     seed: int = 0,  # seed of the inner folds
 ) -> tuple[float, pd.Series]:
     "Pooled out-of-fold AUC of the linear head's penalised logistic regression on a feature table, and the out-of-fold log-odds."
-    from sklearn.metrics import roc_auc_score
+    from liver_pcr.metrics import auc
     from liver_pcr.models.linear import fit_logistic
 
     X = table.astype(float)
@@ -477,7 +477,7 @@ def table_cv_auc(
         z = lambda ids: ((X.loc[ids].fillna(mu) - mu) / sd).fillna(0.0).to_numpy()
         r = fit_logistic(z(fit), labels[fit].to_numpy().astype(int), seed=seed + s.fold)
         oof[list(s.test)] = z(list(s.test)) @ r['coef'] + r['bias']
-    return float(roc_auc_score(labels[oof.index].astype(int), oof)), oof
+    return auc(labels[oof.index].astype(int), oof), oof
 
 # %% ../../nbs/02_cohort.synth.ipynb #3a4af439
 def cmd_synth(args) -> int:

@@ -12,7 +12,9 @@ from ..core import LiverPcrError, atomic_path, write_text, check_out_path, progr
 from ..cohort.reader import Cohort
 from ..models.nets import ModelConfig, STAGES
 from ..train.cv import run_cv
-from .compare import load_run, delong_test, bootstrap_auc_ci, auc, markdown_table
+from ..train.runs import load_run
+from ..metrics import delong_test, bootstrap_auc_ci, auc
+from .compare import markdown_table
 
 # %% auto #0
 __all__ = ['SHOWN', 'ablations', 'ablation_table', 'run_ablation', 'cmd_ablate']

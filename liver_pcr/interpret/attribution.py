@@ -587,7 +587,7 @@ def counterfactual_swap(
     seed: int = 0,  # swap seed
 ) -> dict:
     "AUC of the run's test predictions, and with every test patient's baseline exam and markers swapped: and the drop."
-    from sklearn.metrics import roc_auc_score
+    from liver_pcr.metrics import auc
 
     rng, rows = np.random.default_rng(seed), []
     for s in run_splits(run):
@@ -605,7 +605,7 @@ def counterfactual_swap(
             for i, y, a, z in zip(b['patient_id'], b['y'].tolist(), p, q)
         ]
     df = pd.DataFrame(rows)
-    a, a_sw = roc_auc_score(df.y, df.p), roc_auc_score(df.y, df.p_swapped)
+    a, a_sw = auc(df.y, df.p), auc(df.y, df.p_swapped)
     return dict(auc=float(a), auc_swapped=float(a_sw), drop=float(a - a_sw), table=df)
 
 # %% ../../nbs/12a_interpret.attribution.ipynb #01411e94

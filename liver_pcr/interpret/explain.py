@@ -21,11 +21,11 @@ from liver_pcr.interpret.attribution import (
     fold_of,
     load_fold,
     fold_batch,
-    forward,
     attribute,
     ablation,
     fusion_weights,
 )
+from ..train.cv import forward
 from liver_pcr.interpret.attribution import (
     plot_maps as plot_roi_maps,
     plot_contributions as plot_input_contributions,

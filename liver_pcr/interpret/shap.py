@@ -14,7 +14,8 @@ from ..data.dataset import wide_labs
 from ..models.nets import PCRModel
 from ..train.runs import RunFolder
 from ..models.references import ReferenceFitter, ReferenceModel
-from .attribution import FoldModel, forward, run_splits, clinical_features
+from .attribution import FoldModel, run_splits, clinical_features
+from ..train.cv import forward
 
 # %% auto #0
 __all__ = ['load_reference', 'reference_features', 'marker_display', 'shap_reference_fold', 'shap_reference', 'plot_beeswarm',

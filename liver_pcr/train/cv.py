@@ -37,7 +37,7 @@ from ..models.nets import ModelConfig, STAGES, PCRModel, make_loss, select_input
 from ..models.linear import fit_linear_fold, radiomics_inputs, measure_inputs
 from .runs import OtherRunError, RunFolder, FoldResult, load_model_file, save_checkpoint, member_dir, load_checkpoint
 from ..models.references import REFERENCE_MODELS, ReferenceFitter
-from ..evaluate.compare import youden_threshold, summarize_predictions
+from ..metrics import auc_or_nan, youden_threshold, summarize_predictions
 
 # %% auto #0
 __all__ = ['PRESETS', 'DEEP_MODELS', 'IMAGENET_FILE', 'LOADERS', 'TrainConfig', 'preset', 'forward', 'Learner', 'bundle_meta',
@@ -94,13 +94,6 @@ def preset(
     if epochs is not None:
         tr = replace(tr, epochs=epochs, min_epochs=min(tr.min_epochs, epochs))
     return pre, tr
-
-# %% ../../nbs/08_train.cv.ipynb #60e87a61
-def _auc(y, p) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(y)
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float('nan')
 
 # %% ../../nbs/08_train.cv.ipynb #372c34ad
 def _schedule(opt, steps: int, warmup: int):
@@ -328,7 +321,7 @@ def fit(
                     yv.to(self.device),
                 )
             )
-        va = _auc(self.val_ds.y, p)
+        va = auc_or_nan(self.val_ds.y, p)
         a = va if not math.isnan(va) else -math.inf
         score = (
             (a, -vl) if self.cfg.select == 'auc' else (-vl, a)
@@ -868,7 +861,7 @@ def run_train(
         n_train=len(tr),
         n_val=len(va),
         threshold=t,
-        inner_val_auc=_auc([c[i].label for i in va], res.val),
+        inner_val_auc=auc_or_nan([c[i].label for i in va], res.val),
         note='inner-validation AUC: used for early stopping, not a performance estimate',
     )
     rf.write_metrics(m)

@@ -18,12 +18,13 @@ from liver_pcr.core import (
     write_text,
     read_table,
     read_json_object,
+    first_items,
 )
 
 # %% auto #0
-__all__ = ['RUN_FORMAT', 'COMPARED', 'CHECKPOINT', 'to_json', 'few', 'Run', 'OtherRunError', 'RunFolder', 'load_run',
-           'write_toy_run', 'save_tensors', 'load_tensors', 'load_model_file', 'FoldResult', 'Fitter', 'member_dir',
-           'save_checkpoint', 'load_checkpoint']
+__all__ = ['RUN_FORMAT', 'COMPARED', 'CHECKPOINT', 'to_json', 'Run', 'OtherRunError', 'RunFolder', 'load_run', 'write_toy_run',
+           'save_tensors', 'load_tensors', 'load_model_file', 'FoldResult', 'Fitter', 'member_dir', 'save_checkpoint',
+           'load_checkpoint']
 
 # %% ../../nbs/08a_train.runs.ipynb #c17e0677
 RUN_FORMAT = 2  # 1: pickled references and bundles (before 0.3); 2: JSON + plain tensors
@@ -45,16 +46,6 @@ def to_json(
 
     return json.dumps(obj, indent=1, default=default, allow_nan=True)
 
-# %% ../../nbs/08a_train.runs.ipynb #a8c54e46
-def few(
-    xs,  # the items
-    k: int = 5,  # how many to show
-) -> str:
-    "The first `k` items, and how many there are in all."
-    xs = list(xs)
-    more = f', … ({len(xs)} in all)' if len(xs) > k else ''
-    return ', '.join(map(str, xs[:k])) + more
-
 # %% ../../nbs/08a_train.runs.ipynb #b91469e4
 def _bad_rows(f, df, mask, col, what) -> list[str]:
     "One problem line for the rows of `df` where `mask` holds (line numbers as in the file)."
@@ -62,7 +53,7 @@ def _bad_rows(f, df, mask, col, what) -> list[str]:
     if not len(i):
         return []
     key = df.patient_id if 'patient_id' in df else df.fold
-    rows = few(f'line {j + 2} ({key.iloc[j]}: {col} = {df[col].iloc[j]})' for j in i)
+    rows = first_items(f'line {j + 2} ({key.iloc[j]}: {col} = {df[col].iloc[j]})' for j in i)
     return [f"{f}: column '{col}': {what} at " + rows]
 
 # %% ../../nbs/08a_train.runs.ipynb #8706f5e8
@@ -81,7 +72,7 @@ def _check_predictions(f: Path) -> pd.DataFrame:
     )
     dup = df.patient_id[df.patient_id.duplicated() & df.patient_id.notna()]
     if len(dup):
-        probs.append(f"{f}: column 'patient_id': duplicate patient_id {few(pd.unique(dup))}")
+        probs.append(f"{f}: column 'patient_id': duplicate patient_id {first_items(pd.unique(dup))}")
     if len(df) == 0:
         probs.append(f"{f}: no patients")
     if probs:
@@ -100,11 +91,11 @@ def _check_thresholds(f: Path, folds) -> pd.DataFrame | None:
     dup = df.fold[df.fold.duplicated()]
     if len(dup):
         probs.append(
-            f"{f}: column 'fold': more than one threshold for fold(s) {few(pd.unique(dup))}"
+            f"{f}: column 'fold': more than one threshold for fold(s) {first_items(pd.unique(dup))}"
         )
     missing = sorted(set(folds) - set(df.fold))
     if missing:
-        probs.append(f"{f}: no threshold for fold(s) {few(missing)} of predictions.csv")
+        probs.append(f"{f}: no threshold for fold(s) {first_items(missing)} of predictions.csv")
     if probs:
         raise LiverPcrError(probs)
     return df.assign(threshold=t.astype(float))[['fold', 'threshold']]
@@ -314,7 +305,7 @@ def write_toy_run(
     patient_ids=None,  # default P000, P001, …
 ) -> Path:
     "Write a run folder from `(y, p)`, for examples and tests."
-    from sklearn.metrics import roc_auc_score
+    from liver_pcr.metrics import auc
 
     rf, n = RunFolder(path), len(y)
     rf.path.mkdir(parents=True, exist_ok=True)
@@ -331,7 +322,7 @@ def write_toy_run(
     if thresholds is not None:
         rf.write_table('thresholds', pd.DataFrame(dict(fold=range(n_folds), threshold=thresholds)))
     write_text(rf.path / 'config.json', json.dumps({'model': model} if model else {}))
-    rf.write_metrics({'auc': float(roc_auc_score(y, p))})
+    rf.write_metrics({'auc': auc(y, p)})
     return rf.path
 
 # %% ../../nbs/08a_train.runs.ipynb #c168316a
