@@ -328,6 +328,32 @@ def _add_compare(
     c.add_argument('--seed', type=int, default=0, help='bootstrap seed (default 0)')
     c.set_defaults(func=_lazy('evaluate.compare', 'cmd_compare'))
 
+# %% ../nbs/90_cli.ipynb #1c0e5a7b
+def _add_learning_curve(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr learning-curve`."
+    models = ['baseline', 'single', 'multi', 'relation', 'clinical', 'radiomics', 'response']
+    lc = sub.add_parser(
+        'learning-curve',
+        help='AUC against the number of patients: subsamples, a power-law fit, its extrapolation, Riley\'s minimum',
+    )
+    lc.add_argument('cohort', help='the cohort folder')
+    lc.add_argument('--models', nargs='+', required=True, choices=models, help='models to run')
+    lc.add_argument(
+        '--sizes', nargs='+', type=int, required=True, help='patients per subsample, e.g. 40 60 80'
+    )
+    lc.add_argument('--repeats', type=int, default=3, help='subsamples per size (default 3)')
+    lc.add_argument('--out', required=True, help='the folder to create (never inside the cohort)')
+    lc.add_argument(
+        '--target', type=int, default=300, help='extrapolate to this many patients (default 300)'
+    )
+    lc.add_argument(
+        '--n-boot', dest='n_boot', type=int, default=500, help='bootstrap refits of the fit (default 500)'
+    )
+    _training_options(lc)
+    lc.set_defaults(func=_lazy('learning_curve', 'cmd_learning_curve'))
+
 # %% ../nbs/90_cli.ipynb #b342373e
 def _add_course(
     sub,  # the subparsers of `liver-pcr`
@@ -348,6 +374,7 @@ COMMANDS = (
     _add_ablate,
     _add_explain,
     _add_compare,
+    _add_learning_curve,
     _add_course,
 )
 

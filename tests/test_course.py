@@ -7,8 +7,8 @@ from liver_pcr.course import check_outputs, course_files
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb'))
 
-def test_there_are_nine_tutorials():
-    assert [p.name[:3] for p in TUTORIALS] == [f'{i:02d}_' for i in range(1, 10)], TUTORIALS
+def test_there_are_ten_tutorials():
+    assert [p.name[:3] for p in TUTORIALS] == [f'{i:02d}_' for i in range(1, 11)], TUTORIALS
 
 @pytest.mark.parametrize('nb', TUTORIALS, ids=lambda p: p.stem)
 def test_committed_tutorial_has_pictures_and_no_errors(nb):
@@ -114,7 +114,7 @@ def dists(tmp_path_factory):
 def test_wheel_and_sdist_carry_the_tutorials(dists):
     whl, sdist = dists
     files = [f.as_posix() for f in course_files(ROOT/'nbs'/'tutorials')]
-    assert len([f for f in files if f.endswith('.ipynb')]) == 9
+    assert len([f for f in files if f.endswith('.ipynb')]) == 10
     names = set(zipfile.ZipFile(whl).namelist())
     shipped = sorted(n for n in names if 'tutorials' in n)
     assert {f'liver_pcr/tutorials/{f}' for f in files} <= names, shipped
