@@ -7,7 +7,7 @@ size), then the estimate for 5 sizes x 5 draws. Runs go to a temporary folder, r
 import argparse, tempfile, time, warnings
 from pathlib import Path
 from liver_pcr.course import course_cohort
-from liver_pcr.learning_curve import learning_curve
+from liver_pcr.evaluate.learning_curve import learning_curve
 
 p = argparse.ArgumentParser()
 p.add_argument('--size', type=int, nargs='+', default=[40, 120], help='subsample sizes to time (default 40 120)')

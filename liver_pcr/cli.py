@@ -352,7 +352,7 @@ def _add_learning_curve(
         '--n-boot', dest='n_boot', type=int, default=500, help='bootstrap refits of the fit (default 500)'
     )
     _training_options(lc)
-    lc.set_defaults(func=_lazy('learning_curve', 'cmd_learning_curve'))
+    lc.set_defaults(func=_lazy('evaluate.learning_curve', 'cmd_learning_curve'))
 
 # %% ../nbs/90_cli.ipynb #b342373e
 def _add_course(

@@ -7,7 +7,7 @@ import pytest
 
 from liver_pcr.core import ConfigError, sample_cohort_path
 from liver_pcr.cohort.reader import Cohort
-from liver_pcr.learning_curve import (cox_snell_r2, fit_learning_curve, fit_power_law, max_cox_snell_r2,
+from liver_pcr.evaluate.learning_curve import (cox_snell_r2, fit_learning_curve, fit_power_law, max_cox_snell_r2,
                                       power_law, riley_sample_size, subsample_cohort, subsample_ids)
 
 
