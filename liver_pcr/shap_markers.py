@@ -6,6 +6,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/shap_markers.html.md"""
 
 # %% ../nbs/12b_shap_markers.ipynb #7cf5b8d5
 from __future__ import annotations
+from dataclasses import dataclass
 import numpy as np, pandas as pd
 import torch
 from .core import LiverPcrError
@@ -17,7 +18,7 @@ from .references import ReferenceFitter, ReferenceModel
 from .attribution import FoldModel, forward, run_splits, clinical_features
 
 # %% auto #0
-__all__ = ['UNITS', 'linear_shap', 'load_reference', 'reference_features', 'marker_display', 'feature_display',
+__all__ = ['UNITS', 'linear_shap', 'load_reference', 'reference_features', 'marker_display', 'feature_display', 'ShapValues',
            'shap_reference_fold', 'shap_reference', 'plot_beeswarm', 'waterfall_labels', 'plot_waterfall',
            'clinical_fn', 'shap_clinical_branch', 'shap_linear_head']
 
@@ -119,6 +120,36 @@ def feature_display(
     return labels, out
 
 # %% ../nbs/12b_shap_markers.ipynb #7aeeb12f
+@dataclass
+class ShapValues:
+    "SHAP values (log-odds) of some patients (rows) and features (columns): what a `shap.Explanation` holds, without importing shap."
+
+    values: np.ndarray  # (n, P) SHAP values
+    base_values: np.ndarray  # (n,) the base value of each row, E f(background)
+    data: np.ndarray  # (n, P) the inputs as the model reads them (standardised); NaN: a group of inputs
+    display_data: np.ndarray  # (n, P) the values shown, in real units
+    feature_names: list  # the model's feature names
+    display_names: list  # the names shown beside `display_data`
+    instance_names: list  # the patients
+
+    @property
+    def shape(self) -> tuple:
+        return self.values.shape
+
+    def explanation(self):
+        "The same values as a `shap.Explanation`, named as shown (for shap's own plots)."
+        import shap
+
+        return shap.Explanation(
+            self.values,
+            base_values=self.base_values,
+            data=self.data,
+            display_data=self.display_data,
+            feature_names=list(self.display_names),
+            instance_names=list(self.instance_names),
+        )
+
+
 def _explanation(
     values,  # SHAP values (n, P), log-odds
     base,  # base values (n,)
@@ -127,20 +158,10 @@ def _explanation(
     names,  # the model's feature names
     labels,  # the names shown beside `display`
     ids,  # the patients
-):
-    "A shap.Explanation that also carries the names to show (`display_names`)."
-    import shap
-
-    ex = shap.Explanation(
-        np.asarray(values, float),
-        base_values=np.asarray(base, float),
-        data=np.asarray(data, float),
-        display_data=np.asarray(display, float),
-        feature_names=list(names),
-        instance_names=list(ids),
-    )
-    ex.display_names = list(labels)
-    return ex
+) -> ShapValues:
+    "SHAP values with float arrays and plain lists."
+    f = lambda a: np.asarray(a, float)
+    return ShapValues(f(values), f(base), f(data), f(display), list(names), list(labels), list(ids))
 
 # %% ../nbs/12b_shap_markers.ipynb #d857156a
 def shap_reference_fold(
@@ -219,16 +240,9 @@ def plot_beeswarm(ex, max_display: int = 12, title: str = ''):
     "SHAP beeswarm: every patient's contribution of every feature, coloured by the feature's value."
     import shap, matplotlib.pyplot as plt
 
-    shown = shap.Explanation(
-        ex.values,
-        base_values=ex.base_values,
-        data=ex.data,
-        feature_names=list(getattr(ex, 'display_names', ex.feature_names)),
-    )
-
     def draw():
         shap.plots.beeswarm(
-            shown,
+            ex.explanation(),
             max_display=max_display,
             show=False,
             plot_size=(7, 0.35 * min(max_display, ex.shape[1]) + 1.5),
@@ -256,27 +270,43 @@ def waterfall_labels(
 
 
 def plot_waterfall(
-    ex,  # an Explanation
+    ex,  # SHAP values (`ShapValues`)
     patient=0,  # its row: an index or a patient id
     max_display: int = 10,  # features shown (the rest are summed)
     title: str = '',  # the figure's title
 ):
-    "SHAP waterfall of one patient: from the base value to his log-odds, feature by feature (values in real units)."
-    import shap, matplotlib.pyplot as plt
+    "SHAP waterfall of one patient: from the base value to his log-odds, feature by feature (values in real units); matplotlib alone, shap is not imported."
+    import matplotlib.pyplot as plt
 
     i = list(ex.instance_names).index(patient) if isinstance(patient, str) else patient
-    e = shap.Explanation(
-        np.asarray(ex.values)[i],
-        base_values=float(np.asarray(ex.base_values)[i]),
-        feature_names=waterfall_labels(ex, i),
-    )
-
-    def draw():
-        shap.plots.waterfall(e, max_display=max_display, show=False)
-        if title:
-            plt.title(title, fontsize=10)
-
-    return _shap_fig(draw)
+    v, base = np.asarray(ex.values, float)[i], float(np.asarray(ex.base_values)[i])
+    labels = waterfall_labels(ex, i)
+    order = np.argsort(-np.abs(v), kind='stable')
+    top = order[: max_display - 1] if len(v) > max_display else order
+    rest = order[len(top) :]
+    rows = [(labels[j], v[j]) for j in top]
+    if len(rest):
+        rows.append((f'{len(rest)} other features', float(v[rest].sum())))
+    rows = rows[::-1]  # bottom to top: from the base value up to the log-odds, the largest at the top
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.6), layout='constrained')
+    start = base + np.concatenate([[0.0], np.cumsum([r[1] for r in rows])[:-1]])
+    for y, ((lab, w), x0) in enumerate(zip(rows, start)):
+        ax.barh(y, w, left=x0, height=0.6, color='#ff0051' if w > 0 else '#008bfb')
+        ax.text(x0 + w, y, f' {w:+.2f} ', va='center', ha='left' if w > 0 else 'right', fontsize=8)
+    fx = base + float(v.sum())
+    for x, what in ((base, 'E[f(X)]'), (fx, 'f(x)')):
+        ax.axvline(x, color='0.5', lw=0.8, ls='--')
+        ax.text(x, len(rows) - 0.3, f'{what} = {x:.3f}', ha='center', va='bottom', fontsize=8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.set_ylim(-0.6, len(rows) + 0.4)
+    ax.use_sticky_edges = False  # the bars' left ends would pin the limits
+    ax.margins(x=0.18)  # room for the values beside the bars
+    ax.set_xlabel('log-odds of pCR')
+    ax.spines[['top', 'right']].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    plt.close(fig)
+    return fig
 
 # %% ../nbs/12b_shap_markers.ipynb #0393eb18
 def clinical_fn(model: PCRModel, b: dict, i: int = 0):
