@@ -1,6 +1,6 @@
 """Benchmark (not a test): wall time and peak memory of `liver-pcr explain` on a 120-patient cohort.
 
-    python bench/explain.py [--patients 120] [--model relation] [--cohort DIR] [--max-rss-gb 4]
+    python bench/explain.py [--patients 120] [--model relation] [--head neural] [--cohort DIR] [--max-rss-gb 4]
 
 Builds the synthetic cohort once (`SynthConfig(n_patients=120, seed=0)`, into the cache folder, or
 reuses it, or the course's identical one), runs `liver-pcr train --preset fast` on it (reused when the
@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument('--patients', type=int, default=120)
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--model', default='relation')
+    ap.add_argument('--head', choices=['linear', 'neural'], help="the model's head (default: the stage's, linear)")
     ap.add_argument('--cohort', help='an existing cohort (default: the cached synthetic one)')
     ap.add_argument('--run', help='the train run folder (default: in the cache; reused if there)')
     ap.add_argument('--retrain', action='store_true', help='train again even if the run folder exists')
@@ -90,14 +91,15 @@ def main(argv=None) -> int:
     ap.add_argument('--repeats', type=int, default=1, help='times the explain is run')
     a = ap.parse_args(argv)
     cohort = cohort_for(a.patients, a.seed, a.cohort)
-    run = Path(a.run) if a.run else cache_dir() / 'bench' / f'explain-run-{cohort.name}-{a.model}'
-    print(f'liver_pcr explain benchmark: cohort {cohort}, model {a.model} (fast preset); {os.cpu_count()} CPUs; '
+    tag = a.model + (f'-{a.head}' if a.head else '')
+    run = Path(a.run) if a.run else cache_dir() / 'bench' / f'explain-run-{cohort.name}-{tag}'
+    print(f'liver_pcr explain benchmark: cohort {cohort}, model {tag} (fast preset); {os.cpu_count()} CPUs; '
           f'load average {os.getloadavg()[0]:.2f}', flush=True)
     if a.retrain or not (run / 'config.json').exists():
         if run.exists():
             shutil.rmtree(run)
         r = timed([*cli(), 'train', str(cohort), '--model', a.model, '--out', str(run), '--preset', 'fast',
-                   '--seed', str(a.seed)], 64.0)
+                   '--seed', str(a.seed), *(['--head', a.head] if a.head else [])], 64.0)
         print(f'train: {r["wall_s"]:.1f} s, peak RSS {r["peak_mib"]:.0f} MiB, exit {r["rc"]}', flush=True)
         if r['rc']:
             print(r['err'][-3000:])

@@ -119,7 +119,9 @@ def plot_shap(self: PatientExplanation):
     return plot_waterfall(self.shap, 0, title=self.title(what))
 
 # %% ../nbs/12c_explain.ipynb #8c2dc717
-def reads_images(model) -> bool:
+def reads_images(
+    model,  # a PCRModel
+) -> bool:
     "Does the model read its images (a linear head with `deep=False` reads only the measurements)?"
     return model.cfg.head != 'linear' or model.cfg.deep
 
@@ -199,12 +201,12 @@ def _summary(px: PatientExplanation) -> dict:
 
 # %% ../nbs/12c_explain.ipynb #f61d65d5
 def explain_to(
-    run,
-    cohort: Cohort,
-    patient: str,
-    out,
-    methods=METHODS,
-    **kwargs,  # writes into the folder `out`
+    run,  # a cv (or train) run: a deep model or the clinical reference
+    cohort: Cohort,  # the cohort
+    patient: str,  # the patient to explain
+    out,  # the folder to write into (never inside the cohort)
+    methods=METHODS,  # the attribution methods (deep models that read images)
+    **kwargs,  # passed to `explain_patient`
 ) -> list[Path]:
     "Write one patient's explanation figures (and a JSON summary) into `out`; return the paths."
     out = check_out_path(out, cohort=cohort.root)

@@ -178,7 +178,9 @@ def shap_reference_fold(
     return _explanation(sv, np.full(len(Z), base), Z, disp, st.feature_names, labels, ids)
 
 # %% ../nbs/12b_shap_markers.ipynb #42812428
-def _stack_explanations(exs: list):
+def _stack_explanations(
+    exs: list,  # ShapValues of several folds
+):
     "One Explanation of the rows of several, features aligned (a feature absent from a fold's model contributes 0)."
     names = list(dict.fromkeys(n for e in exs for n in e.feature_names))
     shown = {n: s for e in exs for n, s in zip(e.feature_names, getattr(e, 'display_names', e.feature_names))}
@@ -236,7 +238,11 @@ def _shap_fig(draw):
     return fig
 
 # %% ../nbs/12b_shap_markers.ipynb #22aae6e7
-def plot_beeswarm(ex, max_display: int = 12, title: str = ''):
+def plot_beeswarm(
+    ex,  # SHAP values (`ShapValues`) of several patients
+    max_display: int = 12,  # features shown (the rest are summed)
+    title: str = '',  # the figure's title
+):
     "SHAP beeswarm: every patient's contribution of every feature, coloured by the feature's value."
     import shap, matplotlib.pyplot as plt
 
@@ -253,7 +259,9 @@ def plot_beeswarm(ex, max_display: int = 12, title: str = ''):
     return _shap_fig(draw)
 
 # %% ../nbs/12b_shap_markers.ipynb #985b92af
-def _shown_value(v: float) -> str:
+def _shown_value(
+    v: float,  # a value in real units (NaN: missing)
+) -> str:
     "A value as the waterfall shows it."
     return 'missing' if not np.isfinite(v) else f'{v:.4g}'
 
@@ -309,7 +317,11 @@ def plot_waterfall(
     return fig
 
 # %% ../nbs/12b_shap_markers.ipynb #0393eb18
-def clinical_fn(model: PCRModel, b: dict, i: int = 0):
+def clinical_fn(
+    model: PCRModel,  # a model with the neural head
+    b: dict,  # a batch of its patients
+    i: int = 0,  # which patient of the batch
+):
     "The logit as a function of the clinical features (n, C), the images of patient `i` fixed: their representation computed once."
     if model.cfg.head != 'neural':
         raise LiverPcrError(
