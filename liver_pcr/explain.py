@@ -62,7 +62,7 @@ class PatientExplanation:
     relation: pd.Series | None = None
     attention: pd.DataFrame | None = None
     head: str = 'neural'  # the model's head ('neural' or 'linear')
-    shap: object = None  # shap.Explanation (one row): the neural head's clinical branch, or every input of the linear head; or None
+    shap: object = None  # ShapValues (one row): the neural head's clinical branch, or every input of the linear head; or None
 
     def title(self, what: str = '') -> str:
         lab = {1.0: 'pCR', 0.0: 'no pCR'}.get(self.label, 'unlabelled')
