@@ -1,6 +1,6 @@
 """Benchmark (not a test): wall time and peak memory of `liver-pcr explain` on a 120-patient cohort.
 
-    python bench/explain.py [--patients 120] [--model relation] [--head neural] [--cohort DIR] [--max-rss-gb 4]
+    python bench/explain.py [--patients 120] [--model relation] [--head neural [--epochs 3]] [--cohort DIR] [--max-rss-gb 4]
 
 Builds the synthetic cohort once (`SynthConfig(n_patients=120, seed=0)`, into the cache folder, or
 reuses it, or the course's identical one), runs `liver-pcr train --preset fast` on it (reused when the
@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--model', default='relation')
     ap.add_argument('--head', choices=['linear', 'neural'], help="the model's head (default: the stage's, linear)")
+    ap.add_argument('--epochs', type=int, help="train's --epochs (neural head; the explain's cost does not depend on it)")
     ap.add_argument('--cohort', help='an existing cohort (default: the cached synthetic one)')
     ap.add_argument('--run', help='the train run folder (default: in the cache; reused if there)')
     ap.add_argument('--retrain', action='store_true', help='train again even if the run folder exists')
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
         if run.exists():
             shutil.rmtree(run)
         r = timed([*cli(), 'train', str(cohort), '--model', a.model, '--out', str(run), '--preset', 'fast',
-                   '--seed', str(a.seed), *(['--head', a.head] if a.head else [])], 64.0)
+                   '--seed', str(a.seed), *(['--head', a.head] if a.head else []),
+                   *(['--epochs', str(a.epochs)] if a.epochs else [])], 64.0)
         print(f'train: {r["wall_s"]:.1f} s, peak RSS {r["peak_mib"]:.0f} MiB, exit {r["rc"]}', flush=True)
         if r['rc']:
             print(r['err'][-3000:])

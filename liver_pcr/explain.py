@@ -150,6 +150,7 @@ def explain_patient(
     shap: bool = True,  # add SHAP values
     nsamples: int = 300,  # KernelSHAP samples (neural head)
     n_steps: int = 32,  # integrated gradients' steps
+    internal_batch_size: int = 16,  # integrated gradients' path points per forward pass (memory grows with it)
 ) -> PatientExplanation:
     "Explain one patient with the model of the fold whose test set holds him."
     if patient not in cohort.patients:
@@ -160,7 +161,10 @@ def explain_patient(
     with torch.no_grad():
         p = float(torch.sigmoid(forward(fm.model, b))[0])
     methods = methods if reads_images(fm.model) else ()
-    maps = {m: attribute(fm.model, b, m, target, n_steps=n_steps)[0].numpy() for m in methods}
+    maps = {
+        m: attribute(fm.model, b, m, target, n_steps=n_steps, internal_batch_size=internal_batch_size)[0].numpy()
+        for m in methods
+    }
     rel, att = fusion_weights(fm.model, b)
     sx = patient_shap(fm, cohort, b, 0, nsamples) if shap else None
     return PatientExplanation(
