@@ -138,3 +138,16 @@ def test_linear_head_explain_has_no_maps_and_exact_shap(linear, sample):
     assert px.shap.base_values[0] + px.shap.values.sum() == pytest.approx(float(np.log(px.p/(1 - px.p))), abs=1e-4)
     with pytest.raises(LiverPcrError, match='exact'):
         clinical_fn(fm.model, b)
+
+
+def test_explaining_a_linear_model_never_imports_shap(linear, sample, tmp_path):
+    "shap pulls in numba and sklearn (about 100 MB): `liver-pcr explain` of a linear model and of the clinical reference does without."
+    import os, subprocess, sys
+    run, fm, _, _ = linear
+    pid = fm.split['test'][0]
+    code = (f"import sys; from liver_pcr.cohort import Cohort; from liver_pcr.explain import explain_to; "
+            f"fs = explain_to({str(run)!r}, Cohort.load({str(sample.root)!r}), {pid!r}, {str(tmp_path/'o')!r}); "
+            f"print(sorted(f.name for f in fs)); print('shap' in sys.modules, 'numba' in sys.modules)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=os.environ.copy(), check=True).stdout.split('\n')
+    assert out[0] == str(sorted(f'{pid}_{x}' for x in ('contributions.png', 'shap.png', 'explanation.json')))
+    assert out[1] == 'False False'
