@@ -21,7 +21,8 @@ TINY = dict(pre_cfg=PreprocessConfig(roi_px=16, roi_mm=96), train_cfg=TrainConfi
 @pytest.fixture(scope='module', autouse=True)
 def _env(tmp_path_factory):
     "One cache for the module, quiet bars, one thread."
-    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('LIVER_PCR_CACHE', str(tmp_path_factory.mktemp('cache')))
         mp.setenv('LIVER_PCR_QUIET', '1')
@@ -126,7 +127,8 @@ def test_neural_branch_runs_the_trunk_once(sample, tmp_path, monkeypatch):
     monkeypatch.setattr(fm.model.encoder, 'forward', lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
     ex = shap_clinical_branch(fm, sample, b, 0, nsamples=100)
     assert calls == [1]                                                     # one trunk pass, one patient, whatever the samples
-    with torch.no_grad(): lg = float(forward(fm.model, {k: v[:1] if torch.is_tensor(v) else v for k, v in b.items()}))
+    with torch.no_grad():
+        lg = float(forward(fm.model, {k: v[:1] if torch.is_tensor(v) else v for k, v in b.items()}))
     assert ex.base_values[0] + ex.values.sum() == pytest.approx(lg, abs=1e-4)
 
 
