@@ -32,13 +32,14 @@ from liver_pcr.interpret.attribution import (
 )
 from liver_pcr.interpret.shap import (
     shap_clinical_branch,
+    shap_linear_head,
     shap_reference_fold,
     load_reference,
     plot_waterfall,
 )
 
 # %% auto #0
-__all__ = ['PatientExplanation', 'explain_patient', 'explain_to', 'cmd_explain']
+__all__ = ['PatientExplanation', 'reads_images', 'patient_shap', 'explain_patient', 'explain_to', 'cmd_explain']
 
 # %% ../../nbs/12c_interpret.explain.ipynb #0801c881
 @dataclass
@@ -60,7 +61,8 @@ class PatientExplanation:
     contributions: pd.DataFrame  # ablation rows of this patient
     relation: pd.Series | None = None
     attention: pd.DataFrame | None = None
-    shap: object = None  # shap.Explanation of the clinical branch (one row), or None
+    head: str = 'neural'  # the model's head ('neural' or 'linear')
+    shap: object = None  # ShapValues (one row): the neural head's clinical branch, or every input of the linear head; or None
 
     def title(self, what: str = '') -> str:
         lab = {1.0: 'pCR', 0.0: 'no pCR'}.get(self.label, 'unlabelled')
@@ -110,23 +112,45 @@ def plot_contributions(self: PatientExplanation):
 # %% ../../nbs/12c_interpret.explain.ipynb #8117d179
 @patch
 def plot_shap(self: PatientExplanation):
-    "The waterfall of the clinical branch's SHAP values (None without labs)."
-    return (
-        None
-        if self.shap is None
-        else plot_waterfall(self.shap, 0, title=self.title('clinical branch, images fixed'))
-    )
+    "The waterfall of the SHAP values (None without them)."
+    if self.shap is None:
+        return None
+    what = 'clinical branch, images fixed' if self.head == 'neural' else 'linear head, exact (log-odds)'
+    return plot_waterfall(self.shap, 0, title=self.title(what))
 
 # %% ../../nbs/12c_interpret.explain.ipynb #8c2dc717
+def reads_images(
+    model,  # a PCRModel
+) -> bool:
+    "Does the model read its images (a linear head with `deep=False` reads only the measurements)?"
+    return model.cfg.head != 'linear' or model.cfg.deep
+
+
+def patient_shap(
+    fm,  # the fold model
+    cohort: Cohort,  # the cohort
+    b: dict,  # a batch of its patients
+    i: int = 0,  # which patient of the batch
+    nsamples: int = 300,  # KernelSHAP samples (neural head)
+):
+    "SHAP values of patient `i`: exact for a linear head with inputs beside the trunk, KernelSHAP of a neural head's clinical branch; None when there is nothing but images."
+    m = fm.model
+    if m.cfg.head == 'linear':
+        beside = [k for k in m.blocks if k in ('markers', 'radiomics', 'measure')]
+        return shap_linear_head(fm, cohort, b, i) if beside else None
+    return shap_clinical_branch(fm, cohort, b, i, nsamples) if b['clinical'].shape[1] else None
+
+
 def explain_patient(
     run,  # a cv (or train) run of a deep model
     cohort: Cohort,  # the cohort
     patient: str,  # the patient to explain
-    methods=METHODS,  # the attribution methods to run
+    methods=METHODS,  # the attribution methods to run (skipped for a model that reads no image)
     target: str = 'predicted',  # the class the maps explain ('predicted', 'pcr' or 'no_pcr')
-    shap: bool = True,  # add SHAP values of the markers
+    shap: bool = True,  # add SHAP values
     nsamples: int = 300,  # KernelSHAP samples (neural head)
-    n_steps: int = 32,
+    n_steps: int = 32,  # integrated gradients' steps
+    internal_batch_size: int = 16,  # integrated gradients' path points per forward pass (memory grows with it)
 ) -> PatientExplanation:
     "Explain one patient with the model of the fold whose test set holds him."
     if patient not in cohort.patients:
@@ -136,13 +160,13 @@ def explain_patient(
     b = fold_batch(fm, cohort, [patient])
     with torch.no_grad():
         p = float(torch.sigmoid(forward(fm.model, b))[0])
-    maps = {m: attribute(fm.model, b, m, target, n_steps=n_steps)[0].numpy() for m in methods}
+    methods = methods if reads_images(fm.model) else ()
+    maps = {
+        m: attribute(fm.model, b, m, target, n_steps=n_steps, internal_batch_size=internal_batch_size)[0].numpy()
+        for m in methods
+    }
     rel, att = fusion_weights(fm.model, b)
-    sx = (
-        shap_clinical_branch(fm, cohort, b, 0, nsamples)
-        if shap and b['clinical'].shape[1]
-        else None
-    )
+    sx = patient_shap(fm, cohort, b, 0, nsamples) if shap else None
     return PatientExplanation(
         patient,
         fold,
@@ -159,6 +183,7 @@ def explain_patient(
         ablation(fm.model, b),
         None if rel is None else rel.iloc[0],
         att,
+        fm.model.cfg.head,
         sx,
     )
 
@@ -180,12 +205,12 @@ def _summary(px: PatientExplanation) -> dict:
 
 # %% ../../nbs/12c_interpret.explain.ipynb #f61d65d5
 def explain_to(
-    run,
-    cohort: Cohort,
-    patient: str,
-    out,
-    methods=METHODS,
-    **kwargs,  # writes into the folder `out`
+    run,  # a cv (or train) run: a deep model or the clinical reference
+    cohort: Cohort,  # the cohort
+    patient: str,  # the patient to explain
+    out,  # the folder to write into (never inside the cohort)
+    methods=METHODS,  # the attribution methods (deep models that read images)
+    **kwargs,  # passed to `explain_patient`
 ) -> list[Path]:
     "Write one patient's explanation figures (and a JSON summary) into `out`; return the paths."
     out = check_out_path(out, cohort=cohort.root)
@@ -209,10 +234,11 @@ def explain_to(
             )
         ]
     px = explain_patient(run, cohort, patient, methods, **kwargs)
-    files = [save_figure(px.plot_maps(m), out / f'{patient}_{m}.png') for m in methods]
+    files = [save_figure(px.plot_maps(m), out / f'{patient}_{m}.png') for m in px.maps]
     files.append(save_figure(px.plot_contributions(), out / f'{patient}_contributions.png'))
     if px.shap is not None:
-        files.append(save_figure(px.plot_shap(), out / f'{patient}_clinical_shap.png'))
+        shap_png = 'clinical_shap.png' if px.head == 'neural' else 'shap.png'
+        files.append(save_figure(px.plot_shap(), out / f'{patient}_{shap_png}'))
     files.append(
         write_text(
             out / f'{patient}_explanation.json',

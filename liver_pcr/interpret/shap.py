@@ -6,6 +6,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/interpret.shap.html.md"""
 
 # %% ../../nbs/12b_interpret.shap.ipynb #7cf5b8d5
 from __future__ import annotations
+from dataclasses import dataclass
 import numpy as np, pandas as pd
 import torch
 from ..core import LiverPcrError
@@ -18,8 +19,21 @@ from .attribution import FoldModel, run_splits, clinical_features
 from ..train.cv import forward
 
 # %% auto #0
-__all__ = ['load_reference', 'reference_features', 'marker_display', 'shap_reference_fold', 'shap_reference', 'plot_beeswarm',
-           'plot_waterfall', 'clinical_fn', 'shap_clinical_branch']
+__all__ = ['UNITS', 'linear_shap', 'load_reference', 'reference_features', 'marker_display', 'feature_display', 'ShapValues',
+           'shap_reference_fold', 'shap_reference', 'plot_beeswarm', 'waterfall_labels', 'plot_waterfall',
+           'clinical_fn', 'shap_clinical_branch', 'shap_linear_head']
+
+# %% ../../nbs/12b_interpret.shap.ipynb #47ca33e2
+def linear_shap(
+    coef,  # the coefficients (P,) of a linear logit on standardised features
+    bias: float,  # its intercept
+    Z,  # the standardised features to explain (n, P)
+    Zb=None,  # the background (m, P); None: the training patients, whose mean is 0 by construction of the standardisation
+) -> tuple[np.ndarray, float]:
+    "Exact interventional SHAP values coef × (z − background mean) (n, P), and the base value E f(background), both in log-odds."
+    coef = np.asarray(coef, np.float64)
+    mu = np.zeros_like(coef) if Zb is None else np.asarray(Zb, np.float64).mean(0)
+    return coef * (np.asarray(Z, np.float64) - mu), float(bias + mu @ coef)
 
 # %% ../../nbs/12b_interpret.shap.ipynb #06594c99
 def load_reference(
@@ -62,6 +76,94 @@ def marker_display(
         }
     return np.stack([cols.get(n, np.full(len(w), np.nan)) for n in names], 1)
 
+# %% ../../nbs/12b_interpret.shap.ipynb #ad435171
+UNITS = {'afp': 'ng/mL', 'pivka_ii': 'mAU/mL', 'dcp': 'mAU/mL'}  # the markers' units (liver_pcr.cohort.viewer's)
+_SIZES = {
+    'log_volume': ('tumour volume', 'mL'),
+    'log_viable': ('viable tumour', 'mL'),
+    'log_diameter': ('diameter', 'mm'),
+}  # the measurement block's log sizes
+
+
+def feature_display(
+    names,  # the model's feature names
+    x,  # their values as the model reads them, before standardisation (n, P)
+    cohort: Cohort,  # the cohort (its labs: the raw marker values)
+    ids,  # the patients of the rows
+    timepoints,  # the timepoints the names use, baseline first
+) -> tuple[list, np.ndarray]:
+    "Names and values (n, P) to show, in real units: a marker at a timepoint (its unit), a marker's ratio to baseline, sizes in mL and mm; else the input."
+    tps, mks = list(timepoints), list(cohort.markers or [])
+    x = np.asarray(x, np.float64).reshape(len(ids), len(names))
+    w = wide_labs(cohort, list(ids), tps, mks).astype(float) if mks else None
+    rules = {}  # name -> (label, values)
+    for m in mks:
+        unit = UNITS.get(m.lower())
+        for t in tps:
+            rules[f'log_{m}_{t}'] = (f'{m} at {t}' + (f' ({unit})' if unit else ''), w[(m, t)].values)
+        for t in tps[1:]:
+            with np.errstate(divide='ignore', invalid='ignore'):
+                ratio = (w[(m, t)] / w[(m, tps[0])]).values
+            for n in (f'dlog_{m}_{t}', f'{t}_dlog_{m}'):
+                rules[n] = (f'{m} {t}/{tps[0]} (ratio)', ratio)
+    labels, out = [], x.copy()
+    for j, n in enumerate(names):
+        t = next((t for t in tps if n.startswith(f'{t}_') and n[len(t) + 1 :] in _SIZES), None)
+        if n in rules:
+            labels.append(rules[n][0])
+            out[:, j] = rules[n][1]
+        elif t is not None:
+            what, unit = _SIZES[n[len(t) + 1 :]]
+            labels.append(f'{t} {what} ({unit})')
+            out[:, j] = np.exp(x[:, j])
+        else:
+            labels.append(n)
+    return labels, out
+
+# %% ../../nbs/12b_interpret.shap.ipynb #7aeeb12f
+@dataclass
+class ShapValues:
+    "SHAP values (log-odds) of some patients (rows) and features (columns): what a `shap.Explanation` holds, without importing shap."
+
+    values: np.ndarray  # (n, P) SHAP values
+    base_values: np.ndarray  # (n,) the base value of each row, E f(background)
+    data: np.ndarray  # (n, P) the inputs as the model reads them (standardised); NaN: a group of inputs
+    display_data: np.ndarray  # (n, P) the values shown, in real units
+    feature_names: list  # the model's feature names
+    display_names: list  # the names shown beside `display_data`
+    instance_names: list  # the patients
+
+    @property
+    def shape(self) -> tuple:
+        return self.values.shape
+
+    def explanation(self):
+        "The same values as a `shap.Explanation`, named as shown (for shap's own plots)."
+        import shap
+
+        return shap.Explanation(
+            self.values,
+            base_values=self.base_values,
+            data=self.data,
+            display_data=self.display_data,
+            feature_names=list(self.display_names),
+            instance_names=list(self.instance_names),
+        )
+
+
+def _explanation(
+    values,  # SHAP values (n, P), log-odds
+    base,  # base values (n,)
+    data,  # the inputs as the model reads them (n, P); NaN: a group of inputs
+    display,  # the values shown, in real units (n, P)
+    names,  # the model's feature names
+    labels,  # the names shown beside `display`
+    ids,  # the patients
+) -> ShapValues:
+    "SHAP values with float arrays and plain lists."
+    f = lambda a: np.asarray(a, float)
+    return ShapValues(f(values), f(base), f(data), f(display), list(names), list(labels), list(ids))
+
 # %% ../../nbs/12b_interpret.shap.ipynb #d857156a
 def shap_reference_fold(
     st: ReferenceModel,  # a fitted clinical reference
@@ -70,46 +172,33 @@ def shap_reference_fold(
     ids,  # the ids to explain
 ):
     "Exact SHAP values (log-odds) of the clinical reference for `ids`, background: `background_ids`."
-    import shap
-
     X, Xb = reference_features(st, cohort, ids), reference_features(st, cohort, background_ids)
     Z, Zb = st.scaled(X), st.scaled(Xb)
-    names = st.feature_names
-    lr = (np.asarray(st.coef), st.intercept)
-    ex = shap.LinearExplainer(lr, shap.maskers.Independent(Zb, max_samples=max(len(Zb), 100)))
-    sv = ex(Z)
-    shown = np.array(
-        [n.startswith(('log_', 'dlog_')) for n in names]
-    )  # raw values for markers, else what the scaler gets
-    disp = np.where(shown, marker_display(st.ct, cohort, ids, names), st.design(X))
-    return shap.Explanation(
-        sv.values,
-        base_values=np.full(len(Z), float(np.ravel(ex.expected_value)[0])),
-        data=Z,
-        display_data=disp,
-        feature_names=names,
-        instance_names=list(ids),
-    )
+    sv, base = linear_shap(st.coef, st.intercept, Z, Zb)
+    labels, disp = feature_display(st.feature_names, st.design(X), cohort, ids, st.ct.timepoints)
+    return _explanation(sv, np.full(len(Z), base), Z, disp, st.feature_names, labels, ids)
 
 # %% ../../nbs/12b_interpret.shap.ipynb #42812428
-def _stack_explanations(exs: list):
+def _stack_explanations(
+    exs: list,  # ShapValues of several folds
+):
     "One Explanation of the rows of several, features aligned (a feature absent from a fold's model contributes 0)."
-    import shap
-
     names = list(dict.fromkeys(n for e in exs for n in e.feature_names))
+    shown = {n: s for e in exs for n, s in zip(e.feature_names, getattr(e, 'display_names', e.feature_names))}
 
     def align(e, a, fill):
         out = np.full((len(a), len(names)), fill, float)
         out[:, [names.index(n) for n in e.feature_names]] = a
         return out
 
-    return shap.Explanation(
+    return _explanation(
         np.concatenate([align(e, e.values, 0.0) for e in exs]),
-        base_values=np.concatenate([e.base_values for e in exs]),
-        data=np.concatenate([align(e, e.data, np.nan) for e in exs]),
-        display_data=np.concatenate([align(e, e.display_data, np.nan) for e in exs]),
-        feature_names=names,
-        instance_names=[i for e in exs for i in e.instance_names],
+        np.concatenate([e.base_values for e in exs]),
+        np.concatenate([align(e, e.data, np.nan) for e in exs]),
+        np.concatenate([align(e, e.display_data, np.nan) for e in exs]),
+        names,
+        [shown[n] for n in names],
+        [i for e in exs for i in e.instance_names],
     )
 
 # %% ../../nbs/12b_interpret.shap.ipynb #34e081fc
@@ -150,13 +239,17 @@ def _shap_fig(draw):
     return fig
 
 # %% ../../nbs/12b_interpret.shap.ipynb #22aae6e7
-def plot_beeswarm(ex, max_display: int = 12, title: str = ''):
+def plot_beeswarm(
+    ex,  # SHAP values (`ShapValues`) of several patients
+    max_display: int = 12,  # features shown (the rest are summed)
+    title: str = '',  # the figure's title
+):
     "SHAP beeswarm: every patient's contribution of every feature, coloured by the feature's value."
     import shap, matplotlib.pyplot as plt
 
     def draw():
         shap.plots.beeswarm(
-            ex,
+            ex.explanation(),
             max_display=max_display,
             show=False,
             plot_size=(7, 0.35 * min(max_display, ex.shape[1]) + 1.5),
@@ -167,61 +260,96 @@ def plot_beeswarm(ex, max_display: int = 12, title: str = ''):
     return _shap_fig(draw)
 
 # %% ../../nbs/12b_interpret.shap.ipynb #985b92af
+def _shown_value(
+    v: float,  # a value in real units (NaN: missing)
+) -> str:
+    "A value as the waterfall shows it."
+    return 'missing' if not np.isfinite(v) else f'{v:.4g}'
+
+
+def waterfall_labels(
+    ex,  # an Explanation (from this module)
+    i: int,  # its row
+) -> list[str]:
+    "The waterfall's label of each feature of row `i`: 'value = name' in real units, the name alone for a group of inputs."
+    names = list(getattr(ex, 'display_names', ex.feature_names))
+    disp = np.asarray(ex.display_data if ex.display_data is not None else ex.data, float)[i]
+    data = np.asarray(ex.data, float)[i]
+    return [n if np.isnan(d) else f'{_shown_value(v)} = {n}' for n, v, d in zip(names, disp, data)]
+
+
 def plot_waterfall(
-    ex,  # an Explanation
+    ex,  # SHAP values (`ShapValues`)
     patient=0,  # its row: an index or a patient id
     max_display: int = 10,  # features shown (the rest are summed)
     title: str = '',  # the figure's title
 ):
-    "SHAP waterfall of one patient: from the base value to his log-odds, feature by feature (raw marker values shown)."
-    import shap, matplotlib.pyplot as plt
+    "SHAP waterfall of one patient: from the base value to his log-odds, feature by feature (values in real units); matplotlib alone, shap is not imported."
+    import matplotlib.pyplot as plt
 
     i = list(ex.instance_names).index(patient) if isinstance(patient, str) else patient
-    e = ex[i]
-    if getattr(ex, 'display_data', None) is not None:
-        e.display_data = np.asarray(ex.display_data)[i]
-
-    def draw():
-        shap.plots.waterfall(e, max_display=max_display, show=False)
-        if title:
-            plt.title(title, fontsize=10)
-
-    return _shap_fig(draw)
+    v, base = np.asarray(ex.values, float)[i], float(np.asarray(ex.base_values)[i])
+    labels = waterfall_labels(ex, i)
+    order = np.argsort(-np.abs(v), kind='stable')
+    top = order[: max_display - 1] if len(v) > max_display else order
+    rest = order[len(top) :]
+    rows = [(labels[j], v[j]) for j in top]
+    if len(rest):
+        rows.append((f'{len(rest)} other features', float(v[rest].sum())))
+    rows = rows[::-1]  # bottom to top: from the base value up to the log-odds, the largest at the top
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.6), layout='constrained')
+    start = base + np.concatenate([[0.0], np.cumsum([r[1] for r in rows])[:-1]])
+    for y, ((lab, w), x0) in enumerate(zip(rows, start)):
+        ax.barh(y, w, left=x0, height=0.6, color='#ff0051' if w > 0 else '#008bfb')
+        ax.text(x0 + w, y, f' {w:+.2f} ', va='center', ha='left' if w > 0 else 'right', fontsize=8)
+    fx = base + float(v.sum())
+    for x, what in ((base, 'E[f(X)]'), (fx, 'f(x)')):
+        ax.axvline(x, color='0.5', lw=0.8, ls='--')
+        ax.text(x, len(rows) - 0.3, f'{what} = {x:.3f}', ha='center', va='bottom', fontsize=8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.set_ylim(-0.6, len(rows) + 0.4)
+    ax.use_sticky_edges = False  # the bars' left ends would pin the limits
+    ax.margins(x=0.18)  # room for the values beside the bars
+    ax.set_xlabel('log-odds of pCR')
+    ax.spines[['top', 'right']].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    plt.close(fig)
+    return fig
 
 # %% ../../nbs/12b_interpret.shap.ipynb #0393eb18
-def clinical_fn(model: PCRModel, b: dict, i: int = 0):
-    "The logit as a function of the clinical features (n, C), the images of patient `i` fixed."
+def clinical_fn(
+    model: PCRModel,  # a model with the neural head
+    b: dict,  # a batch of its patients
+    i: int = 0,  # which patient of the batch
+):
+    "The logit as a function of the clinical features (n, C), the images of patient `i` fixed: their representation computed once."
+    if model.cfg.head != 'neural':
+        raise LiverPcrError(
+            f"model {model.cfg.name!r} has head={model.cfg.head!r}: its SHAP values are exact (shap_linear_head)"
+        )
     one = {k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in b.items()}
     model.eval()
-
-    def full(Z):
-        Z = torch.as_tensor(np.asarray(Z), dtype=torch.float32)
-        rep = lambda v: v.expand(len(Z), *v.shape[1:])
-        with torch.no_grad():
-            return (
-                model(rep(one['images']), rep(one['present']), Z, rep(one['masks']))
-                .double()
-                .numpy()
-            )
-
     with torch.no_grad():
         parts = forward(model, one, return_parts=True)
+    image = parts['image']
 
     def fast(Z):
         Z = torch.as_tensor(np.asarray(Z), dtype=torch.float32)
         with torch.no_grad():
             return (
-                model.head(torch.cat([parts['image'].expand(len(Z), -1), model.clinical(Z)], -1))
+                model.head(torch.cat([image.expand(len(Z), -1), model.clinical(Z)], -1))
                 .squeeze(-1)
                 .double()
                 .numpy()
             )
 
-    try:
-        ok = np.allclose(fast(one['clinical']), parts['logit'].numpy(), atol=1e-5)
-    except Exception:
-        ok = False
-    return fast if ok else full
+    got = fast(one['clinical'].numpy())
+    if not np.allclose(got, parts['logit'].double().numpy(), atol=1e-5):
+        raise LiverPcrError(
+            f'the clinical branch of {model.cfg.name!r} with fixed images does not reproduce its logit ({got[0]:.5f} vs {float(parts["logit"][0]):.5f})'
+        )
+    return fast
 
 # %% ../../nbs/12b_interpret.shap.ipynb #b9e950f0
 def shap_clinical_branch(
@@ -235,6 +363,10 @@ def shap_clinical_branch(
     "KernelSHAP of the deep model's clinical input for patient `i` of `b` (log-odds), background: the fold's training patients."
     import shap
 
+    if fm.model.cfg.head != 'neural':
+        raise LiverPcrError(
+            f'model {fm.name!r} of {fm.run} has a linear head: its SHAP values are exact (shap_linear_head)'
+        )
     if not b['clinical'].shape[1]:
         raise LiverPcrError(
             f'model {fm.name!r} of {fm.run} uses no labs: there is no clinical branch to explain'
@@ -246,13 +378,55 @@ def shap_clinical_branch(
     x = b['clinical'][i : i + 1].numpy().astype(float)
     sv = np.asarray(kx.shap_values(x, nsamples=nsamples, silent=True)).reshape(1, -1)
     names, pid = b['clinical_names'], b['patient_id'][i]
-    shown = np.array([n.startswith(('log_', 'dlog_')) for n in names])
-    disp = np.where(shown, marker_display(fm.clinical, cohort, [pid], names), x)
-    return shap.Explanation(
-        sv,
-        base_values=np.array([float(np.ravel(kx.expected_value)[0])]),
-        data=x,
-        display_data=disp,
-        feature_names=names,
-        instance_names=[pid],
+    labels, disp = feature_display(names, x, cohort, [pid], fm.clinical.timepoints)
+    base = np.array([float(np.ravel(kx.expected_value)[0])])
+    return _explanation(sv, base, x, disp, names, labels, [pid])
+
+# %% ../../nbs/12b_interpret.shap.ipynb #a4e3e902
+def shap_linear_head(
+    fm: FoldModel,  # the fold model (head='linear')
+    cohort: Cohort,  # the cohort
+    b: dict,  # a batch of its patients
+    i: int = 0,  # which patient of the batch
+):
+    "Exact SHAP values (log-odds) of a linear-head model for patient `i` of `b`: coef × standardised distance from the fitting patients' mean; trunk features summed per block."
+    m = fm.model
+    if m.cfg.head != 'linear':
+        raise LiverPcrError(f'model {fm.name!r} of {fm.run} has a neural head: use shap_clinical_branch')
+    one = {k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in b.items()}
+    m.eval()
+    with torch.no_grad():
+        vals, miss = m.linear_inputs(one['images'], one['present'], one['clinical'], one['masks'])
+    h = m.head
+    mean, scale, coef = (t.double().numpy() for t in (h.mean, h.scale, h.coef))
+    raw = vals.double().numpy()
+    z = (np.where(miss.numpy(), mean, raw) - mean) / scale
+    sv, base = linear_shap(coef, float(h.bias), z)
+    bundle = fm.bundle
+    named = {
+        'markers': list(b['clinical_names']),
+        'radiomics': list(bundle.get('radiomics_columns') or []),
+        'measure': list(bundle.get('measure_columns') or []),
+    }
+    cols, names, data, shown = [], [], [], []
+    lo = 0
+    for block, width in m.blocks.items():
+        idx = np.arange(lo, lo + width)
+        lo += width
+        if block in named:
+            cols += [sv[:, idx]]
+            names += named[block]
+            data += [z[0, idx]]
+            shown += [np.where(miss.numpy()[0, idx], np.nan, raw[0, idx])]
+        else:
+            cols += [sv[:, idx].sum(1, keepdims=True)]
+            names += [f'{block} ({width} trunk features)']
+            data += [np.array([np.nan])]
+            shown += [np.array([np.nan])]
+    ct = fm.clinical
+    tps = ct.timepoints if ct is not None else m.timepoints
+    pid = one['patient_id'][0]
+    labels, disp = feature_display(names, np.concatenate(shown)[None], cohort, [pid], tps)
+    return _explanation(
+        np.concatenate(cols, 1), np.array([base]), np.concatenate(data)[None], disp, names, labels, [pid]
     )

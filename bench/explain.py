@@ -1,0 +1,132 @@
+"""Benchmark (not a test): wall time and peak memory of `liver-pcr explain` on a 120-patient cohort.
+
+    python bench/explain.py [--patients 120] [--model relation] [--head neural [--epochs 3]] [--cohort DIR] [--max-rss-gb 4]
+
+Builds the synthetic cohort once (`SynthConfig(n_patients=120, seed=0)`, into the cache folder, or
+reuses it, or the course's identical one), runs `liver-pcr train --preset fast` on it (reused when the
+run folder is there), then `liver-pcr explain --patient <first labelled patient>` as a subprocess, and
+prints the explain's wall time and peak resident memory (`/usr/bin/time -v` where it exists, else
+`getrusage(RUSAGE_CHILDREN)`). A watchdog kills the explain when its memory passes `--max-rss-gb`
+(the 23 GB this once reached would take the machine down). Figures are printed, never asserted.
+Targets (issue 20): <= 30 s and <= 1 GB.
+"""
+import argparse, os, re, resource, shutil, subprocess, sys, tempfile, threading, time
+from pathlib import Path
+
+from liver_pcr.core import cache_dir
+
+
+def cli() -> list[str]:
+    "The command that runs `liver-pcr` with this interpreter (so the package on its path is the one measured)."
+    return [sys.executable, '-c', 'import sys; from liver_pcr.cli import main; sys.exit(main())']
+
+
+def cohort_for(n: int, seed: int, given: str | None) -> Path:
+    "The benchmark's cohort: `given`, else a cached one, else generated (a few minutes) into the cache."
+    if given:
+        return Path(given)
+    own = cache_dir() / 'bench' / f'cohort{n}-seed{seed}'
+    course = cache_dir() / 'course' / f'cohort{n}-seed{seed}'  # liver_pcr.course_cohort: the same SynthConfig
+    for d in (own, course):
+        if (d / 'patients.csv').exists():
+            return d
+    from liver_pcr.cohort.synth import SynthConfig, make_cohort
+
+    t = time.perf_counter()
+    make_cohort(own, SynthConfig(n_patients=n, seed=seed), n_jobs=2, overwrite=own.exists(), show_progress=False)
+    print(f'generated {n} patients in {time.perf_counter() - t:.0f} s into {own}', flush=True)
+    return own
+
+
+def rss_watchdog(proc: subprocess.Popen, limit_kb: float, hit: list) -> None:
+    "Kill `proc` (and its children) when the resident memory of its process tree passes `limit_kb`."
+    def tree_rss(pid: int) -> int:
+        total, todo = 0, [pid]
+        while todo:
+            p = todo.pop()
+            try:
+                total += int(re.search(r'VmRSS:\s+(\d+)', Path(f'/proc/{p}/status').read_text()).group(1))
+                todo += [int(c) for c in Path(f'/proc/{p}/task/{p}/children').read_text().split()]
+            except (OSError, AttributeError):
+                pass
+        return total
+
+    while proc.poll() is None:
+        if tree_rss(proc.pid) > limit_kb:
+            hit.append(True)
+            proc.kill()
+            return
+        time.sleep(0.2)
+
+
+def timed(cmd: list[str], max_rss_gb: float) -> dict:
+    "Run `cmd`; its wall time, peak RSS (MiB), exit status and output."
+    use_time = Path('/usr/bin/time').exists()
+    full = ['/usr/bin/time', '-v', *cmd] if use_time else cmd
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hit = []
+    w = threading.Thread(target=rss_watchdog, args=(proc, max_rss_gb * 2**20, hit), daemon=True)
+    w.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t
+    m = re.search(r'Maximum resident set size \(kbytes\): (\d+)', err) if use_time else None
+    peak_kb = int(m.group(1)) if m else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if not m and peak_kb <= before:
+        peak_kb = float('nan')  # an earlier child was bigger: getrusage keeps the maximum over all children
+    return dict(wall_s=wall, peak_mib=peak_kb / 1024, rc=proc.returncode, killed=bool(hit), out=out, err=err)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--patients', type=int, default=120)
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--model', default='relation')
+    ap.add_argument('--head', choices=['linear', 'neural'], help="the model's head (default: the stage's, linear)")
+    ap.add_argument('--epochs', type=int, help="train's --epochs (neural head; the explain's cost does not depend on it)")
+    ap.add_argument('--cohort', help='an existing cohort (default: the cached synthetic one)')
+    ap.add_argument('--run', help='the train run folder (default: in the cache; reused if there)')
+    ap.add_argument('--retrain', action='store_true', help='train again even if the run folder exists')
+    ap.add_argument('--max-rss-gb', type=float, default=4.0, help='kill the explain above this memory')
+    ap.add_argument('--repeats', type=int, default=1, help='times the explain is run')
+    a = ap.parse_args(argv)
+    cohort = cohort_for(a.patients, a.seed, a.cohort)
+    tag = a.model + (f'-{a.head}' if a.head else '')
+    run = Path(a.run) if a.run else cache_dir() / 'bench' / f'explain-run-{cohort.name}-{tag}'
+    print(f'liver_pcr explain benchmark: cohort {cohort}, model {tag} (fast preset); {os.cpu_count()} CPUs; '
+          f'load average {os.getloadavg()[0]:.2f}', flush=True)
+    if a.retrain or not (run / 'config.json').exists():
+        if run.exists():
+            shutil.rmtree(run)
+        r = timed([*cli(), 'train', str(cohort), '--model', a.model, '--out', str(run), '--preset', 'fast',
+                   '--seed', str(a.seed), *(['--head', a.head] if a.head else []),
+                   *(['--epochs', str(a.epochs)] if a.epochs else [])], 64.0)
+        print(f'train: {r["wall_s"]:.1f} s, peak RSS {r["peak_mib"]:.0f} MiB, exit {r["rc"]}', flush=True)
+        if r['rc']:
+            print(r['err'][-3000:])
+            return 1
+    else:
+        print(f'train: reusing {run}')
+    from liver_pcr.cohort.reader import Cohort
+
+    pid = Cohort.load(cohort).labelled_ids[0]
+    out = Path(tempfile.mkdtemp(prefix='bench_explain-'))
+    try:
+        for i in range(a.repeats):
+            r = timed([*cli(), 'explain', str(run), str(cohort), '--patient', pid, '--out', str(out / str(i))],
+                      a.max_rss_gb)
+            state = f'KILLED above {a.max_rss_gb} GB' if r['killed'] else f'exit {r["rc"]}'
+            print(f'explain --patient {pid}: {r["wall_s"]:.1f} s wall, peak RSS {r["peak_mib"]:.0f} MiB, {state} '
+                  f'(targets: <= 30 s, <= 1024 MiB)', flush=True)
+            if r['rc'] and not r['killed']:
+                print(r['err'][-3000:])
+            else:
+                print('  ' + r['out'].strip()[-400:])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
