@@ -179,6 +179,7 @@ def fit_folds(
     only=None,  # fit only these folds (None: every fold not done)
 ) -> list[Unit]:
     "Start every run folder here, then fit the folds not yet done as units; returns the units fitted."
+    from liver_pcr.cohort import Cohort
     from liver_pcr.train import run_cv, run_cv_afresh
 
     start = run_cv_afresh if afresh else run_cv
@@ -186,7 +187,7 @@ def fit_folds(
     for cohort, model, out, kw in runs:
         kw = {k: v for k, v in kw.items() if k not in UNIT_SKIPS}
         left = start(cohort, model, out, folds=[], check=check, show_progress=False, **kw)['left']
-        path = str(getattr(cohort, 'root', cohort))
+        path = str(cohort.root if isinstance(cohort, Cohort) else cohort)
         units += [Unit(path, model, str(out), k, kw) for k in left if only is None or k in set(only)]
     run_units(units, jobs, ray, shared_fs)
     return units
