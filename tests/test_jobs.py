@@ -90,10 +90,18 @@ def test_local_workers(tmp_path, sequential):
 
 
 def test_local_workers_deep_model(tmp_path, monkeypatch):
-    "A deep stage (tiny, neural head) in two workers of one thread each, against one process of all threads."
+    """A deep stage (tiny, neural head) in two workers against one process with as many threads as each worker:
+    torch's CPU kernels sum in an order that depends on the thread count, so that is the like-for-like comparison."""
+    import torch
+
     monkeypatch.setenv('LIVER_PCR_TINY', '1')
     kw = dict(KW, n_folds=3, head='neural')
-    run_cv(SAMPLE, 'multi', tmp_path / 'seq', **kw)
+    n = torch.get_num_threads()
+    torch.set_num_threads(jobs.worker_threads(2))
+    try:
+        run_cv(SAMPLE, 'multi', tmp_path / 'seq', **kw)
+    finally:
+        torch.set_num_threads(n)
     jobs.run_cv_jobs(SAMPLE, 'multi', tmp_path / 'two', jobs=2, **kw)
     assert (tmp_path / 'two' / 'predictions.csv').read_bytes() == (tmp_path / 'seq' / 'predictions.csv').read_bytes()
 
