@@ -14,9 +14,9 @@ from pathlib import Path
 from .core import ConfigError, atomic_path
 
 # %% auto #0
-__all__ = ['UNIT_SKIPS', 'THREAD_VARS', 'Unit', 'fit_unit', 'worker_threads', 'thread_env', 'run_units', 'fold_files',
-           'write_fold_files', 'fit_unit_remote', 'run_units_ray', 'fit_folds', 'run_cv_jobs', 'plan_units',
-           'plan_lines', 'demo_unit_cohort', 'cmd_cv', 'cmd_ablate', 'cmd_demo', 'cmd_plan']
+__all__ = ['UNIT_SKIPS', 'THREAD_VARS', 'Unit', 'fit_unit', 'worker_threads', 'thread_env', 'main_not_rerun', 'run_units',
+           'fold_files', 'write_fold_files', 'fit_unit_remote', 'run_units_ray', 'fit_folds', 'run_cv_jobs',
+           'plan_units', 'plan_lines', 'demo_unit_cohort', 'cmd_cv', 'cmd_ablate', 'cmd_demo', 'cmd_plan']
 
 # %% ../nbs/08b_jobs.ipynb #056b30ae
 @dataclass(frozen=True)
@@ -77,6 +77,22 @@ def thread_env(
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def main_not_rerun():
+    "While workers are spawned, hide the calling script from them: they run only liver_pcr's functions, so a script without an `if __name__ == '__main__'` guard (a bench) is not run again in each of them."
+    import sys
+
+    m = sys.modules['__main__']
+    saved = {k: m.__dict__[k] for k in ('__file__', '__spec__') if k in m.__dict__}
+    m.__dict__.pop('__file__', None)
+    m.__spec__ = None
+    try:
+        yield
+    finally:
+        m.__dict__.pop('__spec__', None)
+        m.__dict__.update(saved)
+
+
 def _init_worker(n: int):
     import torch
 
@@ -96,9 +112,10 @@ def run_units(
         return [fit_unit(u) for u in units]
     n = worker_threads(jobs)
     ctx = mp.get_context('spawn')
-    with thread_env(n):
-        with ProcessPoolExecutor(min(jobs, len(units)), mp_context=ctx, initializer=_init_worker, initargs=(n,)) as ex:
-            return list(ex.map(fit_unit, units))
+    with ProcessPoolExecutor(min(jobs, len(units)), mp_context=ctx, initializer=_init_worker, initargs=(n,)) as ex:
+        with thread_env(n), main_not_rerun():  # the workers start as the units are submitted
+            futures = [ex.submit(fit_unit, u) for u in units]
+        return [f.result() for f in futures]
 
 # %% ../nbs/08b_jobs.ipynb #099c5d94
 def fold_files(
