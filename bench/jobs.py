@@ -2,7 +2,7 @@
 (--jobs 1) and in two local worker processes (--jobs 2), side by side: wall times, the speed-up, and whether the
 two predictions.csv are the same bytes.
 
-Run: .venv/bin/python bench/jobs.py [--patients 120] [--model relation] [--jobs 2] [--folds 5]
+Run: .venv/bin/python bench/jobs.py [--patients 120] [--model relation] [--jobs 2] [--folds 5] [--head neural --epochs 4]
 The cohort is generated once into the cache (LIVER_PCR_CACHE or ~/.cache/liver_pcr)/bench. One warm-up fold fills
 the preprocessing cache first, so that neither timed run pays for it.
 """
@@ -21,6 +21,8 @@ p.add_argument('--patients', type=int, default=120)
 p.add_argument('--model', default='relation')
 p.add_argument('--jobs', type=int, default=2, help='worker processes of the parallel run')
 p.add_argument('--folds', type=int, default=5)
+p.add_argument('--head', choices=['linear', 'neural'], help="the stage's head (default: its own, linear)")
+p.add_argument('--epochs', type=int, help='epochs of the neural head (default: the fast preset)')
 a = p.parse_args()
 os.environ.setdefault('LIVER_PCR_QUIET', '1')
 
@@ -30,10 +32,10 @@ if not (d / 'patients.csv').exists():
     make_cohort(d, SynthConfig(n_patients=a.patients, seed=0), overwrite=True, n_jobs=2, show_progress=False)
 c = Cohort.load(d)
 work = Path(tempfile.mkdtemp(prefix='liver_pcr_bench_jobs-'))
-kw = dict(n_folds=a.folds, seed=0, check=False, show_progress=False, n_boot=200)
+kw = dict(n_folds=a.folds, seed=0, check=False, show_progress=False, n_boot=200, head=a.head, epochs=a.epochs)
 t0 = time.time()
 run_cv(c, a.model, work / 'warm', folds=[0], **kw)
-print(f'{a.model} on {len(c)} patients, {a.folds} folds, {os.cpu_count()} CPUs; warm-up fold {time.time() - t0:.1f} s',
+print(f'{a.model} ({a.head or "its own"} head) on {len(c)} patients, {a.folds} folds, {os.cpu_count()} CPUs; warm-up fold {time.time() - t0:.1f} s',
       flush=True)
 times = {}
 for n in (1, a.jobs):
