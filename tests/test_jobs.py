@@ -19,16 +19,14 @@ LOOPS = 20
 WORKER = textwrap.dedent('''
     import sys, time
     from pathlib import Path
-    from liver_pcr.cli import main
+    from liver_pcr.train import run_cv
     base, me, loops, folds = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
     for i in range(loops):
         (base / f'ready{i}.{me}').touch()
         while not (base / f'ready{i}.{1 - me}').exists():
             time.sleep(0.002)
         run = base / f'run{i}'
-        code = main(['cv', SAMPLE, '--model', 'clinical', '--out', str(run),
-                     '--folds', '4', '--fold', *folds])
-        assert code == 0, code
+        run_cv(SAMPLE, 'clinical', run, n_folds=4, folds=[int(k) for k in folds], check=False, show_progress=False)
 ''')
 
 
@@ -60,7 +58,7 @@ def test_two_processes_share_one_run_folder(tmp_path, sequential):
         run = tmp_path / f'run{i}'
         assert sorted(f.name for f in run.iterdir()) == ['config.json', 'fold0', 'fold1', 'fold2', 'fold3']
         assert not list(run.rglob('*.tmp')), f'{run}: a temporary file left behind'
-        assert main(['cv', str(SAMPLE), '--model', 'clinical', '--out', str(run), '--folds', '4']) == 0
+        run_cv(SAMPLE, 'clinical', run, **KW)  # gathers
         assert (run / 'predictions.csv').read_bytes() == sequential, f'{run}: predictions differ'
 
 
