@@ -9,6 +9,7 @@ Run: .venv/bin/python bench/evolution.py --set report2    # seeds 200-204, made 
      .venv/bin/python bench/evolution.py --set tuning     # seeds 0-4, the cohorts the design was chosen on
      .venv/bin/python bench/evolution.py --cohort DIR --truth TRUTH.csv [--cohort DIR --truth TRUTH.csv ...]
      options: --models baseline relation ...  --weights trunk.pt  --head neural  --out DIR (tables as CSV/Markdown)
+              --jobs N (each CV's folds in N local worker processes)  --ray auto|ADDRESS|local
 Cohorts of a --set are generated once into the cache (LIVER_PCR_CACHE or ~/.cache/liver_pcr)/bench.
 """
 import argparse, json, os, sys, tempfile, time
@@ -26,6 +27,7 @@ from liver_pcr.data.measure import measure_table
 from liver_pcr.models.nets import STAGES
 from liver_pcr.train.cv import run_cv
 from liver_pcr.interpret.attribution import counterfactual_swap
+from liver_pcr.jobs import run_cv_jobs
 
 SETS = {   # seed → how the cohort differs from the generator's default (120 patients, pre/post, T2 DWI AP PVP, 96×96×16)
     'tuning': {0: {}, 1: {}, 2: {}, 3: dict(timepoints=('pre', 'mid', 'post')),
@@ -57,6 +59,8 @@ p.add_argument('--weights', help='trunk weights file for the deep stages')
 p.add_argument('--head', choices=['linear', 'neural'])
 p.add_argument('--patients', type=int, default=120)
 p.add_argument('--out', help='folder for per_cohort.csv, summary.csv and summary.md')
+p.add_argument('--jobs', type=int, default=1, help='local worker processes per CV (default 1)')
+p.add_argument('--ray', help="a Ray cluster for the folds: 'auto', its address, or 'local'")
 a = p.parse_args()
 if not a.set and not a.cohort:
     p.error('give --set or --cohort')
@@ -99,7 +103,7 @@ for name, d, truth in cohorts:
         deep = m not in REFERENCES
         spec = replace(STAGES['relation'], name=m, **BLOCKS[m]) if m in BLOCKS else m
         t0 = time.time()
-        r = run_cv(c, spec, work/name/m, show_progress=False, n_boot=1000, weights=a.weights if deep else None,
+        r = run_cv_jobs(c, spec, work/name/m, jobs=a.jobs, ray=a.ray, show_progress=False, n_boot=1000, weights=a.weights if deep else None,
                    head=a.head if deep else None)
         wall = time.time() - t0
         cf = counterfactual_swap(work/name/m, c)['drop'] if deep and m != 'baseline' else np.nan

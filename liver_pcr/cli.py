@@ -56,6 +56,29 @@ def _training_options(
         "a state dict), or 'imagenet' for torchvision's file in torch's hub cache",
     )
 
+# %% ../nbs/90_cli.ipynb #8478638e
+def _job_options(
+    p,  # a subparser
+    unit_help: str | None = None,  # --unit help (None: no --unit)
+):
+    "How a command's units of work run: local worker processes, a Ray cluster, or one unit alone."
+    p.add_argument(
+        '--jobs', type=int, default=1, help='fit the folds in N local worker processes (default 1)'
+    )
+    p.add_argument(
+        '--ray',
+        metavar='ADDRESS',
+        help="fit the folds on a Ray cluster: 'auto', its address, or 'local' (two CPUs, for this run)",
+    )
+    p.add_argument(
+        '--ray-no-shared-fs',
+        dest='ray_no_shared_fs',
+        action='store_true',
+        help="Ray's workers do not see the output folder: they send each fold's files back",
+    )
+    if unit_help:
+        p.add_argument('--unit', metavar='NAME:FOLD', help=unit_help)
+
 # %% ../nbs/90_cli.ipynb #2f10dbc3
 def _add_demo(
     sub,  # the subparsers of `liver-pcr`
@@ -81,7 +104,8 @@ def _add_demo(
         action='store_true',
         help='also run the ablations of the relation model (a few more minutes)',
     )
-    d.set_defaults(func=_lazy('report', 'cmd_demo'))
+    _job_options(d, 'fit only this fold of this model (liver-pcr plan demo lists them)')
+    d.set_defaults(func=_lazy('jobs', 'cmd_demo'))
 
 # %% ../nbs/90_cli.ipynb #25d9da0a
 def _add_validate(
@@ -234,7 +258,16 @@ def _add_training(
         t.add_argument(
             '--sequences', nargs='+', help="sequences the model uses (default: the stage's)"
         )
-        t.set_defaults(func=_lazy('train.cv', fn))
+        if name == 'cv':
+            t.add_argument(
+                '--fold',
+                type=int,
+                nargs='+',
+                metavar='K',
+                help='fit only these folds into the shared run folder; a later cv without --fold gathers them',
+            )
+            _job_options(t)
+        t.set_defaults(func=_lazy('jobs' if name == 'cv' else 'train.cv', fn))
     t = sub.add_parser(
         'predict', help='apply a trained run (train or cv) to a cohort, labelled or not'
     )
@@ -279,7 +312,8 @@ def _add_ablate(
     a.add_argument('cohort', help='the cohort folder')
     a.add_argument('--out', required=True, help='output folder (never inside the cohort)')
     _training_options(a)
-    a.set_defaults(func=_lazy('evaluate.ablation', 'cmd_ablate'))
+    _job_options(a, 'fit only this fold of this variant, e.g. --unit=-AP:2 (liver-pcr plan ablate lists them)')
+    a.set_defaults(func=_lazy('jobs', 'cmd_ablate'))
 
 # %% ../nbs/90_cli.ipynb #a9a5a6e4
 def _add_explain(
@@ -363,6 +397,19 @@ def _add_course(
     k.add_argument('dir', help='the folder to create (it must not exist)')
     k.set_defaults(func=_lazy('course', 'cmd_course'))
 
+# %% ../nbs/90_cli.ipynb #18cff566
+def _add_plan(
+    sub,  # the subparsers of `liver-pcr`
+):
+    "`liver-pcr plan cv|ablate|demo ARGS`."
+    k = sub.add_parser(
+        'plan',
+        help='print one command per unit of work (fold, or model and fold), then the gathering command',
+    )
+    k.add_argument('target', choices=['cv', 'ablate', 'demo'], help='the command to plan')
+    k.add_argument('rest', nargs=argparse.REMAINDER, help="that command's arguments")
+    k.set_defaults(func=_lazy('jobs', 'cmd_plan'))
+
 # %% ../nbs/90_cli.ipynb #5057f6f7
 COMMANDS = (
     _add_demo,
@@ -376,6 +423,7 @@ COMMANDS = (
     _add_compare,
     _add_learning_curve,
     _add_course,
+    _add_plan,
 )
 
 

@@ -95,6 +95,9 @@ def run_demo(
     sample: bool = False,  # the packaged 24-patient sample instead?
     weights=None,  # trunk weights file
     head: str | None = None,  # 'linear' or 'neural' (None: each model's own)
+    jobs: int = 1,  # fit the models' folds in this many local worker processes
+    ray: str | None = None,  # or on a Ray cluster: 'auto', its address, or 'local'
+    ray_shared_fs: bool = True,  # do Ray's workers see `out`?
 ) -> Path:
     "The model evolution, the references and the ablations on the embedded data; returns the report's path."
     from liver_pcr.evaluate.compare import compare_runs
@@ -111,6 +114,15 @@ def run_demo(
         quiet,
     )
     metrics, times = {}, {}
+    if jobs > 1 or ray:  # every model's folds as units of work; the loop below gathers them
+        from liver_pcr.jobs import fit_folds
+
+        kw = dict(n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs)
+        runs = [
+            (c, m, out / 'runs' / m, dict(kw, weights=None if is_reference(m) else weights, head=None if is_reference(m) else head))
+            for m in DEMO_MODELS
+        ]
+        fit_folds(runs, jobs, ray, ray_shared_fs, afresh=True)
     for i, m in enumerate(DEMO_MODELS):
         t1 = time.time()
         metrics[m] = run_cv_afresh(
@@ -155,6 +167,9 @@ def run_demo(
             base=base,
             show_progress=not quiet,
             n_boot=n_boot,
+            jobs=jobs,
+            ray=ray,
+            ray_shared_fs=ray_shared_fs,
         )
         times['ablations'] = time.time() - t1
     times['total'] = time.time() - t0
@@ -403,5 +418,8 @@ def cmd_demo(args) -> int:
         sample=args.sample,
         weights=args.weights,
         head=args.head,
+        jobs=getattr(args, 'jobs', 1),
+        ray=getattr(args, 'ray', None),
+        ray_shared_fs=not getattr(args, 'ray_no_shared_fs', False),
     )
     return 0

@@ -114,6 +114,9 @@ def run_ablation(
     base: ModelConfig = STAGES['relation'],  # the full model the variants remove parts from
     show_progress: bool = True,  # progress bars
     n_boot: int = 2000,  # bootstrap resamples of the table's AUC intervals
+    jobs: int = 1,  # fit the variants' folds in this many local worker processes
+    ray: str | None = None,  # or on a Ray cluster: 'auto', its address, or 'local'
+    ray_shared_fs: bool = True,  # do Ray's workers see `out`?
 ) -> pd.DataFrame:
     "Cross-validate the full model and every one-part-removed variant; write `ablation.csv` and `ablation.md` to `out`."
     c = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
@@ -121,6 +124,11 @@ def run_ablation(
     out.mkdir(parents=True, exist_ok=True)
     c.check(show_progress=show_progress)
     variants, runs = ablations(c, base), {}
+    kw = dict(n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs, save_models=False)
+    if jobs > 1 or ray:  # every variant's folds as units of work; the loop below gathers them
+        from liver_pcr.jobs import fit_folds
+
+        fit_folds([(c, cfg, out / name, kw) for name, cfg in variants.items()], jobs, ray, ray_shared_fs)
     for name, cfg in progress(
         variants.items(), desc='ablations', total=len(variants), disable=not show_progress or None
     ):
@@ -128,14 +136,10 @@ def run_ablation(
             c,
             cfg,
             out / name,
-            n_folds=n_folds,
-            seed=seed,
-            preset_name=preset_name,
-            epochs=epochs,
+            **kw,
             check=False,
             show_progress=show_progress,
             n_boot=200,
-            save_models=False,
         )
         runs[name] = out / name
     tab = ablation_table(runs, n_boot=n_boot, seed=seed)
@@ -151,7 +155,16 @@ def cmd_ablate(args) -> int:
 
     base = model_config('relation', weights=args.weights, head=args.head)
     tab = run_ablation(
-        args.cohort, args.out, args.preset, args.folds, args.seed, args.epochs, base=base
+        args.cohort,
+        args.out,
+        args.preset,
+        args.folds,
+        args.seed,
+        args.epochs,
+        base=base,
+        jobs=getattr(args, 'jobs', 1),
+        ray=getattr(args, 'ray', None),
+        ray_shared_fs=not getattr(args, 'ray_no_shared_fs', False),
     )
     print(markdown_table(tab[SHOWN], signed=('ΔAUC',)))
     print(f'\nwrote {args.out}/ablation.csv, ablation.md and one run folder per variant')

@@ -723,6 +723,7 @@ def run_cv(
     save_models: bool = True,  # keep each fold's trained model (fold{k}/model.*)?
     weights=None,  # trunk weights file
     head: str | None = None,  # 'linear' or 'neural' head
+    folds=None,  # fit only these folds (None: every fold, then the tables and metrics)
 ) -> dict:
     "Cross-validate a model; write predictions, metrics, thresholds, config, log and fold models to `out`."
     t0 = time.time()
@@ -750,7 +751,13 @@ def run_cv(
         dict(fold=s.fold, train=list(s.train), val=list(s.val), test=list(s.test)) for s in splits
     ]
     rec = _config_record(ctx, n_folds=len(splits), folds_source=source, splits=sp)
+    every = [s.fold for s in splits]
+    unknown = sorted(set(map(int, folds or ())) - set(every))
+    if unknown:
+        raise ConfigError(f'--fold {unknown}: the run has folds {every}')
     rf.start(rec)
+    if folds is not None:  # a unit of work: these folds only, no tables
+        splits = [s for s in splits if s.fold in set(map(int, folds))]
     fitter, rows, thr, logs, fit_s = fitter_for(ctx), [], [], [], 0.0
     for s in progress(splits, desc=f'{rec["model"]}: folds', disable=not show_progress or None):
         done = rf.done(s.fold)
@@ -769,6 +776,8 @@ def run_cv(
                 seconds=round(t_fit, 1),
             )
             rf.write_done(s.fold, done)  # the fold is done: its resume checkpoints go
+        if folds is not None:
+            continue
         thr.append(dict(fold=s.fold, threshold=done['threshold']))
         logs += done['log']
         fit_s += done.get('seconds', 0.0)
@@ -776,6 +785,9 @@ def run_cv(
             dict(patient_id=i, fold=s.fold, y_true=int(c[i].label), p=done['test'][i])
             for i in s.test
         ]
+    if folds is not None:
+        left = [k for k in every if rf.done(k) is None]
+        return dict(model=rec['model'], out=str(out), folds=[s.fold for s in splits], left=left)
     preds, thresholds = pd.DataFrame(rows), pd.DataFrame(thr)
     rf.write_table('predictions', preds)
     rf.write_table('thresholds', thresholds)

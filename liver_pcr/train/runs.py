@@ -21,11 +21,31 @@ from liver_pcr.core import (
 )
 
 # %% auto #0
-__all__ = ['RUN_FORMAT', 'COMPARED', 'CHECKPOINT', 'to_json', 'Run', 'OtherRunError', 'RunFolder', 'load_run', 'write_toy_run',
-           'save_tensors', 'load_tensors', 'load_model_file', 'member_dir', 'save_checkpoint', 'load_checkpoint']
+__all__ = ['RUN_FORMAT', 'COMPARED', 'CHECKPOINT', 'create_once', 'to_json', 'Run', 'OtherRunError', 'RunFolder', 'load_run',
+           'write_toy_run', 'save_tensors', 'load_tensors', 'load_model_file', 'member_dir', 'save_checkpoint',
+           'load_checkpoint']
 
 # %% ../../nbs/08a_train.runs.ipynb #c17e0677
 RUN_FORMAT = 2  # 1: pickled references and bundles (before 0.3); 2: JSON + plain tensors
+
+# %% ../../nbs/08a_train.runs.ipynb #41d655a1
+def create_once(
+    path,  # the file to create
+    text: str,  # its content
+) -> bool:
+    "Create `path` holding `text` in one step unless it exists (then False); never overwrites, never shows a half-written file."
+    import os
+
+    path = Path(path)
+    if path.exists():
+        return False
+    with atomic_path(path) as tmp:  # a temporary name of this process alone
+        Path(tmp).write_text(text)
+        try:
+            os.link(tmp, path)  # atomic and exclusive: fails if the name exists
+        except FileExistsError:
+            return False
+    return True
 
 # %% ../../nbs/08a_train.runs.ipynb #d51861c3
 def to_json(
@@ -180,19 +200,22 @@ def start(
     self.path.mkdir(parents=True, exist_ok=True)
     record = {**record, 'format': RUN_FORMAT}
     old = self._file('config.json')
-    if old.exists() and 'splits' in record:
-        prev = read_json_object(old)
-        if prev.get('format', 1) != RUN_FORMAT:  # its finished folds hold models this version cannot read
-            raise OtherRunError(
-                f"{self.path}: holds a run of another configuration, written by an older liver_pcr "
-                f"(run format {prev.get('format', 1)}); choose another --out"
-            )
-        same = json.loads(to_json({k: record.get(k) for k in COMPARED}))
-        if {k: prev.get(k) for k in COMPARED} != same:
-            raise OtherRunError(
-                f'{self.path}: holds a run with another configuration or cohort; choose another --out'
-            )
-    write_text(old, to_json(record))
+    if 'splits' not in record:  # a train run: its one writer writes it last
+        write_text(old, to_json(record))
+        return
+    if create_once(old, to_json(record)):
+        return  # the first process of a run writes config.json; every later one compares with it
+    prev = read_json_object(old)
+    if prev.get('format', 1) != RUN_FORMAT:  # its finished folds hold models this version cannot read
+        raise OtherRunError(
+            f"{self.path}: holds a run of another configuration, written by an older liver_pcr "
+            f"(run format {prev.get('format', 1)}); choose another --out"
+        )
+    same = json.loads(to_json({k: record.get(k) for k in COMPARED}))
+    if {k: prev.get(k) for k in COMPARED} != same:
+        raise OtherRunError(
+            f'{self.path}: holds a run with another configuration or cohort; choose another --out'
+        )
 
 # %% ../../nbs/08a_train.runs.ipynb #d4d1eaad
 @patch
