@@ -213,8 +213,7 @@ def _named_columns(
 def read_table(
     path,  # a CSV file
     required=(),  # the columns it must have
-    what: str
-    | None = None,  # what the file is, for messages: 'clinical' gives "no such clinical file"
+    what: str | None = None,  # what the file is, for messages ('clinical': "no such clinical file")
     na: bool = False,  # empty cells as missing (NaN) rather than ''
     warn=None,  # called with the reason when rows have more values than the header (None: raise)
 ):
@@ -313,7 +312,7 @@ def is_tiny() -> bool:
 def run_main(
     fn,  # the command to run
     debug: bool = False,  # whether to show tracebacks
-    stderr=None,
+    stderr=None,  # where the errors go (default: sys.stderr)
 ) -> int:
     "Run `fn()`; turn errors into one line per problem and an exit code."
     stderr = stderr or sys.stderr

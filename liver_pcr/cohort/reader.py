@@ -121,7 +121,7 @@ class Volume:
 def load_volume(
     path,  # the NIfTI file
     canonical: bool = True,  # reorient to RAS+?
-    dtype=np.float32,
+    dtype=np.float32,  # the voxels' type (None: as stored)
 ) -> Volume:
     "Load a 3-D NIfTI volume (a 2-D image becomes one slice); raise `CohortError` naming the file if it can't be used."
     import nibabel as nib
@@ -606,7 +606,7 @@ def plot(
     self: Patient,
     sequences=None,  # the sequences to show (default: all)
     timepoints=None,  # the timepoints to show (default: all)
-    size: float = 2.2,
+    size: float = 2.2,  # inches per panel
 ):
     "Plot one axial slice per exam with the lesion outline."
     import matplotlib.pyplot as plt
@@ -856,7 +856,7 @@ def _check_volume(root: Path, path: Path, what: str, problems: list):
 def validate(
     self: Cohort,
     deep: bool = True,  # also open every volume and mask?
-    show_progress: bool = True,
+    show_progress: bool = True,  # a progress bar over the volumes
 ) -> list[Problem]:
     "Every problem of the cohort: its tables and layout, and (deep) every volume and mask."
     problems = list(self.problems)
@@ -986,7 +986,7 @@ def save_nifti(
     path,  # where
     data: np.ndarray,  # the voxels (x, y, z)
     affine: np.ndarray,  # the voxel-to-mm affine
-    dtype=None,
+    dtype=None,  # the stored type (None: the array's)
 ):
     "Save a 3-D NIfTI-1 volume with a clean header (no description, mm units)."
     import nibabel as nib

@@ -377,9 +377,9 @@ def make_cohort(
     out,  # the cohort folder to create
     cfg: SynthConfig = SynthConfig(),  # what to generate
     truth=None,  # a CSV file for the true probabilities (outside the cohort)
-    overwrite: bool = False,
-    n_jobs: int = 1,
-    show_progress: bool = True,
+    overwrite: bool = False,  # replace an existing cohort folder?
+    n_jobs: int = 1,  # worker processes that write the patients
+    show_progress: bool = True,  # a progress bar over the patients
     name: str | None = None,  # the cohort's name in cohort.json (default: the folder name)
 ) -> pd.DataFrame:
     "Generate a synthetic cohort in the cohort format; return the truth table."

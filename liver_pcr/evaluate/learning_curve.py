@@ -33,7 +33,7 @@ def _class_counts(
 
 # %% ../../nbs/09c_evaluate.learning_curve.ipynb #666d000f
 def subsample_ids(
-    labels: pd.Series,  # outcome (0/1) per patient id; unlabelled (NaN) patients are never drawn
+    labels: pd.Series,  # outcome (0/1) per patient id (unlabelled, NaN, patients are never drawn)
     n: int,  # how many labelled patients to draw
     seed: int = 0,  # seed of the draw
 ) -> list[str]:
@@ -387,8 +387,8 @@ def _riley_n(
 def riley_sample_size(
     prevalence: float,  # anticipated outcome prevalence (share of pCR)
     parameters: int,  # candidate predictor parameters (coefficients, not variables)
-    c_statistic: float | None = None,  # anticipated C statistic (AUC); give it or `r2_cs`
-    r2_cs: float | None = None,  # anticipated Cox–Snell R²; give it or `c_statistic`
+    c_statistic: float | None = None,  # anticipated C statistic (AUC), or give `r2_cs`
+    r2_cs: float | None = None,  # anticipated Cox–Snell R², or give `c_statistic`
     shrinkage: float = 0.9,  # criterion (i): the expected global shrinkage factor, at least
     optimism: float = 0.05,  # criterion (ii): apparent minus adjusted Nagelkerke R², at most
     margin: float = 0.05,  # criterion (iii): margin of error of the overall risk (95%)

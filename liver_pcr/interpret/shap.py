@@ -28,7 +28,7 @@ def linear_shap(
     coef,  # the coefficients (P,) of a linear logit on standardised features
     bias: float,  # its intercept
     Z,  # the standardised features to explain (n, P)
-    Zb=None,  # the background (m, P); None: the training patients, whose mean is 0 by construction of the standardisation
+    Zb=None,  # the background (m, P), or None for the training patients (mean 0 by construction)
 ) -> tuple[np.ndarray, float]:
     "Exact interventional SHAP values coef × (z − background mean) (n, P), and the base value E f(background), both in log-odds."
     coef = np.asarray(coef, np.float64)

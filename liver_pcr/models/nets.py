@@ -298,11 +298,11 @@ class ImageEncoder(nn.Module):
 
     def __init__(
         self,
-        n_seq: int,
-        k: int,
-        dim: int,
-        shared: bool = True,
-        pretrained: bool = False,
+        n_seq: int,  # sequences per exam
+        k: int,  # slices per image (the trunk's input channels)
+        dim: int,  # features per image
+        shared: bool = True,  # one trunk for every sequence?
+        pretrained: bool = False,  # start from the ImageNet weights?
         stem: str = 'imagenet',  # the trunk's stem
         pool: str = 'global',  # 'global' (the trunk's average pool) or 'lesion' (`lesion_pool` of layer4)
         weights=None,  # a weights file for the trunk(s)
