@@ -6,12 +6,15 @@ Docs: https://liver-pcr.github.io/liver_pcr/testing.html.md"""
 
 # %% ../nbs/15_testing.ipynb #41a5d8b3
 from __future__ import annotations
-import copy, hashlib, random
+import copy, hashlib, json, random
 from pathlib import Path
-import numpy as np
+import numpy as np, pandas as pd
+from .core import write_text
+from .metrics import auc
+from .train.runs import RunFolder
 
 # %% auto #0
-__all__ = ['binormal', 'tree_digest', 'mr_small_series']
+__all__ = ['binormal', 'tree_digest', 'mr_small_series', 'write_toy_run']
 
 # %% ../nbs/15_testing.ipynb #b9647309
 def binormal(
@@ -86,3 +89,32 @@ def mr_small_series(
             setattr(ds, kw, v)
         ds.save_as(folder / f'{names[k]}.dcm')
     return [slices[k] for k in range(n)], tags
+
+# %% ../nbs/15_testing.ipynb #6f1361ac
+def write_toy_run(
+    path,  # the run folder
+    y,  # outcomes (0/1)
+    p,  # out-of-fold probabilities
+    model: str | None = None,  # `model` in config.json
+    n_folds: int = 5,  # patients are dealt to folds in turn
+    thresholds=None,  # one threshold per fold, or None for no thresholds.csv
+    patient_ids=None,  # default P000, P001, …
+) -> Path:
+    "Write a run folder from `(y, p)`, for examples and tests."
+    rf, n = RunFolder(path), len(y)
+    rf.path.mkdir(parents=True, exist_ok=True)
+    ids = [f'P{i:03d}' for i in range(n)] if patient_ids is None else list(patient_ids)
+    pr = pd.DataFrame(
+        dict(
+            patient_id=ids,
+            fold=np.arange(n) % n_folds,
+            y_true=np.asarray(y, int),
+            p=np.asarray(p, float),
+        )
+    )
+    rf.write_table('predictions', pr)
+    if thresholds is not None:
+        rf.write_table('thresholds', pd.DataFrame(dict(fold=range(n_folds), threshold=thresholds)))
+    write_text(rf.path / 'config.json', json.dumps({'model': model} if model else {}))
+    rf.write_metrics({'auc': auc(y, p)})
+    return rf.path

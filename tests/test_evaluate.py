@@ -28,7 +28,7 @@ from liver_pcr.metrics import (
 )
 from liver_pcr.evaluate.compare import cmd_compare, compare_runs
 from liver_pcr.train.runs import load_run
-from liver_pcr.train.runs import write_toy_run
+from liver_pcr.testing import write_toy_run
 
 
 def _tied(seed, n=150, levels=7):

@@ -22,8 +22,7 @@ from liver_pcr.core import (
 
 # %% auto #0
 __all__ = ['RUN_FORMAT', 'COMPARED', 'CHECKPOINT', 'create_once', 'to_json', 'Run', 'OtherRunError', 'RunFolder', 'load_run',
-           'write_toy_run', 'save_tensors', 'load_tensors', 'load_model_file', 'member_dir', 'save_checkpoint',
-           'load_checkpoint']
+           'save_tensors', 'load_tensors', 'load_model_file', 'member_dir', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../../nbs/08a_train.runs.ipynb #c17e0677
 RUN_FORMAT = 2  # 1: pickled references and bundles (before 0.3); 2: JSON + plain tensors
@@ -314,37 +313,6 @@ def load_run(
 ) -> Run:
     "Read and check a run folder (`predictions.csv`, optional `thresholds.csv`, `config.json`, `metrics.json`)."
     return RunFolder(path).read()
-
-# %% ../../nbs/08a_train.runs.ipynb #9ccfa100
-def write_toy_run(
-    path,  # the run folder
-    y,  # outcomes (0/1)
-    p,  # out-of-fold probabilities
-    model: str | None = None,  # `model` in config.json
-    n_folds: int = 5,  # patients are dealt to folds in turn
-    thresholds=None,  # one threshold per fold, or None for no thresholds.csv
-    patient_ids=None,  # default P000, P001, …
-) -> Path:
-    "Write a run folder from `(y, p)`, for examples and tests."
-    from liver_pcr.metrics import auc
-
-    rf, n = RunFolder(path), len(y)
-    rf.path.mkdir(parents=True, exist_ok=True)
-    ids = [f'P{i:03d}' for i in range(n)] if patient_ids is None else list(patient_ids)
-    pr = pd.DataFrame(
-        dict(
-            patient_id=ids,
-            fold=np.arange(n) % n_folds,
-            y_true=np.asarray(y, int),
-            p=np.asarray(p, float),
-        )
-    )
-    rf.write_table('predictions', pr)
-    if thresholds is not None:
-        rf.write_table('thresholds', pd.DataFrame(dict(fold=range(n_folds), threshold=thresholds)))
-    write_text(rf.path / 'config.json', json.dumps({'model': model} if model else {}))
-    rf.write_metrics({'auc': auc(y, p)})
-    return rf.path
 
 # %% ../../nbs/08a_train.runs.ipynb #c168316a
 def _names(member: int) -> tuple[str, str]:
