@@ -304,6 +304,23 @@ def fit_mask(
         )
     return np.asanyarray(img.dataobj)
 
+# %% ../../nbs/04b_importers.base.ipynb #a66cbe34
+def _open_mask(
+    f,  # the mask file
+    label: str,  # the file, as the report names it
+    where: str,  # the exam, as the report names it
+    report,  # the ImportReport
+    unwritten: str = 'not written',  # what the report says happens to an unreadable mask
+):
+    "The mask opened with nibabel, or None after one problem in the report (every importer reads masks so)."
+    import nibabel as nib
+
+    try:
+        return nib.load(str(f))
+    except Exception as e:
+        report.problem(label, where, f'unreadable mask ({type(e).__name__}): {unwritten}')
+        return None
+
 # %% ../../nbs/04b_importers.base.ipynb #0777e8c5
 def _write_masks(
     w: CohortWriter, pid: str, tp: str, masks: dict, grids: dict, report: ImportReport

@@ -14,7 +14,7 @@ from ..core import LiverPcrError, CohortError, ConfigError, progress, read_table
 from ..cohort.reader import natural_key, ordered_names
 from .deid import MIN_SALT, pseudonym, phi_values
 from .base import ImportReport, _source, _writer, _finish, _fatal, _walk, _bad_name
-from .base import _patients_table, _labs_table, _write_masks, _files_label
+from .base import _patients_table, _labs_table, _write_masks, _files_label, _open_mask
 
 # %% auto #0
 __all__ = ['LPS', 'write_dicom_series', 'dicom_volume', 'DicomMap', 'read_dicom_map', 'dicom_series', 'import_dicom']
@@ -725,8 +725,6 @@ def _write_dicom(w, series, assigned, m, report) -> dict:
 # %% ../../nbs/04c_importers.dicom.ipynb #fcd6cee4
 def _dicom_masks(w, assigned, grids, m, pid_of, report):
     "Write the masks the map lists (per exam, per sequence, per series)."
-    import nibabel as nib
-
     want = {}
     for pat, exams in m.masks.items():
         pid = pid_of.get(pat, pat)
@@ -756,14 +754,9 @@ def _dicom_masks(w, assigned, grids, m, pid_of, report):
                     'a DICOM mask (SEG) is not supported: export the segmentation as NIfTI (3D Slicer, ITK-SNAP)',
                 )
                 continue
-            try:
-                loaded[seq] = (label, nib.load(str(f)))
-            except Exception as e:
-                report.problem(
-                    label,
-                    f'patient {pid}, {tp}',
-                    f'unreadable mask ({type(e).__name__}): not written',
-                )
+            mask = _open_mask(f, label, f'patient {pid}, {tp}', report)
+            if mask is not None:
+                loaded[seq] = (label, mask)
         if loaded:
             n += _write_masks(w, pid, tp, loaded, grids[(pid, tp)], report)
     report.counts['masks'] = n

@@ -12,7 +12,7 @@ import numpy as np
 from ..core import ConfigError, progress, read_table
 from ..cohort.reader import NIFTI_RE, natural_key, sort_timepoints, ordered_names
 from .base import ImportReport, _source, _writer, _finish, _fatal, _walk, _bad_name
-from .base import _patients_table, _labs_table, _write_masks
+from .base import _patients_table, _labs_table, _write_masks, _open_mask
 
 # %% auto #0
 __all__ = ['nifti_pattern', 'import_nifti']
@@ -129,8 +129,6 @@ def import_nifti(
     sequences=None,  # the sequence names accepted (None: any)
 ) -> ImportReport:
     "Import loose NIfTI files named by a pattern (plus clinical and labs CSVs) into a new cohort; return the import report."
-    import nibabel as nib
-
     src = _source(src, out, overwrite)
     clin = read_table(clinical, what='clinical') if clinical else None
     lab = read_table(labs, what='labs') if labs else None
@@ -160,14 +158,9 @@ def import_nifti(
                         'mask in an exam without an imported image: skipped',
                     )
                     continue
-                try:
-                    loaded[seq] = (rel, nib.load(str(f)))
-                except Exception as e:
-                    report.problem(
-                        rel,
-                        f'patient {pid}, {tp}',
-                        f'unreadable mask ({type(e).__name__}): skipped',
-                    )
+                mask = _open_mask(f, rel, f'patient {pid}, {tp}', report, 'skipped')
+                if mask is not None:
+                    loaded[seq] = (rel, mask)
             if loaded:
                 nm += _write_masks(w, pid, tp, loaded, grids[(pid, tp)], report)
         if not grids:
