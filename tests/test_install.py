@@ -94,7 +94,7 @@ def test_wheel_carries_the_sample_the_tutorials_and_the_templates(wheel):
     assert {f'liver_pcr/data_samples/{f}' for f in sample} <= names, sorted(set(sample) - names)[:10]
     tut = sorted(p.relative_to(src/'nbs'/'tutorials').as_posix() for p in (src/'nbs'/'tutorials').rglob('*')
                  if p.is_file() and '.ipynb_checkpoints' not in p.parts)
-    assert len([f for f in tut if f.endswith('.ipynb')]) == 9
+    assert len([f for f in tut if f.endswith('.ipynb')]) == 10
     assert {f'liver_pcr/tutorials/{f}' for f in tut} <= names, sorted(set(tut) - names)[:10]
     templates = {f'liver_pcr/{p.relative_to(src/"liver_pcr").as_posix()}' for p in (src/'liver_pcr'/'templates').glob('*.j2')}
     assert 'liver_pcr/templates/report.html.j2' in templates and templates <= names

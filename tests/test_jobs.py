@@ -7,6 +7,7 @@ import liver_pcr
 from liver_pcr.core import sample_cohort_path
 from liver_pcr.cli import main
 from liver_pcr.train.cv import run_cv
+from liver_pcr.train.runs import OtherRunError
 from liver_pcr import jobs
 
 ROOT = Path(liver_pcr.__file__).resolve().parent.parent
@@ -78,7 +79,7 @@ def test_fold_subset_then_gather_refits_nothing(tmp_path, sequential):
 def test_other_configuration_is_refused(tmp_path):
     run = tmp_path / 'run'
     run_cv(SAMPLE, 'clinical', run, folds=[0], **KW)
-    with pytest.raises(liver_pcr.runs.OtherRunError, match='another configuration'):
+    with pytest.raises(OtherRunError, match='another configuration'):
         run_cv(SAMPLE, 'clinical', run, folds=[1], **{**KW, 'seed': 1})
 
 
