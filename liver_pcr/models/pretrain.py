@@ -24,7 +24,7 @@ from .nets import ResNetTrunk, load_weights, CHANNELS, LAYERS
 __all__ = ['PRETRAIN_PRE', 'augment', 'projector', 'vicreg_loss', 'nt_xent', 'unlabelled_images', 'trunk_state', 'save_trunk',
            'torchrun_env', 'CPUSyncBatchNorm', 'sync_batchnorm', 'pretrain', 'cmd_pretrain']
 
-# %% ../../nbs/07b_models.pretrain.ipynb #26adeb99
+# %% ../../nbs/07b_models.pretrain.ipynb #f31980be
 def _draw(
     fn,  # torch.rand or torch.randn
     n: int,  # rows
@@ -270,7 +270,7 @@ def _checked(
         )
     return cohorts
 
-# %% ../../nbs/07b_models.pretrain.ipynb #e89b207e
+# %% ../../nbs/07b_models.pretrain.ipynb #fe985218
 def torchrun_env() -> tuple[int, int, int] | None:
     "(rank, local rank, world size) under torchrun (its RANK, LOCAL_RANK, WORLD_SIZE), None otherwise."
     keys = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')
@@ -286,7 +286,7 @@ def torchrun_env() -> tuple[int, int, int] | None:
     return rank, local, world
 
 
-# %% ../../nbs/07b_models.pretrain.ipynb #a04c0f22
+# %% ../../nbs/07b_models.pretrain.ipynb #b55e734c
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     "BatchNorm on the batch of all processes, forward and backward: torch's SyncBatchNorm for CPU tensors."
 
