@@ -6,7 +6,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/models.pretrain.html.md"""
 
 # %% ../../nbs/07b_models.pretrain.ipynb #92fa87b1
 from __future__ import annotations
-import contextlib, math, os, time
+import contextlib, math, os, time, warnings
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
@@ -209,13 +209,22 @@ class _Embedder(nn.Module):
         return self.head(self.trunk.maps(x, self.layer).mean((2, 3)))
 
 
+@contextlib.contextmanager
+def _quiet_deprecation():
+    "Without torch's FutureWarning on `torch.distributed.nn.functional` (its replacement is private)."
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', r'torch\.distributed\.nn\.functional', FutureWarning)
+        yield
+
+
 def _gathered(
     z: torch.Tensor,  # this process's embeddings (b, D)
 ) -> torch.Tensor:
     "The embeddings of every process in rank order, gradients flowing back to each (`z` itself in one process)."
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return z
-    return torch.cat(dist_nn.all_gather(z))
+    with _quiet_deprecation():
+        return torch.cat(dist_nn.all_gather(z))
 
 
 def _step_loss(
@@ -305,11 +314,12 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
         count = x.new_tensor([x.numel() // x.shape[1]])
-        sums = dist_nn.all_reduce(torch.cat([x.sum(dims), count]))  # with gradients
-        n = sums[-1].item()
-        mean = sums[:-1] / n
-        xc = x - mean.view(shape)
-        var = dist_nn.all_reduce(xc.pow(2).sum(dims)) / n
+        with _quiet_deprecation():
+            sums = dist_nn.all_reduce(torch.cat([x.sum(dims), count]))  # with gradients
+            n = sums[-1].item()
+            mean = sums[:-1] / n
+            xc = x - mean.view(shape)
+            var = dist_nn.all_reduce(xc.pow(2).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -339,7 +349,10 @@ def sync_batchnorm(
             device=ref.device,
             dtype=ref.dtype,
         )
-        new.load_state_dict(module.state_dict())
+        if module.affine:  # the same tensors, as torch's convert_sync_batchnorm does
+            new.weight, new.bias = module.weight, module.bias
+        new.running_mean, new.running_var = module.running_mean, module.running_var
+        new.num_batches_tracked = module.num_batches_tracked
         return new.train(module.training)
     for name, child in module.named_children():
         module.add_module(name, sync_batchnorm(child, device))
@@ -404,8 +417,8 @@ def _process_group(
     ddp: tuple | None,  # `torchrun_env()`
     dev: torch.device,  # this process's device
 ):
-    "Inside the block, the torchrun process group (NCCL on GPUs, gloo on the CPU); nothing for one process."
-    if ddp is None:
+    "Inside the block, the torchrun process group (NCCL on GPUs, gloo on the CPU), joined and left; one already joined is used and kept."
+    if ddp is None or dist.is_initialized():  # a caller's group stays the caller's
         yield
         return
     backend = 'nccl' if dev.type == 'cuda' else 'gloo'
