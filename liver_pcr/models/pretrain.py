@@ -443,7 +443,7 @@ def pretrain(
     steps: int | None = None,  # at most this many steps per epoch (None: every image once)
     weights=None,  # start from this weights file instead of a seeded random trunk
     seed: int = 0,  # seed of the trunk, the views and the order
-    views: str | None = None,  # 'batch' (one generator), 'image' (one per image; torchrun's), None: the setting's
+    views: str | None = None,  # how views are drawn: 'batch', 'image' (torchrun's) or None (the setting's)
     device=None,  # 'cpu', 'cuda', ... (None: the best available)
     show_progress: bool = True,  # progress bars (preprocessing and training)
 ) -> dict:
