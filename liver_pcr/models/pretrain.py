@@ -466,7 +466,7 @@ def pretrain(
         if bs % world:
             raise ConfigError(
                 f'{len(x)} images in {names}: fewer than the batch of {batch_size}, and not '
-                f'divisible by the {world} processes; choose a batch of at most {len(x)}'
+                f'divisible by the {world} processes; choose a multiple of {world} up to {len(x) - len(x) % world}'
             )
         g = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
