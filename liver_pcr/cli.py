@@ -287,7 +287,7 @@ def _add_pretrain(
     w.add_argument('cohorts', nargs='+', help='cohort folders (labels are never read)')
     w.add_argument('--out', required=True, help='weights file to write (use it with --weights)')
     w.add_argument('--epochs', type=int, help='passes over the images (default: the method\'s)')
-    w.add_argument('--batch', type=int, default=128, help='images per step (default 128)')
+    w.add_argument('--batch', type=int, default=128, help='images per step, split over the processes under torchrun (default 128)')
     w.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     w.add_argument(
         '--layer',

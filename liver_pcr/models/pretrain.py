@@ -6,11 +6,15 @@ Docs: https://liver-pcr.github.io/liver_pcr/models.pretrain.html.md"""
 
 # %% ../../nbs/07b_models.pretrain.ipynb #92fa87b1
 from __future__ import annotations
-import math, os, time
+import contextlib, math, os, time, warnings
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
 from ..core import ConfigError, atomic_path, check_out_path, progress, get_device, is_tiny
 from ..cohort.reader import Cohort
 from ..data.preprocess import PreprocessConfig, preprocess_cohort
@@ -18,12 +22,25 @@ from .nets import ResNetTrunk, load_weights, CHANNELS, LAYERS
 
 # %% auto #0
 __all__ = ['PRETRAIN_PRE', 'augment', 'projector', 'vicreg_loss', 'nt_xent', 'unlabelled_images', 'trunk_state', 'save_trunk',
-           'pretrain', 'cmd_pretrain']
+           'torchrun_env', 'CPUSyncBatchNorm', 'sync_batchnorm', 'pretrain', 'cmd_pretrain']
+
+# %% ../../nbs/07b_models.pretrain.ipynb #f31980be
+def _draw(
+    fn,  # torch.rand or torch.randn
+    n: int,  # rows
+    g,  # a generator, or a list of `n` generators (row i drawn from the i-th)
+    *shape,  # the shape of each row
+) -> torch.Tensor:
+    "(n, *shape) random numbers from `g`; with one generator per row, each row depends on its own only."
+    if isinstance(g, torch.Generator):
+        return fn(n, *shape, generator=g)
+    return torch.cat([fn(1, *shape, generator=gi) for gi in g])
+
 
 # %% ../../nbs/07b_models.pretrain.ipynb #75c73c47
 def augment(
     x: torch.Tensor,  # images (N, k, H, W)
-    g: torch.Generator,  # the random generator (on the CPU)
+    g,  # the random generator (on the CPU), or a list of them: one per image, which then draws its own view
     scale=(0.6, 1.0),  # range of the crop's area, as a share of the image
     max_rot: float = 15.0,  # largest rotation, degrees
     flip: bool = True,  # random left-right flips
@@ -36,10 +53,10 @@ def augment(
     N = len(x)
 
     def u(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(N, *shape, generator=g)
+        return lo + (hi - lo) * _draw(torch.rand, N, g, *shape)
 
     side, th = u(*scale).sqrt(), torch.deg2rad(u(-max_rot, max_rot))
-    mirror = torch.where(torch.rand(N, generator=g) < 0.5, -1.0, 1.0) if flip else torch.ones(N)
+    mirror = torch.where(_draw(torch.rand, N, g) < 0.5, -1.0, 1.0) if flip else torch.ones(N)
     shift = (1 - side)[:, None] * u(-1, 1, 2)  # the crop stays inside the image
     cos, sin = side * th.cos(), side * th.sin()
     A = torch.stack(
@@ -55,7 +72,7 @@ def augment(
     gam = torch.exp(u(math.log(gamma[0]), math.log(gamma[1])))
     v = lo + (hi - lo) * ((v - lo) / (hi - lo).clamp(min=1e-6)) ** gam.to(x)[:, None, None, None]
     a, b, sd = (t.to(x)[:, None, None, None] for t in (u(*gain), u(-offset, offset), u(0, noise)))
-    return a * v + b + sd * torch.randn(x.shape, generator=g).to(x)
+    return a * v + b + sd * _draw(torch.randn, N, g, *x.shape[1:]).to(x)
 
 # %% ../../nbs/07b_models.pretrain.ipynb #4e70a7ea
 def projector(
@@ -173,14 +190,57 @@ def save_trunk(
     return Path(out)
 
 # %% ../../nbs/07b_models.pretrain.ipynb #6dc330d1
-def _step_loss(trunk, head, xb, layer: str, method: str, g: torch.Generator) -> torch.Tensor:
-    "The loss of one batch: two views of each image, pooled maps, projector, VICReg or NT-Xent."
+class _Embedder(nn.Module):
+    "The trunk up to `layer`, global average pooling and the projector: the module trained (and wrapped by DDP)."
+
+    def __init__(
+        self,
+        trunk: ResNetTrunk,  # the trunk
+        head: nn.Module,  # the projector
+        layer: str,  # the deepest block run
+    ):
+        super().__init__()
+        self.trunk, self.head, self.layer = trunk, head, layer
+
+    def forward(
+        self,
+        x,  # views (N, k, H, W)
+    ):
+        return self.head(self.trunk.maps(x, self.layer).mean((2, 3)))
+
+
+@contextlib.contextmanager
+def _quiet_deprecation():
+    "Without torch's FutureWarning on `torch.distributed.nn.functional` (its replacement is private)."
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', r'torch\.distributed\.nn\.functional', FutureWarning)
+        yield
+
+
+def _gathered(
+    z: torch.Tensor,  # this process's embeddings (b, D)
+) -> torch.Tensor:
+    "The embeddings of every process in rank order, gradients flowing back to each (`z` itself in one process)."
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return z
+    with _quiet_deprecation():
+        return torch.cat(dist_nn.all_gather(z))
+
+
+def _step_loss(
+    model: nn.Module,  # the `_Embedder` (or its DDP wrapper)
+    xb: torch.Tensor,  # this process's images (b, k, H, W)
+    method: str,  # 'vicreg' or 'simclr'
+    g,  # the generator of the views, or one per image
+) -> torch.Tensor:
+    "The loss of one batch: two views of each image, pooled maps, projector, VICReg or NT-Xent (on the gathered batch)."
     views = torch.cat([augment(xb, g), augment(xb, g)]).contiguous(
         memory_format=torch.channels_last
     )
-    z = head(trunk.maps(views, layer).mean((2, 3)))
-    z1, z2 = z.chunk(2)
+    z1, z2 = model(views).chunk(2)
+    z1, z2 = _gathered(z1), _gathered(z2)
     return vicreg_loss(z1, z2) if method == 'vicreg' else nt_xent(z1, z2)
+
 
 # %% ../../nbs/07b_models.pretrain.ipynb #9c2a7e5d
 def _checked(
@@ -219,8 +279,154 @@ def _checked(
         )
     return cohorts
 
+# %% ../../nbs/07b_models.pretrain.ipynb #fe985218
+def torchrun_env() -> tuple[int, int, int] | None:
+    "(rank, local rank, world size) under torchrun (its RANK, LOCAL_RANK, WORLD_SIZE), None otherwise."
+    keys = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')
+    if not any(k in os.environ for k in keys):
+        return None
+    try:
+        rank, local, world = (int(os.environ[k]) for k in keys)
+    except (KeyError, ValueError):
+        found = {k: os.environ.get(k) for k in keys}
+        raise ConfigError(f'{found}: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, all integers') from None
+    if not (0 <= rank < world and 0 <= local < world):
+        raise ConfigError(f'RANK={rank}, LOCAL_RANK={local}, WORLD_SIZE={world}: not a valid process')
+    return rank, local, world
+
+
+# %% ../../nbs/07b_models.pretrain.ipynb #b55e734c
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    "BatchNorm on the batch of all processes, forward and backward: torch's SyncBatchNorm for CPU tensors."
+
+    def _check_input_dim(
+        self,
+        x,  # the input
+    ):
+        if x.dim() < 2:
+            raise ValueError(f'expected an input of at least 2 dimensions, got {x.dim()}')
+
+    def forward(
+        self,
+        x,  # (N, C, ...) on this process
+    ):
+        if not self.training:
+            return super().forward(x)
+        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
+        count = x.new_tensor([x.numel() // x.shape[1]])
+        with _quiet_deprecation():
+            sums = dist_nn.all_reduce(torch.cat([x.sum(dims), count]))  # with gradients
+            n = sums[-1].item()
+            mean = sums[:-1] / n
+            xc = x - mean.view(shape)
+            var = dist_nn.all_reduce(xc.pow(2).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum
+                m = 1 / self.num_batches_tracked.item() if m is None else m
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
+        y = xc * torch.rsqrt(var + self.eps).view(shape)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def sync_batchnorm(
+    module: nn.Module,  # a model with BatchNorm layers (replaced in place)
+    device: torch.device,  # where it runs
+) -> nn.Module:
+    "The model with BatchNorm over all processes: torch's SyncBatchNorm on GPUs, `CPUSyncBatchNorm` on the CPU."
+    if device.type != 'cpu':
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        ref = module.running_mean if module.running_mean is not None else module.weight
+        new = CPUSyncBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=ref.device,
+            dtype=ref.dtype,
+        )
+        if module.affine:  # the same tensors, as torch's convert_sync_batchnorm does
+            new.weight, new.bias = module.weight, module.bias
+        new.running_mean, new.running_var = module.running_mean, module.running_var
+        new.num_batches_tracked = module.num_batches_tracked
+        return new.train(module.training)
+    for name, child in module.named_children():
+        module.add_module(name, sync_batchnorm(child, device))
+    return module
+
+
 # %% ../../nbs/07b_models.pretrain.ipynb #1e930679
 PRETRAIN_PRE = PreprocessConfig(roi_mm=64, roi_px=32, k=3)
+
+
+def _image_generators(
+    seed: int,  # the run's seed
+    epoch: int,  # the epoch
+    idx: list[int],  # indices of the images
+) -> list[torch.Generator]:
+    "One generator per image, seeded by (seed, epoch, image): its views whatever batch or process it is in."
+    states = (np.random.SeedSequence([seed % 2**64, epoch, j]).generate_state(1, np.uint64) for j in idx)
+    return [torch.Generator().manual_seed(int(s[0])) for s in states]
+
+
+def _checked_processes(
+    views: str | None,  # 'batch', 'image' or None (the default of the setting)
+    ddp: tuple | None,  # `torchrun_env()`
+    batch_size: int,  # the global batch
+) -> str:
+    "The views' mode; a ConfigError for a mode or a batch that the processes cannot share."
+    views = views or ('image' if ddp else 'batch')
+    if views not in ('batch', 'image'):
+        raise ConfigError(f"views={views!r}: choose one of ['batch', 'image']")
+    if ddp and views == 'batch':
+        raise ConfigError(
+            "views='batch': under torchrun each image draws its own views (views='image'), "
+            'so that the result does not depend on the number of processes'
+        )
+    if ddp and batch_size % ddp[2]:
+        raise ConfigError(
+            f'batch of {batch_size} images: the global batch must split evenly over the '
+            f'{ddp[2]} processes of torchrun; choose a multiple of {ddp[2]}'
+        )
+    return views
+
+
+def _process_device(
+    device,  # 'cpu', 'cuda', ... or None (the best available)
+    local: int,  # the local rank
+) -> torch.device:
+    "This process's device under torchrun: GPU `local` (one per process) or the CPU."
+    dev = get_device(device)
+    if dev.type != 'cuda':
+        return dev
+    if local >= torch.cuda.device_count():
+        raise ConfigError(
+            f'LOCAL_RANK={local} but {torch.cuda.device_count()} GPU(s): '
+            'run at most one process per GPU (torchrun --nproc_per_node)'
+        )
+    torch.cuda.set_device(local)
+    return torch.device('cuda', local)
+
+
+@contextlib.contextmanager
+def _process_group(
+    ddp: tuple | None,  # `torchrun_env()`
+    dev: torch.device,  # this process's device
+):
+    "Inside the block, the torchrun process group (NCCL on GPUs, gloo on the CPU), joined and left; one already joined is used and kept."
+    if ddp is None or dist.is_initialized():  # a caller's group stays the caller's
+        yield
+        return
+    backend = 'nccl' if dev.type == 'cuda' else 'gloo'
+    dist.init_process_group(backend, rank=ddp[0], world_size=ddp[2])
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def pretrain(
@@ -237,67 +443,108 @@ def pretrain(
     steps: int | None = None,  # at most this many steps per epoch (None: every image once)
     weights=None,  # start from this weights file instead of a seeded random trunk
     seed: int = 0,  # seed of the trunk, the views and the order
+    views: str | None = None,  # how views are drawn: 'batch', 'image' (torchrun's) or None (the setting's)
     device=None,  # 'cpu', 'cuda', ... (None: the best available)
     show_progress: bool = True,  # progress bars (preprocessing and training)
 ) -> dict:
     "Learn the trunk from every image of `cohorts` without labels; write `out`; return losses and timings."
     t0 = time.time()
     cohorts = _checked(cohorts, out, stem, layer, method, epochs, batch_size, steps)
-    x, names = unlabelled_images(cohorts, pre_cfg, show_progress)
-    if len(x) < 2:
-        raise ConfigError(f'{len(x)} image in {names}: pretraining needs at least 2')
-    dev, g = get_device(device), torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        trunk, head = ResNetTrunk(x.shape[1], stem=stem), projector(CHANNELS[layer])
-    if weights:
-        load_weights(trunk, weights)
-    trunk = trunk.to(dev, memory_format=torch.channels_last).train()  # faster convolutions on CPUs
-    head = head.to(dev).train()
-    params = [p for k, p in trunk.net.named_parameters() if k.startswith(_blocks(layer))]
-    params += list(head.parameters())
-    bs = min(batch_size, len(x))
-    per_epoch = min(len(x) // bs, steps or len(x))  # whole batches only: BatchNorm needs ≥ 2
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch)
-    X, losses, step_loss = torch.from_numpy(x), [], []
-    bar = progress(
-        total=epochs * per_epoch, desc=f'pretraining ({method})', disable=not show_progress or None
-    )
-    t1 = time.time()
-    for ep in range(epochs):
-        order = torch.randperm(len(X), generator=g)
-        for i in range(per_epoch):
-            loss = _step_loss(
-                trunk, head, X[order[i * bs : (i + 1) * bs]].to(dev), layer, method, g
+    ddp = torchrun_env()
+    views = _checked_processes(views, ddp, batch_size)
+    rank, local, world = ddp or (0, 0, 1)
+    dev = get_device(device) if ddp is None else _process_device(device, local)
+    with _process_group(ddp, dev):
+        if rank > 0:
+            dist.barrier()  # process 0 fills the preprocessing cache first
+        x, names = unlabelled_images(cohorts, pre_cfg, show_progress and rank == 0)
+        if ddp and rank == 0:
+            dist.barrier()
+        if len(x) < 2:
+            raise ConfigError(f'{len(x)} image in {names}: pretraining needs at least 2')
+        bs = min(batch_size, len(x))
+        if bs % world:
+            raise ConfigError(
+                f'{len(x)} images in {names}: fewer than the batch of {batch_size}, and not '
+                f'divisible by the {world} processes; choose a multiple of {world} up to {len(x) - len(x) % world}'
             )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            step_loss.append(loss.item())
-            bar.update()
-            bar.set_postfix(loss=f'{step_loss[-1]:.3f}')
-        losses.append(float(np.mean(step_loss[-per_epoch:])))
-    bar.close()
-    rec = dict(
-        out=str(out),
-        method=method,
-        stem=stem,
-        layer=layer,
-        in_ch=int(x.shape[1]),
-        epochs=epochs,
-        steps=epochs * per_epoch,
-        batch_size=bs,
-        n_images=len(x),
-        cohorts=names,
-        loss=losses,
-        step_loss=step_loss,
-        seconds_per_step=(time.time() - t1) / (epochs * per_epoch),
-        seconds=time.time() - t0,
-    )
-    meta = {k: rec[k] for k in ('method', 'epochs', 'n_images', 'cohorts', 'loss', 'seconds')}
-    save_trunk(trunk, layer, out, roi_px=pre_cfg.roi_px, roi_mm=float(pre_cfg.roi_mm), **meta)
+        g = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # the same model in every process
+            trunk, head = ResNetTrunk(x.shape[1], stem=stem), projector(CHANNELS[layer])
+        if weights:
+            load_weights(trunk, weights)
+        trunk = trunk.to(dev, memory_format=torch.channels_last).train()  # faster convolutions on CPUs
+        head = head.to(dev).train()
+        for k, p in trunk.net.named_parameters():
+            p.requires_grad_(k.startswith(_blocks(layer)))  # the deeper blocks are not run
+        model = _Embedder(trunk, head, layer)
+        if ddp:
+            torch.manual_seed(seed + rank)
+            model = DistributedDataParallel(
+                sync_batchnorm(model, dev), device_ids=[dev.index] if dev.type == 'cuda' else None
+            )
+        params = [p for k, p in trunk.net.named_parameters() if k.startswith(_blocks(layer))]
+        params += list(head.parameters())
+        per_epoch = min(len(x) // bs, steps or len(x))  # whole batches only: BatchNorm needs ≥ 2
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch)
+        X, losses, step_loss = torch.from_numpy(x).to(torch.get_default_dtype()), [], []
+        sampler = None
+        if views == 'image':
+            sampler = DistributedSampler(range(len(X)), world, rank, shuffle=True, seed=seed)
+        b = bs // world  # this process's share of the batch
+        bar = progress(
+            total=epochs * per_epoch,
+            desc=f'pretraining ({method})',
+            disable=not show_progress or rank > 0 or None,
+        )
+        t1 = time.time()
+        for ep in range(epochs):
+            if sampler is None:
+                order = torch.randperm(len(X), generator=g)
+            else:
+                sampler.set_epoch(ep)
+                order = torch.tensor(list(sampler))
+            for i in range(per_epoch):
+                idx = order[i * b : (i + 1) * b]
+                gi = g if sampler is None else _image_generators(seed, ep, idx.tolist())
+                loss = _step_loss(model, X[idx].to(dev), method, gi)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                step_loss.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f'{step_loss[-1]:.3f}')
+            losses.append(float(np.mean(step_loss[-per_epoch:])))
+        bar.close()
+        rec = dict(
+            out=str(out),
+            method=method,
+            stem=stem,
+            layer=layer,
+            in_ch=int(x.shape[1]),
+            epochs=epochs,
+            steps=epochs * per_epoch,
+            batch_size=bs,
+            n_images=len(x),
+            cohorts=names,
+            loss=losses,
+            step_loss=step_loss,
+            seconds_per_step=(time.time() - t1) / (epochs * per_epoch),
+            seconds=time.time() - t0,
+            views=views,
+            world_size=world,
+            rank=rank,
+        )
+        meta = {k: rec[k] for k in ('method', 'epochs', 'n_images', 'cohorts', 'loss', 'seconds')}
+        if views == 'image':
+            meta.update(views=views, processes=world)
+        if rank == 0:
+            save_trunk(trunk, layer, out, roi_px=pre_cfg.roi_px, roi_mm=float(pre_cfg.roi_mm), **meta)
+        if ddp:
+            dist.barrier()  # the file is written before any process returns
     return rec
 
 # %% ../../nbs/07b_models.pretrain.ipynb #95fa255f
@@ -316,9 +563,12 @@ def cmd_pretrain(args) -> int:
         seed=args.seed,
         device=args.device,
     )
+    if r['rank'] > 0:
+        return 0  # under torchrun, process 0 speaks
+    on = f" in {r['world_size']} processes" if r['views'] == 'image' else ''
     print(
         f"pretrained the trunk ({r['method']}, up to {r['layer']}) on {r['n_images']} images of "
-        f"{len(r['cohorts'])} cohort(s): {r['epochs']} epochs, final loss {r['loss'][-1]:.3f}, "
+        f"{len(r['cohorts'])} cohort(s){on}: {r['epochs']} epochs, final loss {r['loss'][-1]:.3f}, "
         f"{r['seconds']:.0f} s; wrote {args.out} - use it with --weights {args.out}"
     )
     return 0
