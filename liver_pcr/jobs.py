@@ -328,7 +328,7 @@ def cmd_cv(args) -> int:
 # %% ../nbs/91_jobs.ipynb #3b4891b7
 def cmd_ablate(args) -> int:
     "`liver-pcr ablate COHORT --out DIR [--unit=VARIANT:FOLD] [--jobs N | --ray ADDRESS]`."
-    from liver_pcr.interpret.attribution import ablation
+    from liver_pcr.evaluate import ablation
     from liver_pcr.cohort.reader import Cohort
     from liver_pcr.train.cv import run_cv
 

@@ -138,3 +138,14 @@ def test_plan_lines(tmp_path):
     assert lines[-1] == f'liver-pcr cv {SAMPLE} --model clinical --out {tmp_path / "r"} --folds 4'
     demo = jobs.plan_lines('demo', ['--sample', '--out', str(tmp_path / 'd'), '--folds', '3'])
     assert len(demo) == 7 * 3 + 1 and demo[0].endswith('--unit=baseline:0')
+
+
+def test_ablate_and_demo_without_unit_reach_their_commands(monkeypatch):
+    "Without --unit, `ablate` and `demo` hand over to evaluate.ablation.cmd_ablate and report.cmd_demo."
+    import argparse
+    from liver_pcr.evaluate import ablation
+    from liver_pcr import report
+    monkeypatch.setattr(ablation, 'cmd_ablate', lambda args: 11)
+    monkeypatch.setattr(report, 'cmd_demo', lambda args: 12)
+    assert jobs.cmd_ablate(argparse.Namespace(unit=None)) == 11
+    assert jobs.cmd_demo(argparse.Namespace(unit=None)) == 12
