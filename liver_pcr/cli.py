@@ -39,7 +39,10 @@ def _training_options(
         p.add_argument('--folds', type=int, default=5, help=folds_help)
     p.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     p.add_argument(
-        '--preset', choices=['fast', 'full'], default='fast', help='training preset (default fast)'
+        '--preset',
+        choices=['fast', 'full', 'tiny'],
+        default='fast',
+        help="training preset (default fast; tiny: a 16 px ROI, 2 epochs, for smoke tests)",
     )
     p.add_argument(
         '--epochs', type=int, help="override the preset's number of epochs (neural head)"
@@ -286,7 +289,8 @@ def _add_pretrain(
     )
     w.add_argument('cohorts', nargs='+', help='cohort folders (labels are never read)')
     w.add_argument('--out', required=True, help='weights file to write (use it with --weights)')
-    w.add_argument('--epochs', type=int, help='passes over the images (default: the method\'s)')
+    w.add_argument('--epochs', type=int, default=100, help='passes over the images (default 100)')
+    w.add_argument('--roi-px', type=int, default=32, help='pixels across the lesion crop (default 32)')
     w.add_argument('--batch', type=int, default=128, help='images per step, split over the processes under torchrun (default 128)')
     w.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     w.add_argument(

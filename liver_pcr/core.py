@@ -13,7 +13,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['LiverPcrError', 'CohortError', 'ConfigError', 'set_seed', 'get_device', 'sample_cohort_path', 'data_root',
            'cache_dir', 'atomic_path', 'write_text', 'figure_png', 'save_figure', 'read_table', 'read_json_object',
-           'is_inside', 'check_out_path', 'progress', 'first_items', 'is_tiny', 'run_main']
+           'is_inside', 'check_out_path', 'progress', 'first_items', 'run_main']
 
 # %% ../nbs/00_core.ipynb #ff771b53
 class LiverPcrError(Exception):
@@ -302,11 +302,6 @@ def first_items(
     xs = list(xs)
     more = f', … ({len(xs)} in all)' if len(xs) > k else ''
     return ', '.join(map(str, xs[:k])) + more
-
-# %% ../nbs/00_core.ipynb #9d05fe4b
-def is_tiny() -> bool:
-    "True under the test run (`LIVER_PCR_TINY=1`): notebooks then train on a tiny setting."
-    return os.environ.get('LIVER_PCR_TINY', '').lower() not in ('', '0', 'false', 'no')
 
 # %% ../nbs/00_core.ipynb #1126234d
 def run_main(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os, re, json, shlex, shutil, sys, tempfile, importlib.resources
 from pathlib import Path
 import pandas as pd
-from .core import ConfigError, LiverPcrError, cache_dir, is_tiny, sample_cohort_path
+from .core import ConfigError, LiverPcrError, cache_dir, sample_cohort_path
 from .cohort.reader import Cohort
 
 # %% auto #0
@@ -17,9 +17,11 @@ __all__ = ['course_dir', 'course_cohort', 'course_run', 'course_source', 'shown_
            'cmd_course', 'check_outputs']
 
 # %% ../nbs/14_course.ipynb #c17a6de8
-def course_dir() -> Path:
+def course_dir(
+    tiny: bool = False,  # the test run's private folder instead of the cache?
+) -> Path:
     "Where the course keeps its cohort and runs."
-    if is_tiny():
+    if tiny:
         d = Path(tempfile.gettempdir()) / f'liver_pcr_course-{os.getpid()}'
         d.mkdir(exist_ok=True)
         return d
@@ -29,11 +31,12 @@ def course_dir() -> Path:
 def course_cohort(
     n_patients: int = 120,  # size of the synthetic cohort
     seed: int = 0,  # generator seed
+    tiny: bool = False,  # the packaged 24-patient sample instead (the test run)?
 ) -> tuple[Cohort, pd.DataFrame]:
-    "The course's cohort and its truth table (the packaged sample under the test run)."
+    "The course's cohort and its truth table."
     from liver_pcr.cohort.synth import SynthConfig, make_cohort, truth_table
 
-    if is_tiny():
+    if tiny:
         c = Cohort.load(sample_cohort_path())
         return c, truth_table(SynthConfig(n_patients=len(c), seed=0))
     d = course_dir() / f'cohort{n_patients}-seed{seed}'
@@ -45,18 +48,21 @@ def course_cohort(
 # %% ../nbs/14_course.ipynb #c6eee982
 def course_run(
     model,  # a model name or ModelConfig
-    n_folds: int = 5,  # folds (3 under the test run)
+    n_folds: int = 5,  # folds (3 when tiny)
     seed: int = 0,  # split and training seed
+    tiny: bool = False,  # the test run's setting: the sample, 3 folds, the 'tiny' preset?
     **kw,  # passed to `run_cv`
 ) -> Path:
     "Cross-validate `model` on the course cohort (reusing a finished run); return the run folder."
     from liver_pcr.train.cv import run_cv_afresh  # here, so that copying the course needs no torch
 
-    c, _ = course_cohort()
+    c, _ = course_cohort(tiny=tiny)
     name = model if isinstance(model, str) else model.name
-    out = course_dir() / 'runs' / name
-    folds = 3 if is_tiny() else n_folds
-    run_cv_afresh(c, model, out, n_folds=folds, seed=seed, **kw)  # finished folds are reused
+    out = course_dir(tiny) / 'runs' / name
+    if tiny:
+        n_folds = 3
+        kw.setdefault('preset_name', 'tiny')
+    run_cv_afresh(c, model, out, n_folds=n_folds, seed=seed, **kw)  # finished folds are reused
     return out
 
 # %% ../nbs/14_course.ipynb #7a6361b1

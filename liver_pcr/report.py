@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
-from .core import ConfigError, write_text, check_out_path, sample_cohort_path, is_tiny
+from .core import ConfigError, write_text, check_out_path, sample_cohort_path
 from .cohort.reader import Cohort
 from .train.cv import run_cv_afresh, versions
 from .models.registry import MODEL_NAMES, is_reference
@@ -44,7 +44,7 @@ def demo_cohort(
     "The demo's cohort and its generator truth (None when unknown): by default 120 synthetic patients (cached, shared with the course)."
     from liver_pcr.cohort.synth import SynthConfig, make_cohort, truth_table
 
-    if patients is None and not sample and not is_tiny():
+    if patients is None and not sample:
         c, tt = course_cohort(DEMO_PATIENTS, seed)
         return c, tt
     if patients is None:

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
-from ..core import ConfigError, atomic_path, check_out_path, progress, get_device, is_tiny
+from ..core import ConfigError, atomic_path, check_out_path, progress, get_device
 from ..cohort.reader import Cohort
 from ..data.preprocess import PreprocessConfig, preprocess_cohort
 from .nets import ResNetTrunk, load_weights, CHANNELS, LAYERS
@@ -550,15 +550,14 @@ def pretrain(
 # %% ../../nbs/07b_models.pretrain.ipynb #95fa255f
 def cmd_pretrain(args) -> int:
     "`liver-pcr pretrain COHORT [COHORT ...] --out OUT`: learn the trunk from the images, without labels."
-    pre = replace(PRETRAIN_PRE, roi_px=16) if is_tiny() else PRETRAIN_PRE
-    epochs = args.epochs or (1 if is_tiny() else 100)
+    pre = replace(PRETRAIN_PRE, roi_px=args.roi_px)
     r = pretrain(
         args.cohorts,
         args.out,
         pre,
         layer=args.layer,
         method=args.method,
-        epochs=epochs,
+        epochs=args.epochs,
         batch_size=args.batch,
         seed=args.seed,
         device=args.device,

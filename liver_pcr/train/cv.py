@@ -18,7 +18,6 @@ from liver_pcr.core import (
     progress,
     atomic_path,
     check_out_path,
-    is_tiny,
 )
 from ..cohort.reader import Cohort
 from ..data.preprocess import PreprocessConfig, preprocess_cohort, Preprocessed
@@ -86,19 +85,21 @@ PRESETS = {
         PreprocessConfig(roi_mm=64, roi_px=64, k=3),
         TrainConfig(epochs=100, patience=25, lr=5e-4, select='loss', drop_input=0.5),
     ),
+    'tiny': (  # for tests and smoke runs: 'fast' with a 16 px crop and 2 epochs
+        PreprocessConfig(roi_mm=64, roi_px=16, k=3),
+        TrainConfig(epochs=2, min_epochs=1, patience=1, select='loss', drop_input=0.5),
+    ),
 }
 
 
 def preset(
-    name: str = 'fast',  # 'fast' or 'full'
+    name: str = 'fast',  # 'fast', 'full' or 'tiny'
     epochs: int | None = None,  # override the number of epochs
 ):
-    "The (preprocessing, training) configs of a preset — shrunk to a tiny setting under the test run."
+    "The (preprocessing, training) configs of a preset."
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: choose one of {list(PRESETS)}")
     pre, tr = PRESETS[name]
-    if is_tiny():
-        pre, tr = replace(pre, roi_px=16), replace(tr, epochs=2, min_epochs=1, patience=1)
     if epochs is not None:
         tr = replace(tr, epochs=epochs, min_epochs=min(tr.min_epochs, epochs))
     return pre, tr
