@@ -33,7 +33,6 @@ WORKER = textwrap.dedent('''
 
 def _env():
     env = dict(os.environ, PYTHONPATH=str(ROOT), LIVER_PCR_QUIET='1')
-    env.pop('LIVER_PCR_TINY', None)
     return env
 
 
@@ -93,8 +92,7 @@ def test_local_workers_deep_model(tmp_path, monkeypatch):
     torch's CPU kernels sum in an order that depends on the thread count, so that is the like-for-like comparison."""
     import torch
 
-    monkeypatch.setenv('LIVER_PCR_TINY', '1')
-    kw = dict(KW, n_folds=3, head='neural')
+    kw = dict(KW, n_folds=3, head='neural', preset_name='tiny')
     n = torch.get_num_threads()
     torch.set_num_threads(jobs.worker_threads(2))
     try:

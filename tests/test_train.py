@@ -175,8 +175,7 @@ def test_train_then_predict_on_unlabelled_cohort(tmp_path):
 
 def _cli(*args):
     exe = Path(sys.executable).parent/'liver-pcr'
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
-                          env={**os.environ, 'LIVER_PCR_TINY': '1'})
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
 
 
 @pytest.mark.parametrize('args, needle', [
@@ -186,7 +185,7 @@ def _cli(*args):
 ])
 def test_cv_bad_input_exit_1(tmp_path, args, needle):
     from liver_pcr.core import sample_cohort_path
-    r = _cli('cv', str(sample_cohort_path()), '--out', str(tmp_path/'run'), *args)
+    r = _cli('cv', str(sample_cohort_path()), '--out', str(tmp_path/'run'), '--preset', 'tiny', *args)
     assert r.returncode == 1, r.stderr
     assert needle in r.stderr and 'Traceback' not in r.stderr
 
@@ -195,7 +194,7 @@ def test_cv_on_invalid_cohort_exit_1(tmp_path):
     from liver_pcr.core import sample_cohort_path
     bad = tmp_path/'bad'; shutil.copytree(sample_cohort_path(), bad)
     (bad/'labs.csv').write_text((bad/'labs.csv').read_text().replace('SYN0001,pre,', 'SYN0001,pre,abc', 1))
-    r = _cli('cv', str(bad), '--model', 'relation', '--out', str(tmp_path/'run'))
+    r = _cli('cv', str(bad), '--model', 'relation', '--out', str(tmp_path/'run'), '--preset', 'tiny')
     assert r.returncode == 1 and 'is not a number' in r.stderr and 'Traceback' not in r.stderr
     assert not (tmp_path/'run'/'predictions.csv').exists()
 
