@@ -35,7 +35,12 @@ def _outline(m: np.ndarray) -> np.ndarray:
     p = np.pad(m, 1)
     return m & ~(p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:])
 
-# %% ../../nbs/03_cohort.viewer.ipynb #7e3fbfd6
+# %% ../../nbs/03_cohort.viewer.ipynb #619e7e99
+def _upscale(a: np.ndarray, sy: int, sx: int) -> np.ndarray:
+    "`a` with each row repeated `sy` times and each column `sx` times."
+    return np.repeat(np.repeat(a, sy, 0), sx, 1)
+
+# %% ../../nbs/03_cohort.viewer.ipynb #3aeb0ffd
 def render_slice(
     img: np.ndarray,  # a 2-D slice (display orientation)
     mask: np.ndarray | None = None,  # its lesion mask
@@ -50,25 +55,22 @@ def render_slice(
     h, w = g.shape
     sx = max(1, round(size / max(w, h * aspect)))  # columns per voxel
     sy = max(1, round(sx * aspect))  # rows per voxel: keeps millimetres square
-    g = np.repeat(np.repeat((g * 255).astype(np.uint8), sy, 0), sx, 1)
-    rgb = np.repeat(g[..., None], 3, -1)
+    rgb = np.repeat(_upscale((g * 255).astype(np.uint8), sy, sx)[..., None], 3, -1)
     if mask is not None and np.any(mask):
-        m = np.repeat(np.repeat(np.asarray(mask) > 0, sy, 0), sx, 1)
-        rgb[_outline(m)] = color
+        rgb[_outline(_upscale(np.asarray(mask) > 0, sy, sx))] = color
     return rgb
 
-# %% ../../nbs/03_cohort.viewer.ipynb #15916133
+# %% ../../nbs/03_cohort.viewer.ipynb #f665a27b
 def to_png(
     rgb: np.ndarray,  # an RGB image (uint8)
 ) -> bytes:
     "PNG bytes of an RGB image."
     from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format='PNG')
     return buf.getvalue()
 
-# %% ../../nbs/03_cohort.viewer.ipynb #e2dc15df
+# %% ../../nbs/03_cohort.viewer.ipynb #fdfdbebd
 class LRU(OrderedDict):
     "A small least-recently-used cache of at most `maxsize` entries."
 
@@ -79,7 +81,7 @@ class LRU(OrderedDict):
         super().__init__()
         self.maxsize = maxsize
 
-# %% ../../nbs/03_cohort.viewer.ipynb #02af85fd
+# %% ../../nbs/03_cohort.viewer.ipynb #48227670
 @patch
 def get(
     self: LRU,
@@ -95,7 +97,7 @@ def get(
         self.popitem(last=False)
     return v
 
-# %% ../../nbs/03_cohort.viewer.ipynb #2636fc4d
+# %% ../../nbs/03_cohort.viewer.ipynb #701f8efa
 @dataclass
 class Shown:
     "One loaded (timepoint, sequence) image, ready to display."
@@ -105,12 +107,12 @@ class Shown:
     clim: tuple  # the grey window
     aspect: float  # row / column size of a displayed pixel (y spacing / x spacing)
 
-# %% ../../nbs/03_cohort.viewer.ipynb #3066dbb7
+# %% ../../nbs/03_cohort.viewer.ipynb #688ce53c
 @patch(as_prop=True)
 def nz(self: Shown) -> int:
     return self.data.shape[2]
 
-# %% ../../nbs/03_cohort.viewer.ipynb #6dd88b2f
+# %% ../../nbs/03_cohort.viewer.ipynb #4c74979f
 def load_shown(
     patient: Patient,  # a patient
     timepoint: str,  # the timepoint of the image to show
@@ -118,29 +120,30 @@ def load_shown(
 ) -> Shown:
     "Load one image of a patient for display."
     v, m = patient.volume(timepoint, sequence), patient.mask(timepoint, sequence)
-    return Shown(
-        v.data, None if m is None else m.data > 0, window(v.data), v.spacing[1] / v.spacing[0]
-    )
+    mask = None if m is None else m.data > 0
+    return Shown(v.data, mask, window(v.data), v.spacing[1] / v.spacing[0])
 
-# %% ../../nbs/03_cohort.viewer.ipynb #9a565ad5
+# %% ../../nbs/03_cohort.viewer.ipynb #54e9ae0d
 UNITS = {'afp': 'ng/mL', 'pivka_ii': 'mAU/mL', 'dcp': 'mAU/mL'}  # the markers' clinical units
 
-# %% ../../nbs/03_cohort.viewer.ipynb #69df9011
+# %% ../../nbs/03_cohort.viewer.ipynb #5d4b8eab
+def _column_order(columns, order) -> list:
+    "The `columns` in `order`, then those `order` does not name."
+    order = list(order or columns)
+    return [c for c in order if c in columns] + [c for c in columns if c not in order]
+
+# %% ../../nbs/03_cohort.viewer.ipynb #ff159215
 def labs_table(
     patient: Patient,  # a patient
     timepoints=None,  # the column order (default: the patient's)
 ) -> pd.DataFrame:
     "The patient's markers as a table: marker (with unit) × timepoint; NaN where missing."
     t = patient.labs.T if len(patient.labs) else pd.DataFrame()
-    order = list(timepoints or t.columns)
-    t = t.reindex(
-        columns=[tp for tp in order if tp in t.columns]
-        + [tp for tp in t.columns if tp not in order]
-    ).astype(float)
+    t = t.reindex(columns=_column_order(list(t.columns), timepoints)).astype(float)
     t.index = [f'{m} ({UNITS[m.lower()]})' if m.lower() in UNITS else m for m in t.index]
     return t.rename_axis(index='marker', columns='timepoint')
 
-# %% ../../nbs/03_cohort.viewer.ipynb #49cc9f20
+# %% ../../nbs/03_cohort.viewer.ipynb #25acaff7
 def _labs_html(t: pd.DataFrame, timepoint: str | None) -> str:
     "The labs table `t` of `labs_table` as HTML; the column of `timepoint` marked."
     if t.empty:
@@ -151,25 +154,27 @@ def _labs_html(t: pd.DataFrame, timepoint: str | None) -> str:
     ]
     return t.to_html(escape=False, border=0)
 
-# %% ../../nbs/03_cohort.viewer.ipynb #f4a901e1
+# %% ../../nbs/03_cohort.viewer.ipynb #5843947f
+def _label_text(label: float) -> str:
+    return {1.0: 'pCR', 0.0: 'no pCR'}.get(label, 'unknown')
+
+# %% ../../nbs/03_cohort.viewer.ipynb #4648683e
 def patient_html(
     patient: Patient,  # a patient
     timepoint: str | None = None,  # the current timepoint (its column in bold)
     timepoints=None,  # the timepoints to list (default: all)
 ) -> str:
     "An HTML panel: label, fold, covariates and the labs table."
-    p = patient
-    lab = {1.0: 'pCR', 0.0: 'no pCR'}.get(p.label, 'unknown')
-    fold = '' if p.fold is None else f' · fold {p.fold}'
-    head = f'<b>{html.escape(p.id)}</b> · label: <b>{lab}</b>{fold}'
+    p, fold = patient, '' if patient.fold is None else f' · fold {patient.fold}'
+    head = f'<b>{html.escape(p.id)}</b> · label: <b>{_label_text(p.label)}</b>{fold}'
     cov = ', '.join(f'{html.escape(str(k))} {html.escape(str(v))}' for k, v in p.covariates.items())
     tab = _labs_html(labs_table(p, timepoints), timepoint)
     return f'<div style="font-size:90%">{head}<br>{cov}<br><br>{tab}</div>'
 
-# %% ../../nbs/03_cohort.viewer.ipynb #5da64705
+# %% ../../nbs/03_cohort.viewer.ipynb #e9f38cb7
 TIMEPOINT_TEXT = {'pre': 'pre-therapy', 'post': 'post-therapy', 'fu': 'follow-up', 'followup': 'follow-up'}  # on screen
 
-# %% ../../nbs/03_cohort.viewer.ipynb #af60a639
+# %% ../../nbs/03_cohort.viewer.ipynb #e4c62c35
 def exam_title(
     patient_id: str,  # the patient
     timepoint: str | None = None,  # the exam's timepoint, if any
@@ -179,7 +184,7 @@ def exam_title(
     tp = None if timepoint is None else TIMEPOINT_TEXT.get(str(timepoint).lower(), str(timepoint))
     return ' · '.join(str(s) for s in (patient_id, tp, sequence) if s is not None)
 
-# %% ../../nbs/03_cohort.viewer.ipynb #1d9bf919
+# %% ../../nbs/03_cohort.viewer.ipynb #d114dadc
 class CohortViewer(widgets.VBox):
     "Browse a cohort: patient × timepoint × sequence × slice, lesion outline, labs, label and fold."
 
@@ -205,7 +210,7 @@ class CohortViewer(widgets.VBox):
             w.observe(f, 'value')
         self.show(patient or (cohort.ids[0] if len(cohort) else None), timepoint, sequence)
 
-# %% ../../nbs/03_cohort.viewer.ipynb #fd093b75
+# %% ../../nbs/03_cohort.viewer.ipynb #6deba276
 @patch
 def _make_controls(self: CohortViewer):
     "The dropdowns, the slice slider, the outline checkbox, the image and the panel."
@@ -221,7 +226,7 @@ def _make_controls(self: CohortViewer):
     )
     self.image, self.panel = widgets.Image(format='png'), widgets.HTML()
 
-# %% ../../nbs/03_cohort.viewer.ipynb #9726c93f
+# %% ../../nbs/03_cohort.viewer.ipynb #52a5faff
 @patch
 def _check(self: CohortViewer, patient=None, timepoint=None, sequence=None):
     "Raise `CohortError` (before anything changes) if the patient, timepoint or sequence asked for isn't there."
@@ -230,16 +235,14 @@ def _check(self: CohortViewer, patient=None, timepoint=None, sequence=None):
         return
     p = self.cohort[pid]  # names the patient if there is no such one
     if timepoint is not None and timepoint not in p.exams:
-        raise CohortError(
-            f'patient {pid}: no exam at timepoint {timepoint!r} (it has {list(p.exams)})'
-        )
+        raise CohortError(f'patient {pid}: no exam at timepoint {timepoint!r} (it has {list(p.exams)})')
     tp = timepoint or (
         self.timepoint.value if self.timepoint.value in p.exams else next(iter(p.exams), None)
     )
     if sequence is not None and not p.has(tp, sequence):
         raise CohortError(f'patient {pid}: no {sequence} image at timepoint {tp!r}')
 
-# %% ../../nbs/03_cohort.viewer.ipynb #d303546a
+# %% ../../nbs/03_cohort.viewer.ipynb #f980735c
 @patch
 def shown(
     self: CohortViewer,
@@ -257,34 +260,35 @@ def shown(
         self.loads += 1
     return exams[(tp, s)]
 
-# %% ../../nbs/03_cohort.viewer.ipynb #87725234
+# %% ../../nbs/03_cohort.viewer.ipynb #16ede791
+@patch
+def _offer(self: CohortViewer, timepoint=None, sequence=None):
+    "Offer the current patient's timepoints, and the sequences of the chosen one; choose them."
+    p = self.cohort[self.patient.value] if self.patient.value is not None else None
+    tps = list(p.exams) if p else []
+    keep = self.timepoint.value if self.timepoint.value in tps else (tps[0] if tps else None)
+    self.timepoint.options = tps
+    self.timepoint.value = timepoint or keep
+    seqs = list(p.exams.get(self.timepoint.value, {})) if p else []
+    keep = self.sequence.value if self.sequence.value in seqs else (seqs[0] if seqs else None)
+    self.sequence.options = seqs
+    self.sequence.value = sequence or keep
+
+# %% ../../nbs/03_cohort.viewer.ipynb #97b9c986
 @patch
 def _sync_exam(self: CohortViewer, timepoint=None, sequence=None, z=None, keep_slice=False):
     "Offer the current patient's timepoints and sequences; pick the slice."
-    p = self.cohort[self.patient.value] if self.patient.value is not None else None
-    tps = list(p.exams) if p else []
-    tp = timepoint or (
-        self.timepoint.value if self.timepoint.value in tps else (tps[0] if tps else None)
-    )
-    self.timepoint.options = tps
-    self.timepoint.value = tp
-    seqs = list(p.exams.get(tp, {})) if p else []
-    s = sequence or (
-        self.sequence.value if self.sequence.value in seqs else (seqs[0] if seqs else None)
-    )
-    self.sequence.options = seqs
-    self.sequence.value = s
+    self._offer(timepoint, sequence)
     sh = self.shown()
     if sh is None:
         self.slice.max = 0
         return
     old = self.slice.value
     self.slice.max = sh.nz - 1
-    self.slice.value = (
-        z if z is not None else min(old, sh.nz - 1) if keep_slice else lesion_slice(sh.mask, sh.nz)
-    )
+    keep = min(old, sh.nz - 1)
+    self.slice.value = z if z is not None else keep if keep_slice else lesion_slice(sh.mask, sh.nz)
 
-# %% ../../nbs/03_cohort.viewer.ipynb #d00e61e6
+# %% ../../nbs/03_cohort.viewer.ipynb #6d3528e2
 @patch
 def _picture(self: CohortViewer, sh: Shown | None) -> np.ndarray:
     "The RGB picture of the current slice of `sh` (a dark frame when there is no image)."
@@ -294,7 +298,7 @@ def _picture(self: CohortViewer, sh: Shown | None) -> np.ndarray:
     m = axial(sh.mask, z) if sh.mask is not None and self.outline.value else None
     return render_slice(axial(sh.data, z), m, sh.clim, sh.aspect, self.size)
 
-# %% ../../nbs/03_cohort.viewer.ipynb #325b4f0e
+# %% ../../nbs/03_cohort.viewer.ipynb #7ea60e2d
 @patch
 def _status_html(self: CohortViewer, sh: Shown | None, p: Patient) -> str:
     "The line above the panel: the exam and slice on screen, and the sequences missing there."
@@ -306,20 +310,19 @@ def _status_html(self: CohortViewer, sh: Shown | None, p: Patient) -> str:
     miss = f' · <span style="color:#b00">missing here: {html.escape(miss)}</span>' if missing else ''
     return f'<div style="font-size:90%;color:#555">{html.escape(where)}{miss}</div>'
 
-# %% ../../nbs/03_cohort.viewer.ipynb #f92b9ab0
+# %% ../../nbs/03_cohort.viewer.ipynb #c9f5976e
 @patch
 def render(self: CohortViewer, change=None):
     "Draw the current slice and panel."
     if self._quiet:
         return
     sh, pid = self.shown(), self.patient.value
-    p = self.cohort[pid] if pid is not None else None
     self.frame = self._picture(sh)
     self.image.value = to_png(self.frame)
-    if p is None:
+    if pid is None:
         self.panel.value = '<i>no patient</i>'
         return
-    tp = self.timepoint.value
+    p, tp = self.cohort[pid], self.timepoint.value
     self.panel.value = self._status_html(sh, p) + patient_html(p, tp, self.cohort.timepoints)
 
 # %% ../../nbs/03_cohort.viewer.ipynb #7b7b2141
@@ -346,7 +349,7 @@ def _on_sequence(self: CohortViewer, change=None):
         self._quiet = False
     self.render()
 
-# %% ../../nbs/03_cohort.viewer.ipynb #6a7356db
+# %% ../../nbs/03_cohort.viewer.ipynb #556cf4d4
 @patch
 def show(
     self: CohortViewer,
@@ -377,7 +380,7 @@ def in_notebook() -> bool:
     ip = get_ipython()
     return ip is not None and getattr(ip, 'kernel', None) is not None
 
-# %% ../../nbs/03_cohort.viewer.ipynb #4a768e87
+# %% ../../nbs/03_cohort.viewer.ipynb #fffeab9b
 def _close_in_ipython(fig):
     "Close `fig` in pyplot when IPython runs (it is shown once, as the value returned)."
     try:
@@ -386,10 +389,9 @@ def _close_in_ipython(fig):
         return
     if get_ipython() is not None:
         import matplotlib.pyplot as plt
-
         plt.close(fig)
 
-# %% ../../nbs/03_cohort.viewer.ipynb #ea37435d
+# %% ../../nbs/03_cohort.viewer.ipynb #797fc384
 def view_cohort(
     cohort: Cohort | str | None = None,  # a Cohort or its folder (default: the sample)
     patient: str | None = None,  # the patient to show
