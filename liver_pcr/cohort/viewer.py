@@ -16,8 +16,8 @@ from ..core import CohortError
 from .reader import Cohort, Patient, axial, lesion_slice
 
 # %% auto #0
-__all__ = ['UNITS', 'window', 'render_slice', 'to_png', 'LRU', 'Shown', 'load_shown', 'labs_table', 'patient_html',
-           'CohortViewer', 'in_notebook', 'view_cohort']
+__all__ = ['UNITS', 'TIMEPOINT_TEXT', 'window', 'render_slice', 'to_png', 'LRU', 'Shown', 'load_shown', 'labs_table',
+           'patient_html', 'exam_title', 'CohortViewer', 'in_notebook', 'view_cohort']
 
 # %% ../../nbs/03_cohort.viewer.ipynb #ff1a65ee
 def window(
@@ -35,7 +35,12 @@ def _outline(m: np.ndarray) -> np.ndarray:
     p = np.pad(m, 1)
     return m & ~(p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:])
 
-# %% ../../nbs/03_cohort.viewer.ipynb #7e3fbfd6
+# %% ../../nbs/03_cohort.viewer.ipynb #619e7e99
+def _upscale(a: np.ndarray, sy: int, sx: int) -> np.ndarray:
+    "`a` with each row repeated `sy` times and each column `sx` times."
+    return np.repeat(np.repeat(a, sy, 0), sx, 1)
+
+# %% ../../nbs/03_cohort.viewer.ipynb #3aeb0ffd
 def render_slice(
     img: np.ndarray,  # a 2-D slice (display orientation)
     mask: np.ndarray | None = None,  # its lesion mask
@@ -50,41 +55,49 @@ def render_slice(
     h, w = g.shape
     sx = max(1, round(size / max(w, h * aspect)))  # columns per voxel
     sy = max(1, round(sx * aspect))  # rows per voxel: keeps millimetres square
-    g = np.repeat(np.repeat((g * 255).astype(np.uint8), sy, 0), sx, 1)
-    rgb = np.repeat(g[..., None], 3, -1)
+    rgb = np.repeat(_upscale((g * 255).astype(np.uint8), sy, sx)[..., None], 3, -1)
     if mask is not None and np.any(mask):
-        m = np.repeat(np.repeat(np.asarray(mask) > 0, sy, 0), sx, 1)
-        rgb[_outline(m)] = color
+        rgb[_outline(_upscale(np.asarray(mask) > 0, sy, sx))] = color
     return rgb
 
-# %% ../../nbs/03_cohort.viewer.ipynb #6d875b4b
-def to_png(rgb: np.ndarray) -> bytes:
+# %% ../../nbs/03_cohort.viewer.ipynb #f665a27b
+def to_png(
+    rgb: np.ndarray,  # an RGB image (uint8)
+) -> bytes:
     "PNG bytes of an RGB image."
     from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format='PNG')
     return buf.getvalue()
 
-# %% ../../nbs/03_cohort.viewer.ipynb #1f852eb7
+# %% ../../nbs/03_cohort.viewer.ipynb #fdfdbebd
 class LRU(OrderedDict):
     "A small least-recently-used cache of at most `maxsize` entries."
 
-    def __init__(self, maxsize: int = 3):
+    def __init__(
+        self,
+        maxsize: int = 3,  # the most entries it keeps
+    ):
         super().__init__()
         self.maxsize = maxsize
 
-    def get(self, key, make):
-        "The value of `key`, made by `make()` (and cached) if it isn't there."
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        v = self[key] = make()
-        while len(self) > self.maxsize:
-            self.popitem(last=False)
-        return v
+# %% ../../nbs/03_cohort.viewer.ipynb #48227670
+@patch
+def get(
+    self: LRU,
+    key,  # what to look up
+    make,  # a function of no argument that makes the value
+):
+    "The value of `key`, made by `make()` (and cached) if it isn't there."
+    if key in self:
+        self.move_to_end(key)
+        return self[key]
+    v = self[key] = make()
+    while len(self) > self.maxsize:
+        self.popitem(last=False)
+    return v
 
-# %% ../../nbs/03_cohort.viewer.ipynb #309f3f5b
+# %% ../../nbs/03_cohort.viewer.ipynb #701f8efa
 @dataclass
 class Shown:
     "One loaded (timepoint, sequence) image, ready to display."
@@ -94,64 +107,84 @@ class Shown:
     clim: tuple  # the grey window
     aspect: float  # row / column size of a displayed pixel (y spacing / x spacing)
 
-    @property
-    def nz(self) -> int:
-        return self.data.shape[2]
+# %% ../../nbs/03_cohort.viewer.ipynb #688ce53c
+@patch(as_prop=True)
+def nz(self: Shown) -> int:
+    return self.data.shape[2]
 
-# %% ../../nbs/03_cohort.viewer.ipynb #cad3d4dd
+# %% ../../nbs/03_cohort.viewer.ipynb #4c74979f
 def load_shown(
-    p: Patient,  # a patient
+    patient: Patient,  # a patient
     timepoint: str,  # the timepoint of the image to show
     sequence: str,  # its sequence
 ) -> Shown:
     "Load one image of a patient for display."
-    v, m = p.volume(timepoint, sequence), p.mask(timepoint, sequence)
-    return Shown(
-        v.data, None if m is None else m.data > 0, window(v.data), v.spacing[1] / v.spacing[0]
-    )
+    v, m = patient.volume(timepoint, sequence), patient.mask(timepoint, sequence)
+    mask = None if m is None else m.data > 0
+    return Shown(v.data, mask, window(v.data), v.spacing[1] / v.spacing[0])
 
-# %% ../../nbs/03_cohort.viewer.ipynb #bf6f24e7
-UNITS = {'afp': 'ng/mL', 'pivka_ii': 'mAU/mL', 'dcp': 'mAU/mL'}
+# %% ../../nbs/03_cohort.viewer.ipynb #54e9ae0d
+UNITS = {'afp': 'ng/mL', 'pivka_ii': 'mAU/mL', 'dcp': 'mAU/mL'}  # the markers' clinical units
 
+# %% ../../nbs/03_cohort.viewer.ipynb #5d4b8eab
+def _column_order(columns, order) -> list:
+    "The `columns` in `order`, then those `order` does not name."
+    order = list(order or columns)
+    return [c for c in order if c in columns] + [c for c in columns if c not in order]
 
+# %% ../../nbs/03_cohort.viewer.ipynb #ff159215
 def labs_table(
-    p: Patient,  # a patient
+    patient: Patient,  # a patient
     timepoints=None,  # the column order (default: the patient's)
 ) -> pd.DataFrame:
     "The patient's markers as a table: marker (with unit) × timepoint; NaN where missing."
-    t = p.labs.T if len(p.labs) else pd.DataFrame()
-    order = list(timepoints or t.columns)
-    t = t.reindex(
-        columns=[tp for tp in order if tp in t.columns]
-        + [tp for tp in t.columns if tp not in order]
-    ).astype(float)
+    t = patient.labs.T if len(patient.labs) else pd.DataFrame()
+    t = t.reindex(columns=_column_order(list(t.columns), timepoints)).astype(float)
     t.index = [f'{m} ({UNITS[m.lower()]})' if m.lower() in UNITS else m for m in t.index]
     return t.rename_axis(index='marker', columns='timepoint')
 
-# %% ../../nbs/03_cohort.viewer.ipynb #177edf8f
+# %% ../../nbs/03_cohort.viewer.ipynb #25acaff7
+def _labs_html(t: pd.DataFrame, timepoint: str | None) -> str:
+    "The labs table `t` of `labs_table` as HTML; the column of `timepoint` marked."
+    if t.empty:
+        return '<i>no labs</i>'
+    t = t.apply(lambda col: col.map(lambda x: '–' if pd.isna(x) else f'{x:.4g}'))
+    t.columns = [
+        f'<b>[{html.escape(c)}]</b>' if c == timepoint else html.escape(c) for c in t.columns
+    ]
+    return t.to_html(escape=False, border=0)
+
+# %% ../../nbs/03_cohort.viewer.ipynb #5843947f
+def _label_text(label: float) -> str:
+    return {1.0: 'pCR', 0.0: 'no pCR'}.get(label, 'unknown')
+
+# %% ../../nbs/03_cohort.viewer.ipynb #4648683e
 def patient_html(
-    p: Patient,  # a patient
+    patient: Patient,  # a patient
     timepoint: str | None = None,  # the current timepoint (its column in bold)
     timepoints=None,  # the timepoints to list (default: all)
 ) -> str:
     "An HTML panel: label, fold, covariates and the labs table."
-    lab = {1.0: 'pCR', 0.0: 'no pCR'}.get(p.label, 'unknown')
-    head = f'<b>{html.escape(p.id)}</b> · label: <b>{lab}</b>' + (
-        '' if p.fold is None else f' · fold {p.fold}'
-    )
+    p, fold = patient, '' if patient.fold is None else f' · fold {patient.fold}'
+    head = f'<b>{html.escape(p.id)}</b> · label: <b>{_label_text(p.label)}</b>{fold}'
     cov = ', '.join(f'{html.escape(str(k))} {html.escape(str(v))}' for k, v in p.covariates.items())
-    t = labs_table(p, timepoints)
-    if t.empty:
-        tab = '<i>no labs</i>'
-    else:
-        t = t.apply(lambda col: col.map(lambda x: '–' if pd.isna(x) else f'{x:.4g}'))
-        t.columns = [
-            f'<b>[{html.escape(c)}]</b>' if c == timepoint else html.escape(c) for c in t.columns
-        ]
-        tab = t.to_html(escape=False, border=0)
+    tab = _labs_html(labs_table(p, timepoints), timepoint)
     return f'<div style="font-size:90%">{head}<br>{cov}<br><br>{tab}</div>'
 
-# %% ../../nbs/03_cohort.viewer.ipynb #6a79aeda
+# %% ../../nbs/03_cohort.viewer.ipynb #e9f38cb7
+TIMEPOINT_TEXT = {'pre': 'pre-therapy', 'post': 'post-therapy', 'fu': 'follow-up', 'followup': 'follow-up'}  # on screen
+
+# %% ../../nbs/03_cohort.viewer.ipynb #e4c62c35
+def exam_title(
+    patient_id: str,  # the patient
+    timepoint: str | None = None,  # the exam's timepoint, if any
+    sequence: str | None = None,  # the sequence, if any
+) -> str:
+    "A title in words for a patient's exam, 'P001 · pre-therapy · AP': the parts given, joined."
+    tp = None if timepoint is None else TIMEPOINT_TEXT.get(str(timepoint).lower(), str(timepoint))
+    return ' · '.join(str(s) for s in (patient_id, tp, sequence) if s is not None)
+
+# %% ../../nbs/03_cohort.viewer.ipynb #d114dadc
 class CohortViewer(widgets.VBox):
     "Browse a cohort: patient × timepoint × sequence × slice, lesion outline, labs, label and fold."
 
@@ -166,75 +199,34 @@ class CohortViewer(widgets.VBox):
     ):
         self.cohort, self.size, self.cache, self.loads = cohort, size, LRU(cache), 0
         self._quiet = False
-        dd = dict(layout=widgets.Layout(width='190px'), style={'description_width': '70px'})
-        self.patient = widgets.Dropdown(options=cohort.ids, description='patient', **dd)
-        self.timepoint = widgets.Dropdown(description='timepoint', **dd)
-        self.sequence = widgets.Dropdown(description='sequence', **dd)
-        self.slice = widgets.IntSlider(
-            min=0,
-            max=0,
-            description='slice',
-            continuous_update=True,
-            layout=widgets.Layout(width='570px'),
-        )
-        self.outline = widgets.Checkbox(
-            value=True,
-            description='lesion outline',
-            indent=False,
-            layout=widgets.Layout(width='130px'),
-        )
-        self.image, self.panel = widgets.Image(format='png'), widgets.HTML()
+        self._make_controls()
         self.frame = np.zeros((1, 1, 3), np.uint8)  # the RGB picture on screen
-        super().__init__(
-            [
-                widgets.HBox([self.patient, self.timepoint, self.sequence, self.outline]),
-                self.slice,
-                widgets.HBox([self.image, self.panel]),
-            ]
-        )
+        top = widgets.HBox([self.patient, self.timepoint, self.sequence, self.outline])
+        super().__init__([top, self.slice, widgets.HBox([self.image, self.panel])])
         for w, f in [
-            (self.patient, self._on_patient),
-            (self.timepoint, self._on_exam),
-            (self.sequence, self._on_sequence),
-            (self.slice, self.render),
-            (self.outline, self.render),
+            (self.patient, self._on_patient), (self.timepoint, self._on_exam),
+            (self.sequence, self._on_sequence), (self.slice, self.render), (self.outline, self.render),
         ]:
             w.observe(f, 'value')
         self.show(patient or (cohort.ids[0] if len(cohort) else None), timepoint, sequence)
 
-# %% ../../nbs/03_cohort.viewer.ipynb #0c858a66
+# %% ../../nbs/03_cohort.viewer.ipynb #6deba276
 @patch
-def shown(self: CohortViewer, timepoint=None, sequence=None) -> Shown | None:
-    "The loaded image on screen (or another of the current patient's), from the cache."
-    pid, tp, s = (
-        self.patient.value,
-        timepoint or self.timepoint.value,
-        sequence or self.sequence.value,
+def _make_controls(self: CohortViewer):
+    "The dropdowns, the slice slider, the outline checkbox, the image and the panel."
+    dd = dict(layout=widgets.Layout(width='190px'), style={'description_width': '70px'})
+    self.patient = widgets.Dropdown(options=self.cohort.ids, description='patient', **dd)
+    self.timepoint = widgets.Dropdown(description='timepoint', **dd)
+    self.sequence = widgets.Dropdown(description='sequence', **dd)
+    self.slice = widgets.IntSlider(
+        min=0, max=0, description='slice', continuous_update=True, layout=widgets.Layout(width='570px')
     )
-    if pid is None or tp is None or s is None:
-        return None
-    exams = self.cache.get(pid, dict)
-    if (tp, s) not in exams:
-        exams[(tp, s)] = load_shown(self.cohort[pid], tp, s)
-        self.loads += 1
-    return exams[(tp, s)]
+    self.outline = widgets.Checkbox(
+        value=True, description='lesion outline', indent=False, layout=widgets.Layout(width='130px')
+    )
+    self.image, self.panel = widgets.Image(format='png'), widgets.HTML()
 
-# %% ../../nbs/03_cohort.viewer.ipynb #8d13e3af
-@patch
-def show(self: CohortViewer, patient=None, timepoint=None, sequence=None, z: int | None = None):
-    "Show a patient / timepoint / sequence / slice (each optional: the others follow)."
-    self._check(patient, timepoint, sequence)
-    self._quiet = True
-    try:
-        if patient is not None and patient != self.patient.value:
-            self.patient.value = patient
-        self._sync_exam(timepoint, sequence, z)
-    finally:
-        self._quiet = False
-    self.render()
-    return self
-
-# %% ../../nbs/03_cohort.viewer.ipynb #9726c93f
+# %% ../../nbs/03_cohort.viewer.ipynb #52a5faff
 @patch
 def _check(self: CohortViewer, patient=None, timepoint=None, sequence=None):
     "Raise `CohortError` (before anything changes) if the patient, timepoint or sequence asked for isn't there."
@@ -243,41 +235,95 @@ def _check(self: CohortViewer, patient=None, timepoint=None, sequence=None):
         return
     p = self.cohort[pid]  # names the patient if there is no such one
     if timepoint is not None and timepoint not in p.exams:
-        raise CohortError(
-            f'patient {pid}: no exam at timepoint {timepoint!r} (it has {list(p.exams)})'
-        )
+        raise CohortError(f'patient {pid}: no exam at timepoint {timepoint!r} (it has {list(p.exams)})')
     tp = timepoint or (
         self.timepoint.value if self.timepoint.value in p.exams else next(iter(p.exams), None)
     )
     if sequence is not None and not p.has(tp, sequence):
         raise CohortError(f'patient {pid}: no {sequence} image at timepoint {tp!r}')
 
-# %% ../../nbs/03_cohort.viewer.ipynb #87725234
+# %% ../../nbs/03_cohort.viewer.ipynb #f980735c
+@patch
+def shown(
+    self: CohortViewer,
+    timepoint=None,  # another timepoint of the current patient (default: the one on screen)
+    sequence=None,  # another sequence (default: the one on screen)
+) -> Shown | None:
+    "The loaded image on screen (or another of the current patient's), from the cache."
+    pid = self.patient.value
+    tp, s = timepoint or self.timepoint.value, sequence or self.sequence.value
+    if pid is None or tp is None or s is None:
+        return None
+    exams = self.cache.get(pid, dict)
+    if (tp, s) not in exams:
+        exams[(tp, s)] = load_shown(self.cohort[pid], tp, s)
+        self.loads += 1
+    return exams[(tp, s)]
+
+# %% ../../nbs/03_cohort.viewer.ipynb #16ede791
+@patch
+def _offer(self: CohortViewer, timepoint=None, sequence=None):
+    "Offer the current patient's timepoints, and the sequences of the chosen one; choose them."
+    p = self.cohort[self.patient.value] if self.patient.value is not None else None
+    tps = list(p.exams) if p else []
+    keep = self.timepoint.value if self.timepoint.value in tps else (tps[0] if tps else None)
+    self.timepoint.options = tps
+    self.timepoint.value = timepoint or keep
+    seqs = list(p.exams.get(self.timepoint.value, {})) if p else []
+    keep = self.sequence.value if self.sequence.value in seqs else (seqs[0] if seqs else None)
+    self.sequence.options = seqs
+    self.sequence.value = sequence or keep
+
+# %% ../../nbs/03_cohort.viewer.ipynb #97b9c986
 @patch
 def _sync_exam(self: CohortViewer, timepoint=None, sequence=None, z=None, keep_slice=False):
     "Offer the current patient's timepoints and sequences; pick the slice."
-    p = self.cohort[self.patient.value] if self.patient.value is not None else None
-    tps = list(p.exams) if p else []
-    tp = timepoint or (
-        self.timepoint.value if self.timepoint.value in tps else (tps[0] if tps else None)
-    )
-    self.timepoint.options = tps
-    self.timepoint.value = tp
-    seqs = list(p.exams.get(tp, {})) if p else []
-    s = sequence or (
-        self.sequence.value if self.sequence.value in seqs else (seqs[0] if seqs else None)
-    )
-    self.sequence.options = seqs
-    self.sequence.value = s
+    self._offer(timepoint, sequence)
     sh = self.shown()
     if sh is None:
         self.slice.max = 0
         return
     old = self.slice.value
     self.slice.max = sh.nz - 1
-    self.slice.value = (
-        z if z is not None else min(old, sh.nz - 1) if keep_slice else lesion_slice(sh.mask, sh.nz)
-    )
+    keep = min(old, sh.nz - 1)
+    self.slice.value = z if z is not None else keep if keep_slice else lesion_slice(sh.mask, sh.nz)
+
+# %% ../../nbs/03_cohort.viewer.ipynb #6d3528e2
+@patch
+def _picture(self: CohortViewer, sh: Shown | None) -> np.ndarray:
+    "The RGB picture of the current slice of `sh` (a dark frame when there is no image)."
+    if sh is None:
+        return np.full((self.size // 2, self.size, 3), 40, np.uint8)
+    z = min(self.slice.value, sh.nz - 1)
+    m = axial(sh.mask, z) if sh.mask is not None and self.outline.value else None
+    return render_slice(axial(sh.data, z), m, sh.clim, sh.aspect, self.size)
+
+# %% ../../nbs/03_cohort.viewer.ipynb #7ea60e2d
+@patch
+def _status_html(self: CohortViewer, sh: Shown | None, p: Patient) -> str:
+    "The line above the panel: the exam and slice on screen, and the sequences missing there."
+    tp = self.timepoint.value
+    missing = [s for s in self.cohort.sequences if tp is not None and not p.has(tp, s)]
+    where = 'no images' if sh is None else exam_title(p.id, tp, self.sequence.value)
+    where += '' if sh is None else f' · slice {self.slice.value + 1}/{sh.nz}'
+    miss = ', '.join(missing)
+    miss = f' · <span style="color:#b00">missing here: {html.escape(miss)}</span>' if missing else ''
+    return f'<div style="font-size:90%;color:#555">{html.escape(where)}{miss}</div>'
+
+# %% ../../nbs/03_cohort.viewer.ipynb #c9f5976e
+@patch
+def render(self: CohortViewer, change=None):
+    "Draw the current slice and panel."
+    if self._quiet:
+        return
+    sh, pid = self.shown(), self.patient.value
+    self.frame = self._picture(sh)
+    self.image.value = to_png(self.frame)
+    if pid is None:
+        self.panel.value = '<i>no patient</i>'
+        return
+    p, tp = self.cohort[pid], self.timepoint.value
+    self.panel.value = self._status_html(sh, p) + patient_html(p, tp, self.cohort.timepoints)
 
 # %% ../../nbs/03_cohort.viewer.ipynb #7b7b2141
 @patch
@@ -303,43 +349,26 @@ def _on_sequence(self: CohortViewer, change=None):
         self._quiet = False
     self.render()
 
-# %% ../../nbs/03_cohort.viewer.ipynb #d0985ef6
+# %% ../../nbs/03_cohort.viewer.ipynb #556cf4d4
 @patch
-def render(self: CohortViewer, change=None):
-    "Draw the current slice and panel."
-    if self._quiet:
-        return
-    sh, p = (
-        self.shown(),
-        (self.cohort[self.patient.value] if self.patient.value is not None else None),
-    )
-    if sh is None:
-        self.frame = np.full((self.size // 2, self.size, 3), 40, np.uint8)
-    else:
-        z = min(self.slice.value, sh.nz - 1)
-        m = axial(sh.mask, z) if sh.mask is not None and self.outline.value else None
-        self.frame = render_slice(axial(sh.data, z), m, sh.clim, sh.aspect, self.size)
-    self.image.value = to_png(self.frame)
-    if p is None:
-        self.panel.value = '<i>no patient</i>'
-        return
-    tp = self.timepoint.value
-    missing = [s for s in self.cohort.sequences if tp is not None and not p.has(tp, s)]
-    where = (
-        'no images'
-        if sh is None
-        else f'{tp} · {self.sequence.value} · slice {self.slice.value + 1}/{sh.nz}'
-    )
-    self.panel.value = (
-        f'<div style="font-size:90%;color:#555">{html.escape(where)}'
-        + (
-            f' · <span style="color:#b00">missing here: {html.escape(", ".join(missing))}</span>'
-            if missing
-            else ''
-        )
-        + '</div>'
-        + patient_html(p, tp, self.cohort.timepoints)
-    )
+def show(
+    self: CohortViewer,
+    patient=None,  # the patient to show (default: the one on screen)
+    timepoint=None,  # the timepoint (default: the one on screen if the patient has it, else the first)
+    sequence=None,  # the sequence (default: likewise)
+    z: int | None = None,  # the slice (default: where the lesion is largest)
+):
+    "Show a patient / timepoint / sequence / slice (each optional: the others follow)."
+    self._check(patient, timepoint, sequence)
+    self._quiet = True
+    try:
+        if patient is not None and patient != self.patient.value:
+            self.patient.value = patient
+        self._sync_exam(timepoint, sequence, z)
+    finally:
+        self._quiet = False
+    self.render()
+    return self
 
 # %% ../../nbs/03_cohort.viewer.ipynb #e7232bd8
 def in_notebook() -> bool:
@@ -351,7 +380,18 @@ def in_notebook() -> bool:
     ip = get_ipython()
     return ip is not None and getattr(ip, 'kernel', None) is not None
 
-# %% ../../nbs/03_cohort.viewer.ipynb #a3d87846
+# %% ../../nbs/03_cohort.viewer.ipynb #fffeab9b
+def _close_in_ipython(fig):
+    "Close `fig` in pyplot when IPython runs (it is shown once, as the value returned)."
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+
+# %% ../../nbs/03_cohort.viewer.ipynb #797fc384
 def view_cohort(
     cohort: Cohort | str | None = None,  # a Cohort or its folder (default: the sample)
     patient: str | None = None,  # the patient to show
@@ -367,15 +407,5 @@ def view_cohort(
     if widget:
         return CohortViewer(c, patient, timepoint, sequence, **kwargs)
     fig = c[patient if patient is not None else 0].plot()
-    try:
-        from IPython import get_ipython
-
-        if (
-            get_ipython() is not None
-        ):  # shown once, as the value returned, not a second time by pyplot
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-    except ImportError:
-        pass
+    _close_in_ipython(fig)
     return fig
