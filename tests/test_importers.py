@@ -47,7 +47,7 @@ ORIENTATIONS = {'axial': (1, 0, 0, 0, 1, 0), 'axial-flipped': (-1, 0, 0, 0, -1, 
 
 @pytest.mark.parametrize('orient', list(ORIENTATIONS))
 def test_dicom_matches_simpleitk(tmp_path, orient):
-    slices, tags = mr_small_series(tmp_path/'src'/'ser', iop=ORIENTATIONS[orient], PatientID='X1')
+    slices, tags = mr_small_series(tmp_path/'src'/'ser', orientation=ORIENTATIONS[orient], PatientID='X1')
     mp = write_map(tmp_path/'map.json', patients={'X1': 'P1'}, timepoints=['pre'], sequences={'T2': 't2'})
     rep = import_dicom(tmp_path/'src', tmp_path/'out', mp)
     assert rep.exit_code == 0, rep.text()
@@ -109,7 +109,7 @@ def test_dicom_unassigned_ambiguous_inconsistent_and_seg(tmp_path, capsys):
     sorted(src.joinpath('gap').glob('*.dcm'), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))[3].unlink()
     mr_small_series(src/'rot', PatientID='X1', StudyDate='20240301', SeriesDescription='vibe arterial', seed=5)  # one slice turned
     f = next((src/'rot').glob('*.dcm')); ds = pydicom.dcmread(f); ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]; ds.save_as(f)
-    mr_small_series(src/'seg', n=2, PatientID='X1', StudyDate='20240101', Modality='SEG', SeriesDescription='tumour seg', seed=6)
+    mr_small_series(src/'seg', n_slices=2, PatientID='X1', StudyDate='20240101', Modality='SEG', SeriesDescription='tumour seg', seed=6)
     mr_small_series(src/'later', PatientID='X1', StudyDate='20240601', seed=7)                                  # a third study date
     mr_small_series(src/'other', PatientID='NOT-IN-TABLE', StudyDate='20240101', seed=8)
     mp = write_map(tmp_path/'map.json', patients={'X1': 'P1'}, timepoints=['pre', 'post'], sequences={'T2': 't2', 'AP': 'arterial'})
