@@ -47,7 +47,7 @@ def check_no_leak(
     if probs:
         raise LiverPcrError(probs)
 
-# %% ../../nbs/06_data.dataset.ipynb #c76f1ca5
+# %% ../../nbs/06_data.dataset.ipynb #ae48f923
 def _given_folds(
     ids: np.ndarray,  # labelled patient ids
     folds,  # fold per id (the cohort's `fold` column)
@@ -61,7 +61,7 @@ def _given_folds(
     order = sorted(f.unique())
     return [ids[(f == k).values] for k in order], [int(k) for k in order]
 
-# %% ../../nbs/06_data.dataset.ipynb #09d25dcc
+# %% ../../nbs/06_data.dataset.ipynb #6aabeac3
 def _stratified_folds(
     ids: np.ndarray,  # labelled patient ids
     y: np.ndarray,  # their 0/1 labels
@@ -80,7 +80,7 @@ def _stratified_folds(
     skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
     return [ids[te] for _, te in skf.split(ids, y)], list(range(n_folds))
 
-# %% ../../nbs/06_data.dataset.ipynb #31eddb52
+# %% ../../nbs/06_data.dataset.ipynb #9986d01f
 def _fold_split(
     k: int,  # the fold's name
     te,  # its test ids
@@ -160,7 +160,7 @@ class ClinicalTransformer:
     ):
         self.markers, self.timepoints = list(markers), list(timepoints)
 
-# %% ../../nbs/06_data.dataset.ipynb #ffbef098
+# %% ../../nbs/06_data.dataset.ipynb #786b1759
 @patch
 def _raw(
     self: ClinicalTransformer,
@@ -175,7 +175,7 @@ def _raw(
     }
     return pd.DataFrame({**lg, **d}, index=wide.index)
 
-# %% ../../nbs/06_data.dataset.ipynb #44fa91ce
+# %% ../../nbs/06_data.dataset.ipynb #b48d5db4
 @patch
 def fit(
     self: ClinicalTransformer,
@@ -189,7 +189,7 @@ def fit(
     self.columns_ = list(r.columns)
     return self
 
-# %% ../../nbs/06_data.dataset.ipynb #7c937701
+# %% ../../nbs/06_data.dataset.ipynb #e21468d5
 @patch
 def transform(
     self: ClinicalTransformer,
@@ -202,7 +202,7 @@ def transform(
     miss = miss.rename(columns=lambda c: c.replace('miss_log_', 'miss_').replace('miss_dlog_', 'miss_d'))
     return pd.concat([z.fillna(0.0), miss], axis=1).astype(np.float32)
 
-# %% ../../nbs/06_data.dataset.ipynb #b5303743
+# %% ../../nbs/06_data.dataset.ipynb #bc2f87d3
 @patch
 def per_timepoint(
     self: ClinicalTransformer,
@@ -255,7 +255,7 @@ class Augment:
     intensity: float = 0.1  # per-image gain and offset jitter, ±
     drop_input: float = 0.0  # chance of hiding each (timepoint, sequence) image (present → False), keeping at least one
 
-# %% ../../nbs/06_data.dataset.ipynb #c45d09ab
+# %% ../../nbs/06_data.dataset.ipynb #432d1f92
 def _draw_exam(
     aug: Augment,  # how to augment
     generator: torch.Generator,  # the random stream
@@ -307,7 +307,7 @@ def augment_exam(
     r = augment_exams(x[None], aug, generator, None if mask is None else mask[None])
     return r[0] if mask is None else (r[0][0], r[1][0])
 
-# %% ../../nbs/06_data.dataset.ipynb #331b47a1
+# %% ../../nbs/06_data.dataset.ipynb #29ad79d0
 def _clinical_arrays(
     cohort: Cohort,  # the cohort (labs)
     ids: list,  # the patients
@@ -347,7 +347,7 @@ class PatientDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.ids)
 
-# %% ../../nbs/06_data.dataset.ipynb #6c4b2ba9
+# %% ../../nbs/06_data.dataset.ipynb #72436609
 @patch
 def set_epoch(
     self: PatientDataset,
@@ -356,7 +356,7 @@ def set_epoch(
     "Seed the next augmentations with `epoch`."
     self.epoch = epoch
 
-# %% ../../nbs/06_data.dataset.ipynb #b06fb0f9
+# %% ../../nbs/06_data.dataset.ipynb #9eae0937
 @patch
 def _augmented(
     self: PatientDataset,
@@ -375,7 +375,7 @@ def _augmented(
     x = x * present[..., None, None, None]  # missing (or hidden) stays zero after the jitter
     return x, m, present
 
-# %% ../../nbs/06_data.dataset.ipynb #0904e58c
+# %% ../../nbs/06_data.dataset.ipynb #c358b8a9
 @patch
 def __getitem__(
     self: PatientDataset,
@@ -388,13 +388,6 @@ def __getitem__(
     present = torch.from_numpy(np.array(self.pre.present[p], dtype=bool))
     if self.augment is not None:
         x, m, present = self._augmented(x, m, present, p)
-    return dict(
-        images=x,
-        masks=m,
-        present=present,
-        labs=torch.from_numpy(self.labs[i]),
-        labs_missing=torch.from_numpy(self.labs_missing[i]),
-        clinical=torch.from_numpy(self.clin[i]),
-        y=torch.tensor(self.y[i]),
-        patient_id=self.ids[i],
-    )
+    labs, missing = torch.from_numpy(self.labs[i]), torch.from_numpy(self.labs_missing[i])
+    return dict(images=x, masks=m, present=present, labs=labs, labs_missing=missing,
+                clinical=torch.from_numpy(self.clin[i]), y=torch.tensor(self.y[i]), patient_id=self.ids[i])

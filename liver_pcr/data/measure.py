@@ -26,7 +26,7 @@ __all__ = ['ARTERIAL', 'MEASURE_VERSION', 'EXAM_MEASURES', 'SEQUENCE_MEASURES', 
 ARTERIAL = ('AP', 'ART', 'ARTERIAL', 'HAP', 'LAP')  # sequence names read as the arterial phase, in order of preference
 MEASURE_VERSION = 1  # bump when a measurement's definition changes: old cache entries are then rebuilt
 
-
+# %% ../../nbs/05a_data.measure.ipynb #befb49d9
 @dataclass(frozen=True)
 class MeasureConfig:
     "How exams are measured; every setting that changes a number is here (and in the cache key)."
@@ -39,14 +39,14 @@ class MeasureConfig:
     min_ref: int = 20  # fewer reference voxels than this: the relative measurements are NaN
     volume_floor_ml: float = 0.01  # volumes below this count as this in log ratios (a vanished lesion)
 
-# %% ../../nbs/05a_data.measure.ipynb #592c0593
+# %% ../../nbs/05a_data.measure.ipynb #128901a7
 @patch
 def key(self: MeasureConfig) -> str:
     "A short hash of the configuration and `MEASURE_VERSION`: part of the cache entry's name."
     text = json.dumps(dict(asdict(self), version=MEASURE_VERSION), sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-# %% ../../nbs/05a_data.measure.ipynb #334887c4
+# %% ../../nbs/05a_data.measure.ipynb #04fc2c91
 def _ellipsoid(
     spacing,  # voxel size (mm)
     radii,  # the lesion's semi-axes (mm)
@@ -59,6 +59,21 @@ def _ellipsoid(
     X, Y, Z = np.meshgrid(*ax, indexing='ij')
     q = (X / radii[0]) ** 2 + (Y / radii[1]) ** 2 + (Z / radii[2]) ** 2
     return q <= 1, q <= core_share ** (2 / 3)
+
+# %% ../../nbs/05a_data.measure.ipynb #dc565408
+def _truth(
+    radii,  # the lesion's semi-axes (mm)
+    levels: dict,  # sequence -> (liver, viable, necrotic) intensity
+    lesion: np.ndarray,  # the lesion mask
+    core: np.ndarray,  # its necrotic core
+) -> dict:
+    "The true answers of the ellipsoid phantom."
+    return dict(
+        volume_ml=4 / 3 * math.pi * math.prod(radii) / 1000,
+        diameter_mm=2 * max(radii[:2]),
+        necrotic_share=float(core.sum() / lesion.sum()),
+        **{f'{s}_viable_rel': v / l for s, (l, v, _) in levels.items()},
+    )
 
 # %% ../../nbs/05a_data.measure.ipynb #00c76917
 def ellipsoid_phantom(
@@ -78,15 +93,9 @@ def ellipsoid_phantom(
     for s, (liv, via, nec) in levels.items():
         img = np.where(core, nec, np.where(lesion, via, liv)).astype(np.float64)
         images[s] = np.abs(img + rng.normal(0, noise * liv, img.shape)) * 1000
-    truth = dict(
-        volume_ml=4 / 3 * math.pi * math.prod(radii) / 1000,
-        diameter_mm=2 * max(radii[:2]),
-        necrotic_share=float(core.sum() / lesion.sum()),
-        **{f'{s}_viable_rel': v / l for s, (l, v, _) in levels.items()},
-    )
-    return images, lesion.astype(np.uint8), tuple(spacing), truth
+    return images, lesion.astype(np.uint8), tuple(spacing), _truth(radii, levels, lesion, core)
 
-# %% ../../nbs/05a_data.measure.ipynb #88af8bf4
+# %% ../../nbs/05a_data.measure.ipynb #ece2fde2
 def _largest_component(
     m: np.ndarray,  # a boolean mask
 ) -> np.ndarray | None:
@@ -99,7 +108,7 @@ def _largest_component(
         m = lab == 1 + int(np.argmax(sizes))
     return m
 
-# %% ../../nbs/05a_data.measure.ipynb #674f9fea
+# %% ../../nbs/05a_data.measure.ipynb #b9a20577
 def _slice_diameter(
     sl: np.ndarray,  # a slice of the lesion mask (x, y)
     sx: float,  # pixel size along x (mm)
@@ -145,11 +154,11 @@ def reference_region(
             return in_liver
     return shell
 
-# %% ../../nbs/05a_data.measure.ipynb #b9f55c69
+# %% ../../nbs/05a_data.measure.ipynb #f69d31f4
 EXAM_MEASURES = ('volume_ml', 'diameter_mm', 'necrotic_share', 'viable_ml', 'heterogeneity')  # per exam
 SEQUENCE_MEASURES = ('rel', 'viable_rel')  # per sequence S of an exam: S_rel, S_viable_rel
 
-
+# %% ../../nbs/05a_data.measure.ipynb #1eb9539c
 def _names(
     sequences,  # the exam's sequences
 ) -> tuple:
@@ -167,7 +176,7 @@ def _box(
     hi = np.minimum(idx.max(0) + np.asarray(margin) + 1, m.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
-# %% ../../nbs/05a_data.measure.ipynb #30e29408
+# %% ../../nbs/05a_data.measure.ipynb #c2c4d179
 def _around(
     m: np.ndarray,  # the lesion mask (boolean)
     spacing,  # voxel size (mm)
@@ -180,7 +189,7 @@ def _around(
     dist = ndimage.distance_transform_edt(~M, sampling=spacing)
     return box, M, dist, None if liver is None else np.asarray(liver)[box] > 0
 
-# %% ../../nbs/05a_data.measure.ipynb #9c798489
+# %% ../../nbs/05a_data.measure.ipynb #7246a6b6
 def _relative(
     images: dict,  # sequence -> intensity array (x, y, z)
     box: tuple,  # the crop around the lesion
@@ -200,7 +209,7 @@ def _relative(
             rel[s] = I[M] / unit
     return rel
 
-# %% ../../nbs/05a_data.measure.ipynb #be888dcf
+# %% ../../nbs/05a_data.measure.ipynb #daad7c0a
 def arterial_of(
     sequences,  # the exam's sequence names
     cfg: MeasureConfig = MeasureConfig(),  # which names are arterial
@@ -209,7 +218,7 @@ def arterial_of(
     by = {s.upper(): s for s in sequences}
     return next((by[a.upper()] for a in cfg.arterial if a.upper() in by), None)
 
-# %% ../../nbs/05a_data.measure.ipynb #0661fccb
+# %% ../../nbs/05a_data.measure.ipynb #427a11a9
 def _solid(
     rel: dict,  # sequence -> the lesion's relative voxels
     art: str | None,  # the arterial sequence
@@ -223,7 +232,7 @@ def _solid(
         solid = viable & (rel[art] >= np.quantile(rel[art][viable], cfg.solid_quantile))
     return solid
 
-# %% ../../nbs/05a_data.measure.ipynb #c15a112f
+# %% ../../nbs/05a_data.measure.ipynb #3dba469d
 def _heterogeneity(
     x: np.ndarray | None,  # relative voxel values (None: no sequence could be read)
 ) -> float:
@@ -277,7 +286,7 @@ def on_grid(
     out = ndimage.map_coordinates(np.asarray(vol.data, np.float32), src, order=order, cval=0.0)
     return out.reshape(ref.shape)
 
-# %% ../../nbs/05a_data.measure.ipynb #375db432
+# %% ../../nbs/05a_data.measure.ipynb #a90759c0
 def _exam_liver(
     patient: Patient,  # a cohort patient
     timepoint: str,  # the exam
@@ -370,7 +379,7 @@ def _read_entry(
     df = pd.read_csv(d / 'table.csv', index_col='patient_id', dtype={'patient_id': str}, float_precision='round_trip')
     return df.astype(np.float64)
 
-# %% ../../nbs/05a_data.measure.ipynb #21312e7f
+# %% ../../nbs/05a_data.measure.ipynb #defff76f
 def _cached(
     d: Path,  # the entry folder
     root: Path,  # the cache root
@@ -384,7 +393,7 @@ def _cached(
         print(f'warning: measurement cache entry {d} is damaged ({e.problem}); rebuilding it', file=sys.stderr)
         _discard_entry(d, root)
 
-# %% ../../nbs/05a_data.measure.ipynb #8868f9a3
+# %% ../../nbs/05a_data.measure.ipynb #0f17505e
 def _check_known(
     cohort: Cohort,  # the cohort
     tps: list,  # timepoints asked for
@@ -422,7 +431,7 @@ def measure_table(
         _write_entry(d, df)
     return df
 
-# %% ../../nbs/05a_data.measure.ipynb #90199a0d
+# %% ../../nbs/05a_data.measure.ipynb #cf5c3733
 def _logit_share(
     x,  # shares (may fall outside 0..1)
     eps: float = 0.01,  # clipped into [eps, 1 - eps]
@@ -487,7 +496,7 @@ def _pair(
     nan = g(a, 'volume_ml').isna() | g(b, 'volume_ml').isna()
     return {k: pd.Series(np.where(nan, np.nan, v), index=table.index) for k, v in out.items()}
 
-# %% ../../nbs/05a_data.measure.ipynb #ed04f5fc
+# %% ../../nbs/05a_data.measure.ipynb #348f1346
 def _slope(
     Y: np.ndarray,  # values (patients, exams), NaN where missing
     r: np.ndarray,  # the exams' positions
@@ -523,10 +532,10 @@ def measure_changes(
             out[f'slope_{k}'] = pd.Series(_slope(Y, r), index=table.index)
     return pd.DataFrame(out, index=table.index)
 
-# %% ../../nbs/05a_data.measure.ipynb #cb482d61
+# %% ../../nbs/05a_data.measure.ipynb #0cefe0f2
 AFP_PRODUCER = 20.0  # ng/mL: a baseline AFP above this makes an AFP-producing tumour
 
-
+# %% ../../nbs/05a_data.measure.ipynb #a14a8971
 def _marker_changes(
     w: pd.DataFrame,  # raw marker values, columns (marker, timepoint)
     m: str,  # the marker
@@ -597,7 +606,7 @@ def measure_block(
         parts.append(marker_response(cohort, list(ids), tps, donors=donors))
     return pd.concat(parts, axis=1)
 
-# %% ../../nbs/05a_data.measure.ipynb #ccb8c770
+# %% ../../nbs/05a_data.measure.ipynb #8984ab62
 def _criteria(
     p: dict,  # `_pair`'s changes of exam `t` from baseline
     t: str,  # the later exam

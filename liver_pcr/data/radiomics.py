@@ -34,10 +34,10 @@ class RadiomicsConfig:
     min_ring: int = 10  # fewer ring voxels than this: the normalised features are NaN
     central: float = 0.5  # without a mask, the ROI is a central box spanning this share of x and y
 
-# %% ../../nbs/06a_data.radiomics.ipynb #17de0548
+# %% ../../nbs/06a_data.radiomics.ipynb #b956b278
 OFFSETS = ((1, 0), (1, 1), (0, 1), (-1, 1))  # in-plane steps (dx, dy): 0°, 45°, 90°, 135°
 
-
+# %% ../../nbs/06a_data.radiomics.ipynb #760e90eb
 def _overlap(
     nx: int,  # the plane's size along x
     ny: int,  # and along y
@@ -68,10 +68,10 @@ def glcm(
         out[k] = c.reshape(levels, levels) + c.reshape(levels, levels).T
     return out
 
-# %% ../../nbs/06a_data.radiomics.ipynb #85bd9295
+# %% ../../nbs/06a_data.radiomics.ipynb #f25d8dba
 GLCM_FEATURES = ('contrast', 'homogeneity', 'energy', 'correlation', 'entropy')
 
-
+# %% ../../nbs/06a_data.radiomics.ipynb #b543c075
 def _glcm_probabilities(
     counts: np.ndarray,  # co-occurrence counts (levels, levels) or (direction, level, level)
 ) -> np.ndarray:
@@ -81,7 +81,7 @@ def _glcm_probabilities(
     n = P.sum((1, 2))
     return P[n > 0] / n[n > 0, None, None]
 
-# %% ../../nbs/06a_data.radiomics.ipynb #ff90c670
+# %% ../../nbs/06a_data.radiomics.ipynb #176c401c
 def _correlation(
     P: np.ndarray,  # shares (direction, level, level)
     i: np.ndarray,  # the row level of each cell
@@ -149,7 +149,7 @@ def background_ring(
     dist = ndimage.distance_transform_edt(~roi, sampling=spacing)
     return (dist > 0) & (dist <= ring_mm) & body
 
-# %% ../../nbs/06a_data.radiomics.ipynb #f850bef8
+# %% ../../nbs/06a_data.radiomics.ipynb #30521422
 EXAM_FEATURES = ('volume_ml', 'diameter_mm', 'mean', 'sd', 'p10', 'p50', 'p90', 'skewness', 'kurtosis',
                  'ring_contrast', 'ring_z', 'low_frac', 'high_frac', *(f'glcm_{k}' for k in GLCM_FEATURES))
 
@@ -180,7 +180,7 @@ def _crop(
     box = ndimage.find_objects(roi.astype(np.int8))[0]
     return tuple(slice(max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(box, margin, roi.shape))
 
-# %% ../../nbs/06a_data.radiomics.ipynb #f323059f
+# %% ../../nbs/06a_data.radiomics.ipynb #f46d0dae
 def _moments(
     x: np.ndarray,  # the lesion's intensities
 ) -> dict:
@@ -216,7 +216,7 @@ def _intensity(
     )
     return f
 
-# %% ../../nbs/06a_data.radiomics.ipynb #4fe9e9af
+# %% ../../nbs/06a_data.radiomics.ipynb #15aa26e8
 def _texture(
     I: np.ndarray,  # the crop of the image
     M: np.ndarray,  # the region in the crop
@@ -253,9 +253,6 @@ def exam_features(
     return {f'{sequence}_{k}' if sequence else k: v for k, v in f.items()}
 
 # %% ../../nbs/06a_data.radiomics.ipynb #2679acbc
-VOLUME_FLOOR_ML = 1e-3
-
-
 def _exam(
     patient: Patient,  # the patient
     tp: str,  # the timepoint
@@ -274,7 +271,10 @@ def _exam(
     except LiverPcrError as e:
         raise CohortError(f'patient {patient.id}, {tp}/{seq} ({ref.image}): {e}') from None
 
-# %% ../../nbs/06a_data.radiomics.ipynb #29ff20d2
+# %% ../../nbs/06a_data.radiomics.ipynb #8ddb5d5e
+VOLUME_FLOOR_ML = 1e-3  # mL: a vanished lesion counts as this in the volume's log ratio
+
+
 def _changes(
     out: dict,  # the exam features `{timepoint}_{sequence}_{feature}`
     timepoints: list,  # baseline first
@@ -308,7 +308,7 @@ def patient_features(
 # %% ../../nbs/06a_data.radiomics.ipynb #07d25abc
 FEATURE_VERSION = 1  # bump when a feature's definition changes: old caches are then ignored
 
-
+# %% ../../nbs/06a_data.radiomics.ipynb #69033ba9
 def radiomics_cache_path(
     cohort: Cohort,  # the cohort
     timepoints: list,  # the timepoints read
