@@ -47,7 +47,7 @@ def check_no_leak(
     if probs:
         raise LiverPcrError(probs)
 
-# %% ../../nbs/06_data.dataset.ipynb #ae48f923
+# %% ../../nbs/06_data.dataset.ipynb #b932344d
 def _given_folds(
     ids: np.ndarray,  # labelled patient ids
     folds,  # fold per id (the cohort's `fold` column)
@@ -61,7 +61,7 @@ def _given_folds(
     order = sorted(f.unique())
     return [ids[(f == k).values] for k in order], [int(k) for k in order]
 
-# %% ../../nbs/06_data.dataset.ipynb #6aabeac3
+# %% ../../nbs/06_data.dataset.ipynb #35239110
 def _stratified_folds(
     ids: np.ndarray,  # labelled patient ids
     y: np.ndarray,  # their 0/1 labels
@@ -80,7 +80,7 @@ def _stratified_folds(
     skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
     return [ids[te] for _, te in skf.split(ids, y)], list(range(n_folds))
 
-# %% ../../nbs/06_data.dataset.ipynb #9986d01f
+# %% ../../nbs/06_data.dataset.ipynb #d9b0c739
 def _fold_split(
     k: int,  # the fold's name
     te,  # its test ids
@@ -105,14 +105,14 @@ def _fold_split(
 # %% ../../nbs/06_data.dataset.ipynb #56b39264
 def make_splits(
     ids,  # labelled patient ids
-    y,  # their 0/1 labels, in the order of `ids`
+    labels,  # their 0/1 labels, in the order of `ids`
     n_folds: int = 5,  # number of outer folds
     seed: int = 0,  # seed of the stratified shuffles
     val_frac: float = 0.2,  # share of each training fold held out for inner validation
     folds=None,  # predefined fold per id (the cohort's `fold` column), if any
 ) -> list[Split]:
     "Stratified patient-level folds, each with a stratified inner validation split."
-    ids, y = np.asarray([str(i) for i in ids], dtype=object), np.asarray(y, dtype=int)
+    ids, y = np.asarray([str(i) for i in ids], dtype=object), np.asarray(labels, dtype=int)
     if len(set(ids)) != len(ids):
         raise LiverPcrError('duplicate patient ids in the split input')
     tests, names = _given_folds(ids, folds) if folds is not None else _stratified_folds(ids, y, n_folds, seed)
@@ -160,7 +160,7 @@ class ClinicalTransformer:
     ):
         self.markers, self.timepoints = list(markers), list(timepoints)
 
-# %% ../../nbs/06_data.dataset.ipynb #786b1759
+# %% ../../nbs/06_data.dataset.ipynb #ede6b188
 @patch
 def _raw(
     self: ClinicalTransformer,
@@ -175,7 +175,7 @@ def _raw(
     }
     return pd.DataFrame({**lg, **d}, index=wide.index)
 
-# %% ../../nbs/06_data.dataset.ipynb #b48d5db4
+# %% ../../nbs/06_data.dataset.ipynb #a309d615
 @patch
 def fit(
     self: ClinicalTransformer,
@@ -189,7 +189,7 @@ def fit(
     self.columns_ = list(r.columns)
     return self
 
-# %% ../../nbs/06_data.dataset.ipynb #e21468d5
+# %% ../../nbs/06_data.dataset.ipynb #fd338c81
 @patch
 def transform(
     self: ClinicalTransformer,
@@ -202,7 +202,7 @@ def transform(
     miss = miss.rename(columns=lambda c: c.replace('miss_log_', 'miss_').replace('miss_dlog_', 'miss_d'))
     return pd.concat([z.fillna(0.0), miss], axis=1).astype(np.float32)
 
-# %% ../../nbs/06_data.dataset.ipynb #bc2f87d3
+# %% ../../nbs/06_data.dataset.ipynb #a89a2e63
 @patch
 def per_timepoint(
     self: ClinicalTransformer,
@@ -255,7 +255,7 @@ class Augment:
     intensity: float = 0.1  # per-image gain and offset jitter, ±
     drop_input: float = 0.0  # chance of hiding each (timepoint, sequence) image (present → False), keeping at least one
 
-# %% ../../nbs/06_data.dataset.ipynb #432d1f92
+# %% ../../nbs/06_data.dataset.ipynb #96656f20
 def _draw_exam(
     aug: Augment,  # how to augment
     generator: torch.Generator,  # the random stream
@@ -277,7 +277,7 @@ def _draw_exam(
 
 # %% ../../nbs/06_data.dataset.ipynb #9b7ee4d5
 def augment_exams(
-    x: torch.Tensor,  # a patient's exams (T, S, k, H, W)
+    exams: torch.Tensor,  # a patient's exams (T, S, k, H, W)
     aug: Augment,  # how to augment
     generator: torch.Generator,  # the random stream
     masks: torch.Tensor | None = None,  # their lesion masks (T, k, H, W), moved with the images
@@ -285,11 +285,11 @@ def augment_exams(
     "Per exam, one random spatial transform for all its sequences (and its mask), then an intensity jitter per sequence."
     import torch.nn.functional as F
 
-    T, S, k, H, W = x.shape
+    T, S, k, H, W = exams.shape
     A, gain, off = zip(*[_draw_exam(aug, generator, S, H, W) for _ in range(T)])  # exam by exam
-    grid = F.affine_grid(torch.tensor(A, dtype=x.dtype), (T, S * k, H, W), align_corners=False)
+    grid = F.affine_grid(torch.tensor(A, dtype=exams.dtype), (T, S * k, H, W), align_corners=False)
     y = F.grid_sample(
-        x.reshape(T, S * k, H, W), grid, mode='bilinear', padding_mode='border', align_corners=False
+        exams.reshape(T, S * k, H, W), grid, mode='bilinear', padding_mode='border', align_corners=False
     ).reshape(T, S, k, H, W)
     y = y * torch.stack(gain) + torch.stack(off)
     if masks is None:
@@ -298,16 +298,16 @@ def augment_exams(
 
 # %% ../../nbs/06_data.dataset.ipynb #9e2c5cba
 def augment_exam(
-    x: torch.Tensor,  # one exam (S, k, H, W)
+    exam: torch.Tensor,  # one exam (S, k, H, W)
     aug: Augment,  # how to augment
     generator: torch.Generator,  # the random stream
     mask: torch.Tensor | None = None,  # its lesion mask (k, H, W), moved with the images
 ):
     "`augment_exams` for one exam."
-    r = augment_exams(x[None], aug, generator, None if mask is None else mask[None])
+    r = augment_exams(exam[None], aug, generator, None if mask is None else mask[None])
     return r[0] if mask is None else (r[0][0], r[1][0])
 
-# %% ../../nbs/06_data.dataset.ipynb #29ad79d0
+# %% ../../nbs/06_data.dataset.ipynb #da5a195f
 def _clinical_arrays(
     cohort: Cohort,  # the cohort (labs)
     ids: list,  # the patients
@@ -347,7 +347,7 @@ class PatientDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.ids)
 
-# %% ../../nbs/06_data.dataset.ipynb #72436609
+# %% ../../nbs/06_data.dataset.ipynb #68888901
 @patch
 def set_epoch(
     self: PatientDataset,
@@ -356,7 +356,7 @@ def set_epoch(
     "Seed the next augmentations with `epoch`."
     self.epoch = epoch
 
-# %% ../../nbs/06_data.dataset.ipynb #9eae0937
+# %% ../../nbs/06_data.dataset.ipynb #bab25f37
 @patch
 def _augmented(
     self: PatientDataset,
@@ -375,7 +375,7 @@ def _augmented(
     x = x * present[..., None, None, None]  # missing (or hidden) stays zero after the jitter
     return x, m, present
 
-# %% ../../nbs/06_data.dataset.ipynb #c358b8a9
+# %% ../../nbs/06_data.dataset.ipynb #aa4a4227
 @patch
 def __getitem__(
     self: PatientDataset,

@@ -34,10 +34,10 @@ class RadiomicsConfig:
     min_ring: int = 10  # fewer ring voxels than this: the normalised features are NaN
     central: float = 0.5  # without a mask, the ROI is a central box spanning this share of x and y
 
-# %% ../../nbs/06a_data.radiomics.ipynb #b956b278
+# %% ../../nbs/06a_data.radiomics.ipynb #3c5cd2a9
 OFFSETS = ((1, 0), (1, 1), (0, 1), (-1, 1))  # in-plane steps (dx, dy): 0°, 45°, 90°, 135°
 
-# %% ../../nbs/06a_data.radiomics.ipynb #760e90eb
+# %% ../../nbs/06a_data.radiomics.ipynb #739a4ad9
 def _overlap(
     nx: int,  # the plane's size along x
     ny: int,  # and along y
@@ -68,10 +68,10 @@ def glcm(
         out[k] = c.reshape(levels, levels) + c.reshape(levels, levels).T
     return out
 
-# %% ../../nbs/06a_data.radiomics.ipynb #f25d8dba
+# %% ../../nbs/06a_data.radiomics.ipynb #36fa5563
 GLCM_FEATURES = ('contrast', 'homogeneity', 'energy', 'correlation', 'entropy')
 
-# %% ../../nbs/06a_data.radiomics.ipynb #b543c075
+# %% ../../nbs/06a_data.radiomics.ipynb #32a389c2
 def _glcm_probabilities(
     counts: np.ndarray,  # co-occurrence counts (levels, levels) or (direction, level, level)
 ) -> np.ndarray:
@@ -81,7 +81,7 @@ def _glcm_probabilities(
     n = P.sum((1, 2))
     return P[n > 0] / n[n > 0, None, None]
 
-# %% ../../nbs/06a_data.radiomics.ipynb #176c401c
+# %% ../../nbs/06a_data.radiomics.ipynb #c1ad093d
 def _correlation(
     P: np.ndarray,  # shares (direction, level, level)
     i: np.ndarray,  # the row level of each cell
@@ -114,18 +114,18 @@ def glcm_features(
 
 # %% ../../nbs/06a_data.radiomics.ipynb #50cadaf3
 def quantise(
-    x: np.ndarray,  # the intensities
+    values: np.ndarray,  # the intensities
     levels: int = 16,  # the number of grey levels
-    lo: float | None = None,  # lower end of the bins (None: p1 of `x`)
-    hi: float | None = None,  # upper end of the bins (None: p99 of `x`)
+    lower: float | None = None,  # lower end of the bins (None: p1 of `values`)
+    upper: float | None = None,  # upper end of the bins (None: p99 of `values`)
 ) -> np.ndarray:
-    "Grey levels 0..levels-1: equal bins between `lo` and `hi`, clipped at both ends."
-    x = np.asarray(x, np.float64)
-    if lo is None or hi is None:
-        lo, hi = np.percentile(x, [1, 99])
-    if not hi > lo:
+    "Grey levels 0..levels-1: equal bins between `lower` and `upper`, clipped at both ends."
+    x = np.asarray(values, np.float64)
+    if lower is None or upper is None:
+        lower, upper = np.percentile(x, [1, 99])
+    if not upper > lower:
         return np.zeros(x.shape, np.int64)
-    return np.clip(np.floor((x - lo) / (hi - lo) * levels), 0, levels - 1).astype(np.int64)
+    return np.clip(np.floor((x - lower) / (upper - lower) * levels), 0, levels - 1).astype(np.int64)
 
 # %% ../../nbs/06a_data.radiomics.ipynb #d45387ca
 def central_roi(
@@ -149,7 +149,7 @@ def background_ring(
     dist = ndimage.distance_transform_edt(~roi, sampling=spacing)
     return (dist > 0) & (dist <= ring_mm) & body
 
-# %% ../../nbs/06a_data.radiomics.ipynb #30521422
+# %% ../../nbs/06a_data.radiomics.ipynb #e0feccaa
 EXAM_FEATURES = ('volume_ml', 'diameter_mm', 'mean', 'sd', 'p10', 'p50', 'p90', 'skewness', 'kurtosis',
                  'ring_contrast', 'ring_z', 'low_frac', 'high_frac', *(f'glcm_{k}' for k in GLCM_FEATURES))
 
@@ -180,7 +180,7 @@ def _crop(
     box = ndimage.find_objects(roi.astype(np.int8))[0]
     return tuple(slice(max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(box, margin, roi.shape))
 
-# %% ../../nbs/06a_data.radiomics.ipynb #f46d0dae
+# %% ../../nbs/06a_data.radiomics.ipynb #3c154aff
 def _moments(
     x: np.ndarray,  # the lesion's intensities
 ) -> dict:
@@ -216,7 +216,7 @@ def _intensity(
     )
     return f
 
-# %% ../../nbs/06a_data.radiomics.ipynb #15aa26e8
+# %% ../../nbs/06a_data.radiomics.ipynb #52adfdc3
 def _texture(
     I: np.ndarray,  # the crop of the image
     M: np.ndarray,  # the region in the crop
@@ -271,7 +271,7 @@ def _exam(
     except LiverPcrError as e:
         raise CohortError(f'patient {patient.id}, {tp}/{seq} ({ref.image}): {e}') from None
 
-# %% ../../nbs/06a_data.radiomics.ipynb #8ddb5d5e
+# %% ../../nbs/06a_data.radiomics.ipynb #11c86ac8
 VOLUME_FLOOR_ML = 1e-3  # mL: a vanished lesion counts as this in the volume's log ratio
 
 
@@ -308,7 +308,7 @@ def patient_features(
 # %% ../../nbs/06a_data.radiomics.ipynb #07d25abc
 FEATURE_VERSION = 1  # bump when a feature's definition changes: old caches are then ignored
 
-# %% ../../nbs/06a_data.radiomics.ipynb #69033ba9
+# %% ../../nbs/06a_data.radiomics.ipynb #076af13f
 def radiomics_cache_path(
     cohort: Cohort,  # the cohort
     timepoints: list,  # the timepoints read
