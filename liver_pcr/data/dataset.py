@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 import numpy as np, pandas as pd
 import torch
+from fastcore.basics import patch
 from ..core import LiverPcrError, ConfigError, CohortError
 from ..cohort.reader import Cohort
 from .preprocess import Preprocessed
@@ -42,71 +43,95 @@ def check_no_leak(
         for j in range(i + 1, len(groups)):
             both = sorted(str(x) for x in set(groups[i]) & set(groups[j]))
             if both:
-                probs.append(
-                    f'leak: {len(both)} patient(s) in both {names[i]} and {names[j]}: {both[:5]}'
-                )
+                probs.append(f'leak: {len(both)} patient(s) in both {names[i]} and {names[j]}: {both[:5]}')
     if probs:
         raise LiverPcrError(probs)
+
+# %% ../../nbs/06_data.dataset.ipynb #b932344d
+def _given_folds(
+    ids: np.ndarray,  # labelled patient ids
+    folds,  # fold per id (the cohort's `fold` column)
+) -> tuple[list, list]:
+    "The test ids and the names of the predefined folds; `CohortError` if a labelled patient has none."
+    f = pd.Series(folds).reindex(ids)
+    if f.isna().any():
+        raise CohortError(
+            f"patients.csv: fold: {int(f.isna().sum())} labelled patient(s) without a fold, e.g. {list(ids[f.isna().values][:5])}"
+        )
+    order = sorted(f.unique())
+    return [ids[(f == k).values] for k in order], [int(k) for k in order]
+
+# %% ../../nbs/06_data.dataset.ipynb #35239110
+def _stratified_folds(
+    ids: np.ndarray,  # labelled patient ids
+    y: np.ndarray,  # their 0/1 labels
+    n_folds: int,  # number of folds
+    seed: int,  # seed of the shuffle
+) -> tuple[list, list]:
+    "The test ids and the names (0, 1, ...) of stratified folds; `ConfigError` if a class is too small."
+    from sklearn.model_selection import StratifiedKFold
+
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    if min(n_pos, n_neg) < n_folds:
+        raise ConfigError(
+            f'too few patients for {n_folds} folds: {n_pos} pCR and {n_neg} non-pCR labelled patients '
+            f'(each fold needs at least one of each); use fewer folds'
+        )
+    skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+    return [ids[te] for _, te in skf.split(ids, y)], list(range(n_folds))
+
+# %% ../../nbs/06_data.dataset.ipynb #d9b0c739
+def _fold_split(
+    k: int,  # the fold's name
+    te,  # its test ids
+    ids: np.ndarray,  # every labelled id
+    lab: dict,  # id -> 0/1 label
+    val_frac: float,  # share of the training patients held out for inner validation
+    seed: int,  # seed of the split
+) -> Split:
+    "The fold's `Split`: its test ids, and the rest split into training and inner validation."
+    from sklearn.model_selection import train_test_split
+
+    tr = np.array([i for i in ids if i not in set(te)])
+    ytr = np.array([lab[i] for i in tr])
+    if min(ytr.sum(), (1 - ytr).sum()) < 2:
+        raise ConfigError(f'fold {k}: its training patients hold fewer than 2 of one class; use fewer folds')
+    n_val = max(2, int(round(val_frac * len(tr))))
+    tr2, va = train_test_split(tr, test_size=n_val, stratify=ytr, random_state=seed * 1000 + k)
+    s = Split(k, *(tuple(sorted(str(i) for i in g)) for g in (tr2, va, te)))
+    check_no_leak(s.train, s.val, s.test)
+    return s
 
 # %% ../../nbs/06_data.dataset.ipynb #56b39264
 def make_splits(
     ids,  # labelled patient ids
-    y,  # their 0/1 labels, in the order of `ids`
+    labels,  # their 0/1 labels, in the order of `ids`
     n_folds: int = 5,  # number of outer folds
     seed: int = 0,  # seed of the stratified shuffles
     val_frac: float = 0.2,  # share of each training fold held out for inner validation
     folds=None,  # predefined fold per id (the cohort's `fold` column), if any
 ) -> list[Split]:
     "Stratified patient-level folds, each with a stratified inner validation split."
-    from sklearn.model_selection import StratifiedKFold, train_test_split
-
-    ids, y = np.asarray([str(i) for i in ids], dtype=object), np.asarray(y, dtype=int)
+    ids, y = np.asarray([str(i) for i in ids], dtype=object), np.asarray(labels, dtype=int)
     if len(set(ids)) != len(ids):
         raise LiverPcrError('duplicate patient ids in the split input')
-    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
-    if folds is not None:
-        f = pd.Series(folds).reindex(ids)
-        if f.isna().any():
-            raise CohortError(
-                f"patients.csv: fold: {int(f.isna().sum())} labelled patient(s) without a fold, e.g. {list(ids[f.isna().values][:5])}"
-            )
-        order = sorted(f.unique())
-        tests = [ids[(f == k).values] for k in order]
-        names = [int(k) for k in order]
-    else:
-        if min(n_pos, n_neg) < n_folds:
-            raise ConfigError(
-                f'too few patients for {n_folds} folds: {n_pos} pCR and {n_neg} non-pCR labelled patients '
-                f'(each fold needs at least one of each); use fewer folds'
-            )
-        skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
-        tests, names = [ids[te] for _, te in skf.split(ids, y)], list(range(n_folds))
-    out, lab = [], dict(zip(ids, y))
-    for k, te in zip(names, tests):
-        tr = np.array([i for i in ids if i not in set(te)])
-        ytr = np.array([lab[i] for i in tr])
-        if min(ytr.sum(), (1 - ytr).sum()) < 2:
-            raise ConfigError(
-                f'fold {k}: its training patients hold fewer than 2 of one class; use fewer folds'
-            )
-        n_val = max(2, int(round(val_frac * len(tr))))
-        tr2, va = train_test_split(tr, test_size=n_val, stratify=ytr, random_state=seed * 1000 + k)
-        s = Split(k, *(tuple(sorted(str(i) for i in g)) for g in (tr2, va, te)))
-        check_no_leak(s.train, s.val, s.test)
-        out.append(s)
+    tests, names = _given_folds(ids, folds) if folds is not None else _stratified_folds(ids, y, n_folds, seed)
+    lab = dict(zip(ids, y))
+    out = [_fold_split(k, te, ids, lab, val_frac, seed) for k, te in zip(names, tests)]
     check_no_leak(*[s.test for s in out], names=tuple(f'test fold {s.fold}' for s in out))
     return out
 
 # %% ../../nbs/06_data.dataset.ipynb #8884f2db
 def cohort_splits(
-    cohort: Cohort, n_folds: int = 5, seed: int = 0, val_frac: float = 0.2
+    cohort: Cohort,  # the cohort
+    n_folds: int = 5,  # number of outer folds
+    seed: int = 0,  # seed of the stratified shuffles
+    val_frac: float = 0.2,  # share of each training fold held out for inner validation
 ) -> list[Split]:
     "The splits of a cohort's labelled patients (its `fold` column when present)."
     y = cohort.labels.dropna()
     if len(y) == 0:
-        raise CohortError(
-            f'{cohort.root}: no labelled patients ({cohort.label_col} is empty for everyone)'
-        )
+        raise CohortError(f'{cohort.root}: no labelled patients ({cohort.label_col} is empty for everyone)')
     folds = cohort.folds.reindex(y.index) if cohort.folds is not None else None
     return make_splits(y.index, y.values.astype(int), n_folds, seed, val_frac, folds)
 
@@ -118,87 +143,91 @@ def wide_labs(
     markers=None,  # markers to read (None: the cohort's)
 ) -> pd.DataFrame:
     "Raw marker values, one row per patient, columns `(marker, timepoint)`; NaN when missing."
-    tps, mks = (
-        list(timepoints or cohort.timepoints),
-        list(cohort.markers if markers is None else markers),
-    )
+    tps = list(timepoints or cohort.timepoints)
+    mks = list(cohort.markers if markers is None else markers)
     cols = pd.MultiIndex.from_product([mks, tps], names=['marker', 'timepoint'])
-    return pd.DataFrame(
-        [[cohort[i].lab(t, m) for m, t in cols] for i in ids],
-        index=pd.Index(list(ids), name='patient_id'),
-        columns=cols,
-    )
+    rows = [[cohort[i].lab(t, m) for m, t in cols] for i in ids]
+    return pd.DataFrame(rows, index=pd.Index(list(ids), name='patient_id'), columns=cols)
 
 # %% ../../nbs/06_data.dataset.ipynb #92d566e8
 class ClinicalTransformer:
     "log markers per timepoint, log-ratio changes from baseline, missing indicators; standardised on the training patients."
 
-    def __init__(self, markers, timepoints):
+    def __init__(
+        self,
+        markers,  # the markers to read
+        timepoints,  # the timepoints to read, baseline first
+    ):
         self.markers, self.timepoints = list(markers), list(timepoints)
 
-    def _raw(self, wide: pd.DataFrame) -> pd.DataFrame:
-        lg = {
-            f'log_{m}_{t}': np.log1p(wide[(m, t)].astype(float))
-            for m in self.markers
-            for t in self.timepoints
-        }
-        d = {
-            f'dlog_{m}_{t}': lg[f'log_{m}_{t}'] - lg[f'log_{m}_{self.timepoints[0]}']
-            for m in self.markers
-            for t in self.timepoints[1:]
-        }
-        return pd.DataFrame({**lg, **d}, index=wide.index)
+# %% ../../nbs/06_data.dataset.ipynb #ede6b188
+@patch
+def _raw(
+    self: ClinicalTransformer,
+    wide: pd.DataFrame,  # raw labs (`wide_labs`)
+) -> pd.DataFrame:
+    "The log markers `log_{m}_{t}` and their changes from baseline `dlog_{m}_{t}`, NaN where missing."
+    lg = {f'log_{m}_{t}': np.log1p(wide[(m, t)].astype(float)) for m in self.markers for t in self.timepoints}
+    d = {
+        f'dlog_{m}_{t}': lg[f'log_{m}_{t}'] - lg[f'log_{m}_{self.timepoints[0]}']
+        for m in self.markers
+        for t in self.timepoints[1:]
+    }
+    return pd.DataFrame({**lg, **d}, index=wide.index)
 
-    def fit(
-        self,
-        wide: pd.DataFrame,  # raw labs of the TRAINING patients only
-    ) -> 'ClinicalTransformer':
-        r = self._raw(wide)
-        self.mean_, sd = r.mean(), r.std(ddof=0)
-        self.std_ = sd.where(sd > 1e-8, 1.0).fillna(1.0)
-        self.mean_ = self.mean_.fillna(0.0)
-        self.columns_ = list(r.columns)
-        return self
+# %% ../../nbs/06_data.dataset.ipynb #a309d615
+@patch
+def fit(
+    self: ClinicalTransformer,
+    wide: pd.DataFrame,  # raw labs of the TRAINING patients only
+) -> ClinicalTransformer:
+    "Learn the mean and standard deviation of each feature (an unknown one: 0 and 1)."
+    r = self._raw(wide)
+    self.mean_, sd = r.mean(), r.std(ddof=0)
+    self.std_ = sd.where(sd > 1e-8, 1.0).fillna(1.0)
+    self.mean_ = self.mean_.fillna(0.0)
+    self.columns_ = list(r.columns)
+    return self
 
-    def transform(self, wide: pd.DataFrame) -> pd.DataFrame:
-        "Standardised features (missing → 0) and `miss_*` indicators."
-        r = self._raw(wide)
-        z = (r - self.mean_) / self.std_
-        miss = (
-            r.isna()
-            .astype(float)
-            .add_prefix('miss_')
-            .rename(
-                columns=lambda c: c.replace('miss_log_', 'miss_').replace('miss_dlog_', 'miss_d')
-            )
-        )
-        return pd.concat([z.fillna(0.0), miss], axis=1).astype(np.float32)
+# %% ../../nbs/06_data.dataset.ipynb #fd338c81
+@patch
+def transform(
+    self: ClinicalTransformer,
+    wide: pd.DataFrame,  # raw labs (`wide_labs`)
+) -> pd.DataFrame:
+    "Standardised features (missing → 0) and `miss_*` indicators."
+    r = self._raw(wide)
+    z = (r - self.mean_) / self.std_
+    miss = r.isna().astype(float).add_prefix('miss_')
+    miss = miss.rename(columns=lambda c: c.replace('miss_log_', 'miss_').replace('miss_dlog_', 'miss_d'))
+    return pd.concat([z.fillna(0.0), miss], axis=1).astype(np.float32)
 
-    def per_timepoint(self, wide: pd.DataFrame):
-        "Standardised log markers (N, T, F) with missing → 0, and the missing mask (N, T, F)."
-        z = self.transform(wide)
-        v = np.stack(
-            [[z[f'log_{m}_{t}'].values for m in self.markers] for t in self.timepoints]
-        ).transpose(2, 0, 1)
-        r = self._raw(wide)
-        miss = np.stack(
-            [[r[f'log_{m}_{t}'].isna().values for m in self.markers] for t in self.timepoints]
-        ).transpose(2, 0, 1)
-        return v.astype(np.float32), miss
+# %% ../../nbs/06_data.dataset.ipynb #a89a2e63
+@patch
+def per_timepoint(
+    self: ClinicalTransformer,
+    wide: pd.DataFrame,  # raw labs (`wide_labs`)
+):
+    "Standardised log markers (N, T, F) with missing → 0, and the missing mask (N, T, F)."
+    z = self.transform(wide)
+    v = np.stack([[z[f'log_{m}_{t}'].values for m in self.markers] for t in self.timepoints]).transpose(2, 0, 1)
+    r = self._raw(wide)
+    miss = np.stack([[r[f'log_{m}_{t}'].isna().values for m in self.markers] for t in self.timepoints])
+    return v.astype(np.float32), miss.transpose(2, 0, 1)
 
 # %% ../../nbs/06_data.dataset.ipynb #7adb8a87
 def transformer_state(
-    ct: ClinicalTransformer | None,  # a fitted transformer, or None
+    transformer: ClinicalTransformer | None,  # a fitted transformer, or None
 ) -> dict | None:
-    "The fitted statistics of `ct` as JSON-ready numbers."
-    if ct is None:
+    "The fitted statistics of `transformer` as JSON-ready numbers."
+    if transformer is None:
         return None
     return dict(
-        markers=ct.markers,
-        timepoints=ct.timepoints,
-        mean=ct.mean_.to_dict(),
-        std=ct.std_.to_dict(),
-        columns=ct.columns_,
+        markers=transformer.markers,
+        timepoints=transformer.timepoints,
+        mean=transformer.mean_.to_dict(),
+        std=transformer.std_.to_dict(),
+        columns=transformer.columns_,
     )
 
 # %% ../../nbs/06_data.dataset.ipynb #90ae3ac4
@@ -226,53 +255,71 @@ class Augment:
     intensity: float = 0.1  # per-image gain and offset jitter, ±
     drop_input: float = 0.0  # chance of hiding each (timepoint, sequence) image (present → False), keeping at least one
 
+# %% ../../nbs/06_data.dataset.ipynb #96656f20
+def _draw_exam(
+    aug: Augment,  # how to augment
+    generator: torch.Generator,  # the random stream
+    S: int,  # sequences of the exam
+    H: int,  # image height
+    W: int,  # image width
+) -> tuple:
+    "One exam's random affine matrix (2, 3), gains and offsets (S, 1, 1, 1), drawn in the stream's order."
+    u = lambda: float(torch.rand((), generator=generator)) * 2 - 1
+    th, sc = math.radians(aug.rotate_deg) * u(), 1 + aug.scale * u()
+    fl = -1.0 if aug.flip and float(torch.rand((), generator=generator)) < 0.5 else 1.0
+    A = [
+        [fl * math.cos(th) / sc, -math.sin(th) / sc, 2 * aug.shift_px * u() / W],
+        [fl * math.sin(th) / sc, math.cos(th) / sc, 2 * aug.shift_px * u() / H],
+    ]
+    gain = 1 + aug.intensity * (torch.rand(S, 1, 1, 1, generator=generator) * 2 - 1)
+    off = aug.intensity * (torch.rand(S, 1, 1, 1, generator=generator) * 2 - 1)
+    return A, gain, off
+
 # %% ../../nbs/06_data.dataset.ipynb #9b7ee4d5
 def augment_exams(
-    x: torch.Tensor,  # a patient's exams (T, S, k, H, W)
+    exams: torch.Tensor,  # a patient's exams (T, S, k, H, W)
     aug: Augment,  # how to augment
-    g: torch.Generator,  # the random stream
+    generator: torch.Generator,  # the random stream
     masks: torch.Tensor | None = None,  # their lesion masks (T, k, H, W), moved with the images
 ):
     "Per exam, one random spatial transform for all its sequences (and its mask), then an intensity jitter per sequence."
     import torch.nn.functional as F
 
-    T, S, k, H, W = x.shape
-    u = lambda: float(torch.rand((), generator=g)) * 2 - 1
-    A, gain, off = [], [], []
-    for _ in range(
-        T
-    ):  # draw exam by exam (the stream's order), then transform every exam in one call
-        th, sc = math.radians(aug.rotate_deg) * u(), 1 + aug.scale * u()
-        fl = -1.0 if aug.flip and float(torch.rand((), generator=g)) < 0.5 else 1.0
-        A.append(
-            [
-                [fl * math.cos(th) / sc, -math.sin(th) / sc, 2 * aug.shift_px * u() / W],
-                [fl * math.sin(th) / sc, math.cos(th) / sc, 2 * aug.shift_px * u() / H],
-            ]
-        )
-        gain.append(1 + aug.intensity * (torch.rand(S, 1, 1, 1, generator=g) * 2 - 1))
-        off.append(aug.intensity * (torch.rand(S, 1, 1, 1, generator=g) * 2 - 1))
-    grid = F.affine_grid(torch.tensor(A, dtype=x.dtype), (T, S * k, H, W), align_corners=False)
+    T, S, k, H, W = exams.shape
+    A, gain, off = zip(*[_draw_exam(aug, generator, S, H, W) for _ in range(T)])  # exam by exam
+    grid = F.affine_grid(torch.tensor(A, dtype=exams.dtype), (T, S * k, H, W), align_corners=False)
     y = F.grid_sample(
-        x.reshape(T, S * k, H, W), grid, mode='bilinear', padding_mode='border', align_corners=False
+        exams.reshape(T, S * k, H, W), grid, mode='bilinear', padding_mode='border', align_corners=False
     ).reshape(T, S, k, H, W)
     y = y * torch.stack(gain) + torch.stack(off)
     if masks is None:
         return y
-    return y, F.grid_sample(
-        masks.float(), grid, mode='nearest', padding_mode='zeros', align_corners=False
-    )
+    return y, F.grid_sample(masks.float(), grid, mode='nearest', padding_mode='zeros', align_corners=False)
 
 # %% ../../nbs/06_data.dataset.ipynb #9e2c5cba
 def augment_exam(
-    x: torch.Tensor,  # one exam (S, k, H, W)
+    exam: torch.Tensor,  # one exam (S, k, H, W)
     aug: Augment,  # how to augment
-    g: torch.Generator,  # the random stream
+    generator: torch.Generator,  # the random stream
     mask: torch.Tensor | None = None,  # its lesion mask (k, H, W), moved with the images
 ):
     "`augment_exams` for one exam."
-    r = augment_exams(x[None], aug, g, None if mask is None else mask[None])
+    r = augment_exams(exam[None], aug, generator, None if mask is None else mask[None])
     return r[0] if mask is None else (r[0][0], r[1][0])
+
+# %% ../../nbs/06_data.dataset.ipynb #da5a195f
+def _clinical_arrays(
+    cohort: Cohort,  # the cohort (labs)
+    ids: list,  # the patients
+    clinical: ClinicalTransformer | None,  # fitted on training patients (None: no labs)
+    T: int,  # timepoints of the images
+) -> tuple:
+    "The flat clinical features (N, F), the per-timepoint markers (N, T, M) and their missing mask."
+    if clinical is not None and clinical.markers:
+        w = wide_labs(cohort, ids, clinical.timepoints, clinical.markers)
+        return (clinical.transform(w).values.astype(np.float32), *clinical.per_timepoint(w))
+    n = len(ids)
+    return np.zeros((n, 0), np.float32), np.zeros((n, T, 0), np.float32), np.zeros((n, T, 0), bool)
 
 # %% ../../nbs/06_data.dataset.ipynb #343e0c51
 class PatientDataset(torch.utils.data.Dataset):
@@ -291,53 +338,56 @@ class PatientDataset(torch.utils.data.Dataset):
         self.ids, self.pos = list(ids), pre.index(list(ids))
         self.pre, self.augment, self.seed, self.epoch = pre, augment, seed, 0
         self.y = np.array([cohort[i].label for i in self.ids], dtype=np.float32)
-        T = len(pre.timepoints)
-        if clinical is not None and clinical.markers:
-            w = wide_labs(cohort, self.ids, clinical.timepoints, clinical.markers)
-            self.clin = clinical.transform(w).values.astype(np.float32)
-            self.labs, self.labs_missing = clinical.per_timepoint(w)
-        else:
-            self.clin = np.zeros((len(self.ids), 0), np.float32)
-            self.labs, self.labs_missing = (
-                np.zeros((len(self.ids), T, 0), np.float32),
-                np.zeros((len(self.ids), T, 0), bool),
-            )
+        arrays = _clinical_arrays(cohort, self.ids, clinical, len(pre.timepoints))
+        self.clin, self.labs, self.labs_missing = arrays
         if radiomics is not None:
-            r = radiomics.reindex(self.ids).values.astype(
-                np.float32
-            )  # NaN where missing: the model decides
+            r = radiomics.reindex(self.ids).values.astype(np.float32)  # NaN where missing: the model decides
             self.clin = np.concatenate([self.clin, r], 1)
 
     def __len__(self):
         return len(self.ids)
 
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
+# %% ../../nbs/06_data.dataset.ipynb #68888901
+@patch
+def set_epoch(
+    self: PatientDataset,
+    epoch: int,  # the training epoch
+):
+    "Seed the next augmentations with `epoch`."
+    self.epoch = epoch
 
-    def __getitem__(self, i):
-        p = self.pos[i]
-        x = torch.from_numpy(np.array(self.pre.images[p], dtype=np.float32))
-        m = torch.from_numpy(np.array(self.pre.masks[p], dtype=np.float32))
-        present = torch.from_numpy(np.array(self.pre.present[p], dtype=bool))
-        if self.augment is not None:
-            g = torch.Generator().manual_seed(
-                int(self.seed) * 1_000_003 + self.epoch * 10_007 + int(p)
-            )
-            x, m = augment_exams(x, self.augment, g, m)
-            if self.augment.drop_input:
-                keep = (torch.rand(present.shape, generator=g) >= self.augment.drop_input) & present
-                if keep.any():
-                    present = keep
-            x = (
-                x * present[..., None, None, None]
-            )  # missing (or hidden) stays zero after the jitter
-        return dict(
-            images=x,
-            masks=m,
-            present=present,
-            labs=torch.from_numpy(self.labs[i]),
-            labs_missing=torch.from_numpy(self.labs_missing[i]),
-            clinical=torch.from_numpy(self.clin[i]),
-            y=torch.tensor(self.y[i]),
-            patient_id=self.ids[i],
-        )
+# %% ../../nbs/06_data.dataset.ipynb #bab25f37
+@patch
+def _augmented(
+    self: PatientDataset,
+    x: torch.Tensor,  # the patient's images (T, S, k, H, W)
+    m: torch.Tensor,  # its masks (T, k, H, W)
+    present: torch.Tensor,  # which images are present (T, S)
+    p: int,  # its row in the preprocessed cohort
+) -> tuple:
+    "Images, masks and presence after the augmentation of this seed, epoch and row."
+    g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch * 10_007 + int(p))
+    x, m = augment_exams(x, self.augment, g, m)
+    if self.augment.drop_input:
+        keep = (torch.rand(present.shape, generator=g) >= self.augment.drop_input) & present
+        if keep.any():
+            present = keep
+    x = x * present[..., None, None, None]  # missing (or hidden) stays zero after the jitter
+    return x, m, present
+
+# %% ../../nbs/06_data.dataset.ipynb #aa4a4227
+@patch
+def __getitem__(
+    self: PatientDataset,
+    i: int,  # the item
+) -> dict:
+    "The patient's tensors, label and id."
+    p = self.pos[i]
+    x = torch.from_numpy(np.array(self.pre.images[p], dtype=np.float32))
+    m = torch.from_numpy(np.array(self.pre.masks[p], dtype=np.float32))
+    present = torch.from_numpy(np.array(self.pre.present[p], dtype=bool))
+    if self.augment is not None:
+        x, m, present = self._augmented(x, m, present, p)
+    labs, missing = torch.from_numpy(self.labs[i]), torch.from_numpy(self.labs_missing[i])
+    return dict(images=x, masks=m, present=present, labs=labs, labs_missing=missing,
+                clinical=torch.from_numpy(self.clin[i]), y=torch.tensor(self.y[i]), patient_id=self.ids[i])

@@ -11,8 +11,10 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np, pandas as pd
 from scipy import ndimage
-from ..core import CohortError, ConfigError, LiverPcrError, cache_dir, check_out_path, progress
-from ..cohort.reader import Cohort, Patient, Volume
+from fastcore.basics import patch
+from ..core import CohortError, ConfigError, LiverPcrError, cache_dir, check_out_path
+from ..cohort.reader import Cohort, Patient, Volume, load_volume
+from .preprocess import CacheError, _discard_entry, _map_jobs, exam_mask
 
 # %% auto #0
 __all__ = ['ARTERIAL', 'MEASURE_VERSION', 'EXAM_MEASURES', 'SEQUENCE_MEASURES', 'AFP_PRODUCER', 'MeasureConfig',
@@ -24,7 +26,7 @@ __all__ = ['ARTERIAL', 'MEASURE_VERSION', 'EXAM_MEASURES', 'SEQUENCE_MEASURES', 
 ARTERIAL = ('AP', 'ART', 'ARTERIAL', 'HAP', 'LAP')  # sequence names read as the arterial phase, in order of preference
 MEASURE_VERSION = 1  # bump when a measurement's definition changes: old cache entries are then rebuilt
 
-
+# %% ../../nbs/05a_data.measure.ipynb #befb49d9
 @dataclass(frozen=True)
 class MeasureConfig:
     "How exams are measured; every setting that changes a number is here (and in the cache key)."
@@ -37,10 +39,41 @@ class MeasureConfig:
     min_ref: int = 20  # fewer reference voxels than this: the relative measurements are NaN
     volume_floor_ml: float = 0.01  # volumes below this count as this in log ratios (a vanished lesion)
 
-    def key(self) -> str:
-        "A short hash of the configuration and `MEASURE_VERSION`: part of the cache entry's name."
-        text = json.dumps(dict(asdict(self), version=MEASURE_VERSION), sort_keys=True, default=list)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+# %% ../../nbs/05a_data.measure.ipynb #128901a7
+@patch
+def key(self: MeasureConfig) -> str:
+    "A short hash of the configuration and `MEASURE_VERSION`: part of the cache entry's name."
+    text = json.dumps(dict(asdict(self), version=MEASURE_VERSION), sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+# %% ../../nbs/05a_data.measure.ipynb #04fc2c91
+def _ellipsoid(
+    spacing,  # voxel size (mm)
+    radii,  # the lesion's semi-axes (mm)
+    core_share: float,  # the core's share of the lesion volume
+    fov_mm: float,  # the side of the field of view (mm)
+) -> tuple[np.ndarray, np.ndarray]:
+    "An ellipsoid lesion centred in the field, and its concentric core of `core_share` of its volume."
+    n = [int(round(fov_mm / s)) for s in spacing]
+    ax = [(np.arange(k) - (k - 1) / 2) * s for k, s in zip(n, spacing)]
+    X, Y, Z = np.meshgrid(*ax, indexing='ij')
+    q = (X / radii[0]) ** 2 + (Y / radii[1]) ** 2 + (Z / radii[2]) ** 2
+    return q <= 1, q <= core_share ** (2 / 3)
+
+# %% ../../nbs/05a_data.measure.ipynb #dc565408
+def _truth(
+    radii,  # the lesion's semi-axes (mm)
+    levels: dict,  # sequence -> (liver, viable, necrotic) intensity
+    lesion: np.ndarray,  # the lesion mask
+    core: np.ndarray,  # its necrotic core
+) -> dict:
+    "The true answers of the ellipsoid phantom."
+    return dict(
+        volume_ml=4 / 3 * math.pi * math.prod(radii) / 1000,
+        diameter_mm=2 * max(radii[:2]),
+        necrotic_share=float(core.sum() / lesion.sum()),
+        **{f'{s}_viable_rel': v / l for s, (l, v, _) in levels.items()},
+    )
 
 # %% ../../nbs/05a_data.measure.ipynb #00c76917
 def ellipsoid_phantom(
@@ -55,22 +88,41 @@ def ellipsoid_phantom(
     "Images (sequence -> array), the lesion mask, the spacing and the true answers of an ellipsoid lesion in a liver."
     levels = levels or {'AP': (0.35, 0.80, 0.08), 'DWI': (0.28, 0.70, 0.12)}
     rng = np.random.default_rng(seed)
-    n = [int(round(fov_mm / s)) for s in spacing]
-    ax = [(np.arange(k) - (k - 1) / 2) * s for k, s in zip(n, spacing)]
-    X, Y, Z = np.meshgrid(*ax, indexing='ij')
-    q = (X / radii[0]) ** 2 + (Y / radii[1]) ** 2 + (Z / radii[2]) ** 2
-    lesion, core = q <= 1, q <= core_share ** (2 / 3)
+    lesion, core = _ellipsoid(spacing, radii, core_share, fov_mm)
     images = {}
     for s, (liv, via, nec) in levels.items():
         img = np.where(core, nec, np.where(lesion, via, liv)).astype(np.float64)
         images[s] = np.abs(img + rng.normal(0, noise * liv, img.shape)) * 1000
-    truth = dict(
-        volume_ml=4 / 3 * math.pi * math.prod(radii) / 1000,
-        diameter_mm=2 * max(radii[:2]),
-        necrotic_share=float(core.sum() / lesion.sum()),
-        **{f'{s}_viable_rel': v / l for s, (l, v, _) in levels.items()},
-    )
-    return images, lesion.astype(np.uint8), tuple(spacing), truth
+    return images, lesion.astype(np.uint8), tuple(spacing), _truth(radii, levels, lesion, core)
+
+# %% ../../nbs/05a_data.measure.ipynb #ece2fde2
+def _largest_component(
+    m: np.ndarray,  # a boolean mask
+) -> np.ndarray | None:
+    "The largest connected component of `m` (None when `m` is empty)."
+    lab, n = ndimage.label(m)
+    if n == 0:
+        return None
+    if n > 1:
+        sizes = ndimage.sum(m, lab, range(1, n + 1))
+        m = lab == 1 + int(np.argmax(sizes))
+    return m
+
+# %% ../../nbs/05a_data.measure.ipynb #b9a20577
+def _slice_diameter(
+    sl: np.ndarray,  # a slice of the lesion mask (x, y)
+    sx: float,  # pixel size along x (mm)
+    sy: float,  # pixel size along y (mm)
+) -> float:
+    "The longest edge-to-edge distance (mm) of the lesion in one slice."
+    edge = np.argwhere(sl & ~ndimage.binary_erosion(sl)) * np.array([sx, sy])
+    if len(edge) > 600:
+        edge = edge[np.linspace(0, len(edge) - 1, 600).astype(int)]
+    d = edge[:, None] - edge[None]
+    dist = np.sqrt((d**2).sum(-1))
+    i, j = np.unravel_index(np.argmax(dist), dist.shape)
+    u = d[i, j] / dist[i, j] if dist[i, j] > 0 else np.array([1.0, 0.0])
+    return float(dist[i, j] + math.hypot(u[0] * sx, u[1] * sy))
 
 # %% ../../nbs/05a_data.measure.ipynb #0081c81f
 def longest_diameter(
@@ -78,25 +130,13 @@ def longest_diameter(
     spacing,  # voxel size (mm)
 ) -> float:
     "RECIST 1.1: the longest in-plane diameter (mm) of the largest connected lesion; NaN without a lesion."
-    m = np.asarray(mask) > 0
-    lab, n = ndimage.label(m)
-    if n == 0:
+    m = _largest_component(np.asarray(mask) > 0)
+    if m is None:
         return math.nan
-    if n > 1:
-        sizes = ndimage.sum(m, lab, range(1, n + 1))
-        m = lab == 1 + int(np.argmax(sizes))
     sx, sy = float(spacing[0]), float(spacing[1])
     best = 0.0
     for z in np.flatnonzero(m.any((0, 1))):
-        sl = m[..., z]
-        edge = np.argwhere(sl & ~ndimage.binary_erosion(sl)) * np.array([sx, sy])
-        if len(edge) > 600:
-            edge = edge[np.linspace(0, len(edge) - 1, 600).astype(int)]
-        d = edge[:, None] - edge[None]
-        dist = np.sqrt((d**2).sum(-1))
-        i, j = np.unravel_index(np.argmax(dist), dist.shape)
-        u = d[i, j] / dist[i, j] if dist[i, j] > 0 else np.array([1.0, 0.0])
-        best = max(best, float(dist[i, j] + math.hypot(u[0] * sx, u[1] * sy)))
+        best = max(best, _slice_diameter(m[..., z], sx, sy))
     return best
 
 # %% ../../nbs/05a_data.measure.ipynb #d4f08a95
@@ -114,11 +154,18 @@ def reference_region(
             return in_liver
     return shell
 
-# %% ../../nbs/05a_data.measure.ipynb #73745c08
+# %% ../../nbs/05a_data.measure.ipynb #f69d31f4
 EXAM_MEASURES = ('volume_ml', 'diameter_mm', 'necrotic_share', 'viable_ml', 'heterogeneity')  # per exam
 SEQUENCE_MEASURES = ('rel', 'viable_rel')  # per sequence S of an exam: S_rel, S_viable_rel
 
+# %% ../../nbs/05a_data.measure.ipynb #1eb9539c
+def _names(
+    sequences,  # the exam's sequences
+) -> tuple:
+    "The measurements of an exam: `EXAM_MEASURES`, then `S_rel` and `S_viable_rel` per sequence S."
+    return (*EXAM_MEASURES, *(f'{s}_{k}' for s in sequences for k in SEQUENCE_MEASURES))
 
+# %% ../../nbs/05a_data.measure.ipynb #73745c08
 def _box(
     m: np.ndarray,  # the lesion mask
     margin,  # voxels to add on each side, per axis
@@ -129,7 +176,40 @@ def _box(
     hi = np.minimum(idx.max(0) + np.asarray(margin) + 1, m.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
+# %% ../../nbs/05a_data.measure.ipynb #c2c4d179
+def _around(
+    m: np.ndarray,  # the lesion mask (boolean)
+    spacing,  # voxel size (mm)
+    cfg: MeasureConfig,  # the shell's distances
+    liver: np.ndarray | None,  # a liver mask on the same grid, or None
+) -> tuple:
+    "The crop around the lesion: its box, the lesion and each voxel's distance (mm) from it, the liver (or None)."
+    box = _box(m, [math.ceil(cfg.shell_mm[1] / float(s)) + 1 for s in spacing])
+    M = m[box]
+    dist = ndimage.distance_transform_edt(~M, sampling=spacing)
+    return box, M, dist, None if liver is None else np.asarray(liver)[box] > 0
 
+# %% ../../nbs/05a_data.measure.ipynb #7246a6b6
+def _relative(
+    images: dict,  # sequence -> intensity array (x, y, z)
+    box: tuple,  # the crop around the lesion
+    M: np.ndarray,  # the lesion in the crop
+    dist: np.ndarray,  # distance (mm) from the lesion in the crop
+    L: np.ndarray | None,  # the liver in the crop, or None
+    cfg: MeasureConfig,  # the body threshold and the shell
+) -> dict:
+    "Per sequence with a valid reference, the lesion's voxels relative to the reference median."
+    rel = {}
+    for s, img in images.items():
+        img = np.asarray(img, np.float64)
+        I = img[box]
+        ref = reference_region(dist, I > cfg.body_frac * np.percentile(img, 99), cfg, L)
+        unit = float(np.median(I[ref])) if ref.sum() >= cfg.min_ref else math.nan
+        if unit > 0:
+            rel[s] = I[M] / unit
+    return rel
+
+# %% ../../nbs/05a_data.measure.ipynb #daad7c0a
 def arterial_of(
     sequences,  # the exam's sequence names
     cfg: MeasureConfig = MeasureConfig(),  # which names are arterial
@@ -137,6 +217,30 @@ def arterial_of(
     "The exam's arterial-phase sequence (the first of `cfg.arterial` present, ignoring case), or None."
     by = {s.upper(): s for s in sequences}
     return next((by[a.upper()] for a in cfg.arterial if a.upper() in by), None)
+
+# %% ../../nbs/05a_data.measure.ipynb #427a11a9
+def _solid(
+    rel: dict,  # sequence -> the lesion's relative voxels
+    art: str | None,  # the arterial sequence
+    viable: np.ndarray | None,  # the viable voxels (None without an arterial reference)
+    n: int,  # voxels in the lesion
+    cfg: MeasureConfig,  # the enhancement quantile
+) -> np.ndarray:
+    "The lesion voxels the `S_viable_rel` levels are read on."
+    solid = np.ones(n, bool) if viable is None or not viable.any() else viable
+    if viable is not None and viable.sum() >= 8:  # the most enhancing part: the least mixed with necrosis
+        solid = viable & (rel[art] >= np.quantile(rel[art][viable], cfg.solid_quantile))
+    return solid
+
+# %% ../../nbs/05a_data.measure.ipynb #3dba469d
+def _heterogeneity(
+    x: np.ndarray | None,  # relative voxel values (None: no sequence could be read)
+) -> float:
+    "(q3 − q1)/(q3 + q1) of `x`; NaN without values or when q3 + q1 is not positive."
+    if x is None:
+        return math.nan
+    q1, q3 = np.percentile(x, [25, 75])
+    return float((q3 - q1) / (q3 + q1)) if q3 + q1 > 0 else math.nan
 
 # %% ../../nbs/05a_data.measure.ipynb #c3d2911c
 def exam_measures(
@@ -148,41 +252,23 @@ def exam_measures(
 ) -> dict:
     "The measurements of one exam (NaN where they cannot be made: no lesion, no arterial phase, no reference)."
     m = np.asarray(mask) > 0
-    names = [f'{s}_{k}' for s in images for k in SEQUENCE_MEASURES]
-    f = dict.fromkeys((*EXAM_MEASURES, *names), math.nan)
+    f = dict.fromkeys(_names(images), math.nan)
     vox = math.prod(float(s) for s in spacing) / 1000
     if not m.any():
         return f
     f['volume_ml'] = float(m.sum() * vox)
     f['diameter_mm'] = longest_diameter(m, spacing)
-    box = _box(m, [math.ceil(cfg.shell_mm[1] / float(s)) + 1 for s in spacing])
-    M = m[box]
-    dist = ndimage.distance_transform_edt(~M, sampling=spacing)
-    L = None if liver is None else np.asarray(liver)[box] > 0
+    box, M, dist, L = _around(m, spacing, cfg, liver)
     art = arterial_of(images, cfg)
-    rel = {}
-    for s, img in images.items():
-        img = np.asarray(img, np.float64)
-        I = img[box]
-        ref = reference_region(dist, I > cfg.body_frac * np.percentile(img, 99), cfg, L)
-        unit = float(np.median(I[ref])) if ref.sum() >= cfg.min_ref else math.nan
-        if unit > 0:
-            rel[s] = I[M] / unit
-            f[f'{s}_rel'] = float(np.median(rel[s]))
-    viable = None
-    if art in rel:
-        viable = rel[art] >= cfg.viable_above
+    rel = _relative(images, box, M, dist, L, cfg)
+    f.update({f'{s}_rel': float(np.median(x)) for s, x in rel.items()})
+    viable = rel[art] >= cfg.viable_above if art in rel else None
+    if viable is not None:
         f['necrotic_share'] = float(1 - viable.mean())
         f['viable_ml'] = float(viable.sum() * vox)
-    solid = np.ones(int(M.sum()), bool) if viable is None or not viable.any() else viable
-    if viable is not None and viable.sum() >= 8:  # the most enhancing part: the least mixed with necrosis
-        solid = viable & (rel[art] >= np.quantile(rel[art][viable], cfg.solid_quantile))
-    for s, x in rel.items():
-        f[f'{s}_viable_rel'] = float(np.median(x[solid]))
-    het = rel.get(art, next(iter(rel.values()), None))
-    if het is not None:
-        q1, q3 = np.percentile(het, [25, 75])
-        f['heterogeneity'] = float((q3 - q1) / (q3 + q1)) if q3 + q1 > 0 else math.nan
+    solid = _solid(rel, art, viable, int(M.sum()), cfg)
+    f.update({f'{s}_viable_rel': float(np.median(x[solid])) for s, x in rel.items()})
+    f['heterogeneity'] = _heterogeneity(rel.get(art, next(iter(rel.values()), None)))
     return f
 
 # %% ../../nbs/05a_data.measure.ipynb #ed72ef82
@@ -200,6 +286,18 @@ def on_grid(
     out = ndimage.map_coordinates(np.asarray(vol.data, np.float32), src, order=order, cval=0.0)
     return out.reshape(ref.shape)
 
+# %% ../../nbs/05a_data.measure.ipynb #a90759c0
+def _exam_liver(
+    patient: Patient,  # a cohort patient
+    timepoint: str,  # the exam
+    sequences,  # its sequences
+    mask: Volume,  # the lesion mask, whose grid to use
+) -> np.ndarray | None:
+    "The exam's liver mask on the lesion mask's grid (None when the cohort has none)."
+    refs = [patient.ref(timepoint, s) for s in sequences]
+    lref = next((r.liver for r in refs if getattr(r, 'liver', None)), None)
+    return None if lref is None else on_grid(load_volume(lref), mask, order=0)
+
 # %% ../../nbs/05a_data.measure.ipynb #68dbc7b1
 def measure_exam(
     patient: Patient,  # a cohort patient
@@ -208,10 +306,8 @@ def measure_exam(
     cfg: MeasureConfig = MeasureConfig(),  # how to measure
 ) -> dict:
     "The measurements of one exam of `patient`; all NaN when the exam, or its lesion mask, is missing."
-    from liver_pcr.data.preprocess import exam_mask
-
     seqs = [s for s in sequences if patient.has(timepoint, s)]
-    blank = dict.fromkeys((*EXAM_MEASURES, *(f'{s}_{k}' for s in sequences for k in SEQUENCE_MEASURES)), math.nan)
+    blank = dict.fromkeys(_names(sequences), math.nan)
     if not seqs:
         return blank
     try:
@@ -219,12 +315,7 @@ def measure_exam(
         if mask is None:
             return blank
         images = {s: on_grid(patient.ref(timepoint, s).load(), mask) for s in seqs}
-        liver = None
-        lref = next((patient.ref(timepoint, s).liver for s in seqs if getattr(patient.ref(timepoint, s), 'liver', None)), None)
-        if lref is not None:
-            from liver_pcr.cohort.reader import load_volume
-
-            liver = on_grid(load_volume(lref), mask, order=0)
+        liver = _exam_liver(patient, timepoint, seqs, mask)
     except LiverPcrError as e:
         raise CohortError(f'patient {patient.id}, exam {timepoint}: {e}') from None
     return blank | exam_measures(images, mask.data, mask.spacing, cfg, liver)
@@ -251,25 +342,6 @@ def _entry(
     spec = hashlib.sha256(json.dumps([tps, seqs, cfg.key()]).encode()).hexdigest()[:12]
     return root, root / f'{cohort.fingerprint()}-{spec}'
 
-# %% ../../nbs/05a_data.measure.ipynb #b1eb474e
-def _read_entry(
-    d: Path,  # an entry folder
-) -> pd.DataFrame:
-    "A cached table, checked against its meta.json; `CacheError` when it does not read back as written."
-    from liver_pcr.data.preprocess import CacheError
-
-    try:
-        meta = json.loads((d / 'meta.json').read_text())
-        raw = (d / 'table.csv').read_bytes()
-    except (OSError, ValueError) as e:
-        raise CacheError(d, f'{type(e).__name__}: {e}') from None
-    if not isinstance(meta, dict) or meta.get('version') != MEASURE_VERSION:
-        raise CacheError(d, 'meta.json is of another version')
-    if hashlib.sha256(raw).hexdigest() != meta.get('sha256'):
-        raise CacheError(d, f'table.csv: {len(raw)} bytes that differ from what was written')
-    df = pd.read_csv(d / 'table.csv', index_col='patient_id', dtype={'patient_id': str}, float_precision='round_trip')
-    return df.astype(np.float64)
-
 # %% ../../nbs/05a_data.measure.ipynb #afecb6de
 def _write_entry(
     d: Path,  # the entry folder to create
@@ -290,6 +362,48 @@ def _write_entry(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+# %% ../../nbs/05a_data.measure.ipynb #b1eb474e
+def _read_entry(
+    d: Path,  # an entry folder
+) -> pd.DataFrame:
+    "A cached table, checked against its meta.json; `CacheError` when it does not read back as written."
+    try:
+        meta = json.loads((d / 'meta.json').read_text())
+        raw = (d / 'table.csv').read_bytes()
+    except (OSError, ValueError) as e:
+        raise CacheError(d, f'{type(e).__name__}: {e}') from None
+    if not isinstance(meta, dict) or meta.get('version') != MEASURE_VERSION:
+        raise CacheError(d, 'meta.json is of another version')
+    if hashlib.sha256(raw).hexdigest() != meta.get('sha256'):
+        raise CacheError(d, f'table.csv: {len(raw)} bytes that differ from what was written')
+    df = pd.read_csv(d / 'table.csv', index_col='patient_id', dtype={'patient_id': str}, float_precision='round_trip')
+    return df.astype(np.float64)
+
+# %% ../../nbs/05a_data.measure.ipynb #defff76f
+def _cached(
+    d: Path,  # the entry folder
+    root: Path,  # the cache root
+) -> pd.DataFrame | None:
+    "The table cached in `d`, or None: no entry, or a damaged one (reported on stderr, and removed)."
+    if not (d.exists() or d.is_symlink()):
+        return None
+    try:
+        return _read_entry(d)
+    except CacheError as e:
+        print(f'warning: measurement cache entry {d} is damaged ({e.problem}); rebuilding it', file=sys.stderr)
+        _discard_entry(d, root)
+
+# %% ../../nbs/05a_data.measure.ipynb #0f17505e
+def _check_known(
+    cohort: Cohort,  # the cohort
+    tps: list,  # timepoints asked for
+    seqs: list,  # sequences asked for
+):
+    "`ConfigError` naming any timepoint or sequence the cohort lacks."
+    bad = [t for t in tps if t not in cohort.timepoints] + [s for s in seqs if s not in cohort.sequences]
+    if bad:
+        raise ConfigError(f'{cohort.root}: unknown timepoint(s)/sequence(s) {bad}; the cohort has {cohort.timepoints} and {cohort.sequences}')
+
 # %% ../../nbs/05a_data.measure.ipynb #a371f8fb
 def measure_table(
     cohort: Cohort,  # the cohort
@@ -301,48 +415,37 @@ def measure_table(
     show_progress: bool = True,  # show a progress bar
 ) -> pd.DataFrame:
     "Every exam's measurements (rows: patient_id; columns `{timepoint}_{measurement}`), cached on disk."
-    from liver_pcr.data.preprocess import CacheError, _discard_entry
-
     tps, seqs = list(timepoints or cohort.timepoints), list(sequences or cohort.sequences)
-    bad = [t for t in tps if t not in cohort.timepoints] + [s for s in seqs if s not in cohort.sequences]
-    if bad:
-        raise ConfigError(f'{cohort.root}: unknown timepoint(s)/sequence(s) {bad}; the cohort has {cohort.timepoints} and {cohort.sequences}')
+    _check_known(cohort, tps, seqs)
     if cache is not False:
         root, d = _entry(cohort, tps, seqs, cfg, cache)
-        if d.exists() or d.is_symlink():
-            try:
-                return _read_entry(d)
-            except CacheError as e:
-                print(f'warning: measurement cache entry {d} is damaged ({e.problem}); rebuilding it', file=sys.stderr)
-                _discard_entry(d, root)
+        df = _cached(d, root)
+        if df is not None:
+            return df
     jobs = [(p, tps, seqs, cfg) for p in cohort]
-    bar = dict(total=len(jobs), desc=f'measuring {cohort.name}', disable=not show_progress or None)
-    if n_jobs > 1:
-        import multiprocessing as mp
-
-        with mp.get_context('fork').Pool(n_jobs) as pool:
-            rows = list(progress(pool.imap(_one_patient, jobs, chunksize=2), **bar))
-    else:
-        rows = [_one_patient(j) for j in progress(jobs, **bar)]
-    cols = [f'{t}_{k}' for t in tps for k in (*EXAM_MEASURES, *(f'{s}_{m}' for s in seqs for m in SEQUENCE_MEASURES))]
+    rows = _map_jobs(_one_patient, jobs, n_jobs, chunksize=2, total=len(jobs),
+                     desc=f'measuring {cohort.name}', disable=not show_progress or None)
+    cols = [f'{t}_{k}' for t in tps for k in _names(seqs)]
     df = pd.DataFrame(rows, index=pd.Index(cohort.ids, name='patient_id'), columns=cols, dtype=np.float64)
     if cache is not False:
         _write_entry(d, df)
     return df
 
-# %% ../../nbs/05a_data.measure.ipynb #26da0332
+# %% ../../nbs/05a_data.measure.ipynb #cf5c3733
 def _logit_share(
     x,  # shares (may fall outside 0..1)
     eps: float = 0.01,  # clipped into [eps, 1 - eps]
 ):
+    "The logit of the shares `x`, clipped into [eps, 1 - eps] first."
     x = np.clip(np.asarray(x, np.float64), eps, 1 - eps)
     return np.log(x / (1 - x))
 
-
+# %% ../../nbs/05a_data.measure.ipynb #26da0332
 def _log(
     x,  # positive values (NaN stays NaN)
     floor: float,  # values below count as this
 ):
+    "The log of `x`, floored at `floor` first."
     return np.log(np.maximum(np.asarray(x, np.float64), floor))
 
 # %% ../../nbs/05a_data.measure.ipynb #afca44a6
@@ -393,6 +496,21 @@ def _pair(
     nan = g(a, 'volume_ml').isna() | g(b, 'volume_ml').isna()
     return {k: pd.Series(np.where(nan, np.nan, v), index=table.index) for k, v in out.items()}
 
+# %% ../../nbs/05a_data.measure.ipynb #348f1346
+def _slope(
+    Y: np.ndarray,  # values (patients, exams), NaN where missing
+    r: np.ndarray,  # the exams' positions
+) -> np.ndarray:
+    "Least-squares slope of each row of `Y` over `r`, from its non-missing values; NaN with fewer than 2."
+    ok = ~np.isnan(Y)
+    w = ok.astype(float)
+    n = w.sum(1)
+    rm = (w * r).sum(1) / np.maximum(n, 1)
+    ym = np.nansum(Y, 1) / np.maximum(n, 1)
+    cov = np.nansum(w * (r - rm[:, None]) * (np.nan_to_num(Y) - ym[:, None]), 1)
+    var = (w * (r - rm[:, None]) ** 2).sum(1)
+    return np.where((n >= 2) & (var > 0), cov / np.where(var > 0, var, 1), np.nan)
+
 # %% ../../nbs/05a_data.measure.ipynb #966bdf25
 def measure_changes(
     table: pd.DataFrame,  # `measure_table`
@@ -411,20 +529,36 @@ def measure_changes(
         r = np.linspace(0, 1, len(tps))
         for k in ex[0].columns:
             Y = np.stack([e[k].to_numpy() for e in ex], 1)
-            ok = ~np.isnan(Y)
-            w = ok.astype(float)
-            n = w.sum(1)
-            rm = (w * r).sum(1) / np.maximum(n, 1)
-            ym = np.nansum(Y, 1) / np.maximum(n, 1)
-            cov = np.nansum(w * (r - rm[:, None]) * (np.nan_to_num(Y) - ym[:, None]), 1)
-            var = (w * (r - rm[:, None]) ** 2).sum(1)
-            out[f'slope_{k}'] = pd.Series(np.where((n >= 2) & (var > 0), cov / np.where(var > 0, var, 1), np.nan), index=table.index)
+            out[f'slope_{k}'] = pd.Series(_slope(Y, r), index=table.index)
     return pd.DataFrame(out, index=table.index)
 
-# %% ../../nbs/05a_data.measure.ipynb #9940b3e3
+# %% ../../nbs/05a_data.measure.ipynb #0cefe0f2
 AFP_PRODUCER = 20.0  # ng/mL: a baseline AFP above this makes an AFP-producing tumour
 
+# %% ../../nbs/05a_data.measure.ipynb #a14a8971
+def _marker_changes(
+    w: pd.DataFrame,  # raw marker values, columns (marker, timepoint)
+    m: str,  # the marker
+    tps: list,  # the exams, baseline first
+) -> dict:
+    "One marker's log ratios to baseline; for AFP also the producer indicator and the response of producers."
+    lg = {t: np.log1p(w[(m, t)].astype(float).clip(lower=0)) for t in tps}
+    base = w[(m, tps[0])].astype(float)
+    out = {}
+    if m.lower() == 'afp':
+        prod = (base > AFP_PRODUCER).astype(float).where(base.notna())
+        out[f'{m}_producer'] = prod
+    for t in tps[1:]:
+        d = lg[t] - lg[tps[0]]
+        if m.lower() == 'afp':
+            out[f'{t}_dlog_{m}'] = d * prod
+            fell = (w[(m, t)].astype(float) <= 0.5 * base).astype(float).where(d.notna())
+            out[f'{t}_{m}_response'] = fell * prod
+        else:
+            out[f'{t}_dlog_{m}'] = d
+    return out
 
+# %% ../../nbs/05a_data.measure.ipynb #9940b3e3
 def marker_response(
     cohort: Cohort,  # the cohort (labs.csv)
     ids,  # which patients
@@ -444,19 +578,7 @@ def marker_response(
             w[(m, tps[0])] = wd[(m, tps[0])].to_numpy()
     out = {}
     for m in mks:
-        lg = {t: np.log1p(w[(m, t)].astype(float).clip(lower=0)) for t in tps}
-        base = w[(m, tps[0])].astype(float)
-        if m.lower() == 'afp':
-            prod = (base > AFP_PRODUCER).astype(float).where(base.notna())
-            out[f'{m}_producer'] = prod
-        for t in tps[1:]:
-            d = lg[t] - lg[tps[0]]
-            if m.lower() == 'afp':
-                out[f'{t}_dlog_{m}'] = d * prod
-                fell = (w[(m, t)].astype(float) <= 0.5 * base).astype(float).where(d.notna())
-                out[f'{t}_{m}_response'] = fell * prod
-            else:
-                out[f'{t}_dlog_{m}'] = d
+        out.update(_marker_changes(w, m, tps))
     return pd.DataFrame(out, index=w.index)
 
 # %% ../../nbs/05a_data.measure.ipynb #0d7d2280
@@ -484,6 +606,26 @@ def measure_block(
         parts.append(marker_response(cohort, list(ids), tps, donors=donors))
     return pd.concat(parts, axis=1)
 
+# %% ../../nbs/05a_data.measure.ipynb #8984ab62
+def _criteria(
+    p: dict,  # `_pair`'s changes of exam `t` from baseline
+    t: str,  # the later exam
+) -> dict:
+    "The response criteria of exam `t`: continuous values, and RECIST and mRECIST-style categories."
+    dia, lv = p['diameter_change_pct'], p['log_viable_ratio']
+    died = 1 - np.exp(lv)
+    cat = lambda cond, ref: cond.astype(float).where(ref.notna())
+    return {
+        f'{t}_log_volume_ratio': p['log_volume_ratio'],
+        f'{t}_diameter_change_pct': dia,
+        f'{t}_recist_pr': cat(dia <= -30, dia),
+        f'{t}_recist_pd': cat(dia >= 20, dia),
+        f'{t}_logit_viable_died': p['logit_viable_died'],
+        f'{t}_logit_necrosis_gain': p['logit_necrosis_gain'],
+        f'{t}_mrecist_cr': cat(died >= 0.99, lv),
+        f'{t}_mrecist_pr': cat(died >= 0.65, lv),
+    }
+
 # %% ../../nbs/05a_data.measure.ipynb #4c337a21
 def response_criteria(
     table: pd.DataFrame,  # `measure_table`
@@ -497,19 +639,7 @@ def response_criteria(
     diffusion = [s for s in sequences if s.upper() in ('DWI', 'ADC')]
     for t in tps[1:]:
         p = _pair(table, tps[0], t, sequences, cfg)
-        dia, lv = p['diameter_change_pct'], p['log_viable_ratio']
-        died = 1 - np.exp(lv)
-        cat = lambda cond, ref: cond.astype(float).where(ref.notna())
-        out.update({
-            f'{t}_log_volume_ratio': p['log_volume_ratio'],
-            f'{t}_diameter_change_pct': dia,
-            f'{t}_recist_pr': cat(dia <= -30, dia),
-            f'{t}_recist_pd': cat(dia >= 20, dia),
-            f'{t}_logit_viable_died': p['logit_viable_died'],
-            f'{t}_logit_necrosis_gain': p['logit_necrosis_gain'],
-            f'{t}_mrecist_cr': cat(died >= 0.99, lv),
-            f'{t}_mrecist_pr': cat(died >= 0.65, lv),
-        })
+        out.update(_criteria(p, t))
         out.update({f'{t}_dlog_{s}_viable_rel': p[f'dlog_{s}_viable_rel'] for s in diffusion})
     res = pd.DataFrame(out, index=table.index)
     return res if markers is None else pd.concat([res, markers.reindex(table.index)], axis=1)

@@ -11,18 +11,13 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np
 from scipy import ndimage
-from liver_pcr.core import (
-    LiverPcrError,
-    ConfigError,
-    CohortError,
-    cache_dir,
-    check_out_path,
-    progress,
-)
+from fastcore.basics import patch
+from ..core import (LiverPcrError, ConfigError, CohortError, cache_dir, check_out_path,
+                            progress)
 from ..cohort.reader import Cohort, Patient, load_volume, Volume
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'PreprocessConfig', 'body_mask', 'normalise', 'ROI', 'find_roi', 'sample', 'exam_mask',
+__all__ = ['CACHE_FORMAT', 'PreprocessConfig', 'body_mask', 'normalise', 'ROI', 'exam_mask', 'find_roi', 'sample_roi',
            'preprocess_exam', 'preprocess_patient', 'Preprocessed', 'resolve', 'CacheError', 'preprocess_cohort']
 
 # %% ../../nbs/05_data.preprocess.ipynb #f4bd597f
@@ -43,14 +38,18 @@ class PreprocessConfig:
         if self.k < 1:
             raise ConfigError('k must be at least 1')
 
-    @property
-    def spacing(self) -> float:
-        return self.roi_mm / self.roi_px
+# %% ../../nbs/05_data.preprocess.ipynb #233ac07d
+@patch(as_prop=True)
+def spacing(self: PreprocessConfig) -> float:
+    "In-plane pixel size of the ROI (mm)."
+    return self.roi_mm / self.roi_px
 
-    def key(self) -> str:
-        "A short hash of the configuration: part of the cache entry's name."
-        text = json.dumps(asdict(self), sort_keys=True, default=list)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+# %% ../../nbs/05_data.preprocess.ipynb #c017a975
+@patch
+def key(self: PreprocessConfig) -> str:
+    "A short hash of the configuration: part of the cache entry's name."
+    text = json.dumps(asdict(self), sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 # %% ../../nbs/05_data.preprocess.ipynb #681af327
 def body_mask(
@@ -87,17 +86,88 @@ class ROI:
     pixel_mm: float  # in-plane pixel size of the ROI
     px: int  # ROI side in pixels
 
-    def points(self) -> np.ndarray:
-        "World coordinates (3, k, px, px) of the ROI's pixel centres; rows run anterior→posterior, columns right→left."
-        c = (np.arange(self.px) - (self.px - 1) / 2) * self.pixel_mm
-        rows, cols = -c, -c  # +y (anterior) at the top, +x (patient's right) on the left
-        P = (
-            self.centre[:, None, None, None]
-            + self.offsets[None, :, None, None] * self.slice_step[:, None, None, None]
-            + np.array([1.0, 0, 0])[:, None, None, None] * cols[None, None, None, :]
-            + np.array([0, 1.0, 0])[:, None, None, None] * rows[None, None, :, None]
-        )
-        return P
+# %% ../../nbs/05_data.preprocess.ipynb #ae71f207
+@patch
+def points(self: ROI) -> np.ndarray:
+    "World coordinates (3, k, px, px) of the ROI's pixel centres; rows run anterior→posterior, columns right→left."
+    c = (np.arange(self.px) - (self.px - 1) / 2) * self.pixel_mm
+    rows, cols = -c, -c  # +y (anterior) at the top, +x (patient's right) on the left
+    P = (
+        self.centre[:, None, None, None]
+        + self.offsets[None, :, None, None] * self.slice_step[:, None, None, None]
+        + np.array([1.0, 0, 0])[:, None, None, None] * cols[None, None, None, :]
+        + np.array([0, 1.0, 0])[:, None, None, None] * rows[None, None, :, None]
+    )
+    return P
+
+# %% ../../nbs/05_data.preprocess.ipynb #d31558c8
+def _mask_paths(
+    patient: Patient,  # the patient
+    timepoint: str,  # the exam's timepoint
+    sequences,  # the sequences whose masks count
+) -> list:
+    "The distinct lesion-mask files of an exam's sequences, in order."
+    refs = [patient.exams[timepoint][s] for s in sequences if patient.has(timepoint, s)]
+    return list(dict.fromkeys(r.mask for r in refs if r.mask))
+
+# %% ../../nbs/05_data.preprocess.ipynb #0e42ad7e
+def _mask_on(
+    m: Volume,  # a lesion mask
+    ref: Volume,  # the mask whose grid to use
+) -> np.ndarray:
+    "The voxels of `ref`'s grid inside the mask `m`."
+    if m.shape == ref.shape and np.allclose(m.affine, ref.affine, atol=1e-3):
+        return m.data > 0
+    ijk = np.indices(ref.shape).reshape(3, -1)
+    w = ref.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
+    src = (np.linalg.inv(m.affine) @ w)[:3]
+    return ndimage.map_coordinates(m.data, src, order=0, cval=0).reshape(ref.shape) > 0
+
+# %% ../../nbs/05_data.preprocess.ipynb #d896fae5
+def exam_mask(
+    patient: Patient,  # the patient
+    timepoint: str,  # the exam's timepoint
+    sequences,  # the sequences whose masks count
+) -> Volume | None:
+    "The union of an exam's lesion masks, on the grid of the first one (None without masks)."
+    paths = _mask_paths(patient, timepoint, sequences)
+    if not paths:
+        return None
+    ref = load_volume(paths[0])
+    union = ref.data > 0
+    for p in paths[1:]:
+        union |= _mask_on(load_volume(p), ref)
+    return Volume(union.astype(np.float32), ref.affine)
+
+# %% ../../nbs/05_data.preprocess.ipynb #1f76c589
+def _slices(
+    z: int,  # the central slice
+    k: int,  # how many slices
+    nz: int,  # slices in the volume
+) -> np.ndarray:
+    "The indices of the k slices around slice z, clipped into 0..nz-1."
+    return np.clip(np.arange(z - (k - 1) // 2, z - (k - 1) // 2 + k), 0, nz - 1)
+
+# %% ../../nbs/05_data.preprocess.ipynb #cc2c01f6
+def _lesion_centre(
+    mask: Volume,  # a non-empty lesion mask
+    k: int,  # slices of the stack
+) -> tuple[int, np.ndarray]:
+    "The largest lesion slice, and the lesion's world centre (mm) over the k slices around it."
+    area = (mask.data > 0).sum((0, 1))
+    z = int(np.argmax(area))
+    sl = _slices(z, k, mask.shape[2])
+    ij = np.argwhere(mask.data[..., sl] > 0)[:, :2].mean(0)
+    return z, (mask.affine @ np.array([ij[0], ij[1], z, 1.0]))[:3]
+
+# %% ../../nbs/05_data.preprocess.ipynb #1e8c51a3
+def _middle_centre(
+    grid: Volume,  # the exam's grid
+) -> tuple[int, np.ndarray]:
+    "The middle slice, and the world centre (mm) of the field of view on it."
+    z = grid.shape[2] // 2
+    ij = [(grid.shape[0] - 1) / 2, (grid.shape[1] - 1) / 2]
+    return z, (grid.affine @ np.array([ij[0], ij[1], z, 1.0]))[:3]
 
 # %% ../../nbs/05_data.preprocess.ipynb #81a29782
 def find_roi(
@@ -109,102 +179,76 @@ def find_roi(
     grid = mask if mask is not None else ref
     nz, k = grid.shape[2], cfg.k
     if mask is not None and (mask.data > 0).any():
-        area = (mask.data > 0).sum((0, 1))
-        z = int(np.argmax(area))
-        sl = np.clip(np.arange(z - (k - 1) // 2, z - (k - 1) // 2 + k), 0, nz - 1)
-        ij = np.argwhere(mask.data[..., sl] > 0)[:, :2].mean(0)
-        centre = (grid.affine @ np.array([ij[0], ij[1], z, 1.0]))[:3]
+        z, centre = _lesion_centre(mask, k)
         pixel = cfg.spacing
     else:
-        z = nz // 2
-        centre = (
-            grid.affine @ np.array([(grid.shape[0] - 1) / 2, (grid.shape[1] - 1) / 2, z, 1.0])
-        )[:3]
+        z, centre = _middle_centre(grid)
         fov = np.array(grid.shape[:2]) * np.array(grid.spacing[:2])
         pixel = float(fov.max() / cfg.roi_px)
-    offsets = np.clip(np.arange(z - (k - 1) // 2, z - (k - 1) // 2 + k), 0, nz - 1) - z
+    offsets = _slices(z, k, nz) - z
     return ROI(centre, grid.affine[:3, 2].copy(), offsets.astype(float), pixel, cfg.roi_px)
 
 # %% ../../nbs/05_data.preprocess.ipynb #9b6e799e
-def sample(
+def sample_roi(
     vol: np.ndarray,  # the volume's voxels
     affine: np.ndarray,  # its voxel-to-world affine (4, 4)
     roi: ROI,  # where to sample
     order: int = 1,  # spline order of the interpolation (0: nearest, for masks)
     cval: float = 0.0,  # value outside the volume
 ) -> np.ndarray:
-    "Sample a volume at the ROI's world points: (k, px, px)."
+    "The volume's values at the ROI's pixel centres: an array (k, px, px)."
     P = roi.points()
-    ijk = np.tensordot(
-        np.linalg.inv(affine), np.concatenate([P, np.ones((1, *P.shape[1:]))]), axes=1
-    )[:3]
-    return ndimage.map_coordinates(vol, ijk, order=order, mode='constant', cval=cval).astype(
-        np.float32
-    )
+    homog = np.concatenate([P, np.ones((1, *P.shape[1:]))])  # homogeneous world points
+    ijk = np.tensordot(np.linalg.inv(affine), homog, axes=1)[:3]
+    out = ndimage.map_coordinates(vol, ijk, order=order, mode='constant', cval=cval)
+    return out.astype(np.float32)
 
-# %% ../../nbs/05_data.preprocess.ipynb #d896fae5
-def exam_mask(patient: Patient, tp: str, sequences) -> Volume | None:
-    "The union of an exam's lesion masks, on the grid of the first one (None without masks)."
-    paths = list(
-        dict.fromkeys(
-            patient.exams[tp][s].mask
-            for s in sequences
-            if patient.has(tp, s) and patient.exams[tp][s].mask
-        )
-    )
-    if not paths:
-        return None
-    ref = load_volume(paths[0])
-    union = ref.data > 0
-    for p in paths[1:]:
-        m = load_volume(p)
-        if m.shape == ref.shape and np.allclose(m.affine, ref.affine, atol=1e-3):
-            union |= m.data > 0
-        else:  # another grid: bring it onto the first mask's grid through world coordinates
-            ijk = np.indices(ref.shape).reshape(3, -1)
-            w = ref.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
-            src = (np.linalg.inv(m.affine) @ w)[:3]
-            union |= ndimage.map_coordinates(m.data, src, order=0, cval=0).reshape(ref.shape) > 0
-    return Volume(union.astype(np.float32), ref.affine)
+# %% ../../nbs/05_data.preprocess.ipynb #d7d7d5c4
+def _blank_exam(
+    n_seq: int,  # sequences of the stack
+    cfg: PreprocessConfig,  # slices and ROI size
+) -> tuple:
+    "Zero images (S, k, px, px), an empty mask (k, px, px) and no sequence present (S,)."
+    k, n = cfg.k, cfg.roi_px
+    imgs, present = np.zeros((n_seq, k, n, n), np.float32), np.zeros(n_seq, bool)
+    return imgs, np.zeros((k, n, n), np.uint8), present
 
 # %% ../../nbs/05_data.preprocess.ipynb #f10a93f7
 def preprocess_exam(
     patient: Patient,  # the patient
-    tp: str,  # the exam's timepoint
+    timepoint: str,  # the exam's timepoint
     sequences,  # the sequences to stack, in order (absent ones are zeros)
     cfg: PreprocessConfig,  # ROI size, slices, spacing and intensity clipping
 ):
     "The exam's ROI stack per sequence (S, k, px, px), its lesion mask in the ROI (k, px, px) and which sequences are present (S,)."
-    S, k, n = len(sequences), cfg.k, cfg.roi_px
-    imgs, present = np.zeros((S, k, n, n), np.float32), np.zeros(S, bool)
-    mroi = np.zeros((k, n, n), np.uint8)
-    avail = [s for s in sequences if patient.has(tp, s)]
+    imgs, mroi, present = _blank_exam(len(sequences), cfg)
+    avail = [s for s in sequences if patient.has(timepoint, s)]
     if not avail:
         return imgs, mroi, present
-    vols = {s: patient.volume(tp, s) for s in avail}
-    mask = exam_mask(patient, tp, avail)
+    vols = {s: patient.volume(timepoint, s) for s in avail}
+    mask = exam_mask(patient, timepoint, avail)
     roi = find_roi(mask, vols[avail[0]], cfg)
     for i, s in enumerate(sequences):
         if s not in vols:
             continue
         norm, floor = normalise(vols[s].data, cfg.clip)
-        imgs[i], present[i] = sample(norm, vols[s].affine, roi, 1, floor), True
+        imgs[i], present[i] = sample_roi(norm, vols[s].affine, roi, 1, floor), True
     if mask is not None:
-        mroi = (sample(mask.data, mask.affine, roi, order=0) > 0.5).astype(np.uint8)
+        mroi = (sample_roi(mask.data, mask.affine, roi, order=0) > 0.5).astype(np.uint8)
     return imgs, mroi, present
 
 # %% ../../nbs/05_data.preprocess.ipynb #99e20c6c
-def preprocess_patient(patient: Patient, timepoints, sequences, cfg: PreprocessConfig):
+def preprocess_patient(
+    patient: Patient,  # the patient
+    timepoints,  # the exams to stack, in order (missing ones are zeros)
+    sequences,  # the sequences of each exam, in order
+    cfg: PreprocessConfig,  # ROI size, slices, spacing and intensity clipping
+):
     "All exams of a patient: images (T, S, k, px, px), masks (T, k, px, px), present (T, S)."
     out = [
-        preprocess_exam(patient, tp, sequences, cfg)
-        if tp in patient.exams
-        else (
-            np.zeros((len(sequences), cfg.k, cfg.roi_px, cfg.roi_px), np.float32),
-            np.zeros((cfg.k, cfg.roi_px, cfg.roi_px), np.uint8),
-            np.zeros(len(sequences), bool),
-        )
-        for tp in timepoints
+        preprocess_exam(patient, t, sequences, cfg) if t in patient.exams
+        else _blank_exam(len(sequences), cfg)
+        for t in timepoints
     ]
     return tuple(np.stack(x) for x in zip(*out))
 
@@ -225,20 +269,38 @@ class Preprocessed:
     def __len__(self):
         return len(self.ids)
 
-    def index(self, ids) -> np.ndarray:
-        "Row positions of the patients `ids`."
-        pos = {p: i for i, p in enumerate(self.ids)}
-        missing = [i for i in ids if i not in pos]
-        if missing:
-            n = len(missing)
-            raise CohortError(f'{n} patient(s) not in the preprocessed cohort: {missing[:5]}')
-        return np.array([pos[i] for i in ids], dtype=int)
+# %% ../../nbs/05_data.preprocess.ipynb #0859a600
+@patch
+def index(
+    self: Preprocessed,
+    ids,  # patient ids
+) -> np.ndarray:
+    "Row positions of the patients `ids`."
+    pos = {p: i for i, p in enumerate(self.ids)}
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        n = len(missing)
+        raise CohortError(f'{n} patient(s) not in the preprocessed cohort: {missing[:5]}')
+    return np.array([pos[i] for i in ids], dtype=int)
 
-    def __repr__(self):
-        return (
-            f'Preprocessed({len(self)} patients, timepoints {self.timepoints}, sequences {self.sequences}, '
-            f'k={self.cfg.k}, {self.cfg.roi_px}px/{self.cfg.roi_mm}mm; {self.path})'
-        )
+# %% ../../nbs/05_data.preprocess.ipynb #672bf1c9
+@patch
+def __repr__(self: Preprocessed):
+    return (
+        f'Preprocessed({len(self)} patients, timepoints {self.timepoints}, sequences {self.sequences}, '
+        f'k={self.cfg.k}, {self.cfg.roi_px}px/{self.cfg.roi_mm}mm; {self.path})'
+    )
+
+# %% ../../nbs/05_data.preprocess.ipynb #db1944ee
+def _not_in(
+    kind: str,  # 'timepoint' or 'sequence'
+    asked,  # the names asked for
+    have,  # the cohort's names
+    cohort: str,  # the cohort's name
+) -> list:
+    "A problem for each name asked for that the cohort lacks."
+    has = ', '.join(have)
+    return [f"{kind} {t!r} is not in cohort {cohort!r} (it has {has})" for t in asked if t not in have]
 
 # %% ../../nbs/05_data.preprocess.ipynb #cac301cf
 def resolve(
@@ -247,17 +309,8 @@ def resolve(
 ) -> PreprocessConfig:
     "Fill in the cohort's timepoints/sequences and check that the requested ones exist."
     tps, seqs = tuple(cfg.timepoints or cohort.timepoints), tuple(cfg.sequences or cohort.sequences)
-    has_t, has_s = ', '.join(cohort.timepoints), ', '.join(cohort.sequences)
-    probs = [
-        f"timepoint {t!r} is not in cohort {cohort.name!r} (it has {has_t})"
-        for t in tps
-        if t not in cohort.timepoints
-    ]
-    probs += [
-        f"sequence {s!r} is not in cohort {cohort.name!r} (it has {has_s})"
-        for s in seqs
-        if s not in cohort.sequences
-    ]
+    probs = _not_in('timepoint', tps, cohort.timepoints, cohort.name)
+    probs += _not_in('sequence', seqs, cohort.sequences, cohort.name)
     if probs:
         raise ConfigError(probs)
     return replace(cfg, timepoints=tps, sequences=seqs)
@@ -267,7 +320,7 @@ CACHE_FORMAT = 2  # layout of a cache entry; 1 was the unversioned one
 _ARRAYS = ('images', 'masks', 'present')  # the arrays of an entry, one .npy file each
 _META = dict(ids=list, timepoints=list, sequences=list, arrays=dict)  # what meta.json must hold
 
-
+# %% ../../nbs/05_data.preprocess.ipynb #0f9b0a9d
 class CacheError(LiverPcrError):
     "A preprocessing cache entry that cannot be read back as it was written."
 
@@ -279,6 +332,19 @@ class CacheError(LiverPcrError):
         self.entry, self.problem = Path(entry), ' '.join(str(problem).split())
         super().__init__(f'preprocessing cache entry {entry} is damaged ({self.problem})')
 
+# %% ../../nbs/05_data.preprocess.ipynb #fa77e906
+def _save_arrays(
+    folder: Path,  # where to save them
+    arrays: dict,  # name -> array, saved as name.npy
+) -> dict:
+    "Save each array as name.npy; return each one's record: shape, dtype and size on disk."
+    rec = {}
+    for k, a in arrays.items():
+        np.save(folder / f'{k}.npy', a)
+        size = (folder / f'{k}.npy').stat().st_size
+        rec[k] = dict(shape=list(a.shape), dtype=a.dtype.str, bytes=size)
+    return rec
+
 # %% ../../nbs/05_data.preprocess.ipynb #48c15ab1
 def _write_entry(
     d: Path,  # the entry folder to create
@@ -289,11 +355,7 @@ def _write_entry(
     d.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix='.building-'))
     try:
-        rec = {}
-        for k, a in arrays.items():
-            np.save(tmp / f'{k}.npy', a)
-            size = (tmp / f'{k}.npy').stat().st_size
-            rec[k] = dict(shape=list(a.shape), dtype=a.dtype.str, bytes=size)
+        rec = _save_arrays(tmp, arrays)
         text = json.dumps(dict(meta, format=CACHE_FORMAT, arrays=rec), default=list)
         (tmp / 'meta.json').write_text(text)
         try:
@@ -304,17 +366,24 @@ def _write_entry(
         shutil.rmtree(tmp, ignore_errors=True)
     return d
 
+# %% ../../nbs/05_data.preprocess.ipynb #251abbb4
+def _parse_meta(
+    d: Path,  # an entry folder
+):
+    "The entry's meta.json, parsed; `CacheError` if it is missing or unreadable."
+    try:
+        return json.loads((d / 'meta.json').read_text())
+    except FileNotFoundError:
+        raise CacheError(d, 'meta.json is missing') from None
+    except (OSError, ValueError) as e:
+        raise CacheError(d, f'meta.json is unreadable: {type(e).__name__}: {e}') from None
+
 # %% ../../nbs/05_data.preprocess.ipynb #528438b0
 def _read_meta(
     d: Path,  # an entry folder
 ) -> dict:
     "The entry's meta.json, checked complete; `CacheError` if it is missing, unreadable or old."
-    try:
-        meta = json.loads((d / 'meta.json').read_text())
-    except FileNotFoundError:
-        raise CacheError(d, 'meta.json is missing') from None
-    except (OSError, ValueError) as e:
-        raise CacheError(d, f'meta.json is unreadable: {type(e).__name__}: {e}') from None
+    meta = _parse_meta(d)
     if not isinstance(meta, dict):
         raise CacheError(d, f'meta.json holds a {type(meta).__name__}, not an object')
     if 'format' not in meta:
@@ -327,6 +396,29 @@ def _read_meta(
         raise CacheError(d, f"meta.json has no valid {', '.join(bad)}")
     return meta
 
+# %% ../../nbs/05_data.preprocess.ipynb #50d3de17
+def _array_spec(
+    d: Path,  # an entry folder
+    name: str,  # which array: 'images', 'masks' or 'present'
+    spec: dict,  # its record in meta.json: shape, dtype, bytes
+) -> tuple:
+    "The recorded shape, dtype and size in bytes of an array; `CacheError` if the record is not valid."
+    try:
+        return tuple(spec['shape']), np.dtype(spec['dtype']), int(spec['bytes'])
+    except (KeyError, TypeError, ValueError):
+        raise CacheError(d, f'meta.json has no valid record of {name}.npy') from None
+
+# %% ../../nbs/05_data.preprocess.ipynb #7b41dd06
+def _mmap(
+    d: Path,  # an entry folder
+    f: Path,  # one of its .npy files
+):
+    "`f`, memory-mapped; `CacheError` if it does not open."
+    try:
+        return np.load(f, mmap_mode='r')
+    except (OSError, ValueError, EOFError) as e:
+        raise CacheError(d, f'{f.name} is unreadable: {type(e).__name__}: {e}') from None
+
 # %% ../../nbs/05_data.preprocess.ipynb #dd699d0f
 def _open_array(
     d: Path,  # an entry folder
@@ -335,18 +427,12 @@ def _open_array(
 ) -> np.memmap:
     "Memory-map one array of an entry, checked against its record; `CacheError` if it differs."
     f = d / f'{name}.npy'
-    try:
-        shape, dtype, size = tuple(spec['shape']), np.dtype(spec['dtype']), int(spec['bytes'])
-    except (KeyError, TypeError, ValueError):
-        raise CacheError(d, f'meta.json has no valid record of {f.name}') from None
+    shape, dtype, size = _array_spec(d, name, spec)
     if not f.is_file():
         raise CacheError(d, f'{f.name} is missing')
     if f.stat().st_size != size:
         raise CacheError(d, f'{f.name}: {f.stat().st_size} bytes, expected {size}')
-    try:
-        a = np.load(f, mmap_mode='r')
-    except (OSError, ValueError, EOFError) as e:
-        raise CacheError(d, f'{f.name} is unreadable: {type(e).__name__}: {e}') from None
+    a = _mmap(d, f)
     if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype:
         got = f'{a.dtype} {a.shape}' if isinstance(a, np.ndarray) else type(a).__name__
         raise CacheError(d, f'{f.name}: {got}, expected {dtype} {shape}')
@@ -394,6 +480,22 @@ def _one(
     p, cfg = args
     return preprocess_patient(p, cfg.timepoints, cfg.sequences, cfg)
 
+# %% ../../nbs/05_data.preprocess.ipynb #0f7045bd
+def _map_jobs(
+    fn,  # a top-level function of one job
+    jobs: list,  # its arguments, one per job
+    n_jobs: int = 1,  # worker processes (forked)
+    chunksize: int = 1,  # jobs handed to a worker at a time
+    **bar,  # settings of the progress bar
+) -> list:
+    "`fn` of every job, in order: in `n_jobs` worker processes when more than one."
+    if n_jobs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context('fork').Pool(n_jobs) as pool:
+            return list(progress(pool.imap(fn, jobs, chunksize=chunksize), **bar))
+    return [fn(j) for j in progress(jobs, **bar)]
+
 # %% ../../nbs/05_data.preprocess.ipynb #938ee758
 def _build_entry(
     cohort: Cohort,  # the cohort
@@ -405,27 +507,22 @@ def _build_entry(
     "Preprocess every patient of `cohort` into the cache entry `d`."
     pts = list(cohort)
     jobs = [(p, cfg) for p in pts]
-    bar = dict(
-        total=len(jobs), desc=f'preprocessing {cohort.name}', disable=not show_progress or None
-    )
-    if n_jobs > 1:
-        import multiprocessing as mp
-
-        with mp.get_context('fork').Pool(n_jobs) as pool:
-            res = list(progress(pool.imap(_one, jobs), **bar))
-    else:
-        res = [_one(j) for j in progress(jobs, **bar)]
+    res = _map_jobs(_one, jobs, n_jobs, total=len(jobs), desc=f'preprocessing {cohort.name}',
+                    disable=not show_progress or None)
     arrays = {k: np.stack([r[i] for r in res]) for i, k in enumerate(_ARRAYS)}
-    return _write_entry(
-        d,
-        arrays,
-        ids=[p.id for p in pts],
-        timepoints=cfg.timepoints,
-        sequences=cfg.sequences,
-        config=asdict(cfg),
-        cohort=str(cohort.root),
-        fingerprint=cohort.fingerprint(),
-    )
+    return _write_entry(d, arrays, ids=[p.id for p in pts], timepoints=cfg.timepoints,
+                        sequences=cfg.sequences, config=asdict(cfg), cohort=str(cohort.root),
+                        fingerprint=cohort.fingerprint())
+
+# %% ../../nbs/05_data.preprocess.ipynb #f867a4fd
+def _entry_dir(
+    cohort: Cohort,  # the cohort
+    cfg: PreprocessConfig,  # its resolved configuration
+    root: Path,  # the cache root
+) -> Path:
+    "The entry folder of `cohort` preprocessed with `cfg`, under `root`."
+    name = ''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in cohort.name)[:40]
+    return Path(root) / f'{name}-{cohort.fingerprint()}-{cfg.key()}'
 
 # %% ../../nbs/05_data.preprocess.ipynb #67d9ef69
 def preprocess_cohort(
@@ -439,8 +536,7 @@ def preprocess_cohort(
     cfg = resolve(cohort, cfg)
     root = Path(cache) if cache else cache_dir() / 'preprocessed'
     check_out_path(root, cohort=cohort.root)
-    name = ''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in cohort.name)[:40]
-    d = root / f'{name}-{cohort.fingerprint()}-{cfg.key()}'
+    d = _entry_dir(cohort, cfg, root)
     if d.exists() or d.is_symlink():
         try:
             return _load_cached(d, cfg)

@@ -11,16 +11,10 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np, pandas as pd
 from scipy import ndimage
-from liver_pcr.core import (
-    CohortError,
-    ConfigError,
-    LiverPcrError,
-    atomic_path,
-    cache_dir,
-    check_out_path,
-    progress,
-)
+from ..core import CohortError, LiverPcrError, atomic_path, cache_dir, check_out_path
 from ..cohort.reader import Cohort, Patient, Volume
+from .preprocess import _map_jobs
+from .measure import _check_known
 
 # %% auto #0
 __all__ = ['OFFSETS', 'GLCM_FEATURES', 'EXAM_FEATURES', 'VOLUME_FLOOR_ML', 'FEATURE_VERSION', 'RadiomicsConfig', 'glcm',
@@ -40,73 +34,98 @@ class RadiomicsConfig:
     min_ring: int = 10  # fewer ring voxels than this: the normalised features are NaN
     central: float = 0.5  # without a mask, the ROI is a central box spanning this share of x and y
 
-# %% ../../nbs/06a_data.radiomics.ipynb #afc7c0aa
+# %% ../../nbs/06a_data.radiomics.ipynb #3c5cd2a9
 OFFSETS = ((1, 0), (1, 1), (0, 1), (-1, 1))  # in-plane steps (dx, dy): 0°, 45°, 90°, 135°
 
+# %% ../../nbs/06a_data.radiomics.ipynb #739a4ad9
+def _overlap(
+    nx: int,  # the plane's size along x
+    ny: int,  # and along y
+    dx: int,  # the step along x
+    dy: int,  # the step along y
+) -> tuple:
+    "Index boxes `a` and `b` of a plane such that `b` is `a` moved by (dx, dy), both inside the plane."
+    a = (slice(max(0, -dx), nx - max(0, dx)), slice(max(0, -dy), ny - max(0, dy)))
+    b = (slice(max(0, dx), nx - max(0, -dx)), slice(max(0, dy), ny - max(0, -dy)))
+    return a, b
 
+# %% ../../nbs/06a_data.radiomics.ipynb #afc7c0aa
 def glcm(
-    q: np.ndarray,  # grey levels (x, y[, z]) in 0..levels-1
+    grey: np.ndarray,  # grey levels (x, y[, z]) in 0..levels-1
     roi: np.ndarray | None = None,  # voxels to count (None: all)
     levels: int = 16,  # number of grey levels
     offsets=OFFSETS,  # in-plane neighbour offsets (dx, dy), one per direction
 ) -> np.ndarray:
     "Symmetric co-occurrence counts (direction, level, level) of in-plane neighbours that both lie in `roi`."
-    q = np.asarray(q)
+    q = np.asarray(grey)
     q = q[..., None] if q.ndim == 2 else q
     roi = np.ones(q.shape, bool) if roi is None else (np.asarray(roi) > 0).reshape(q.shape)
     (nx, ny), out = q.shape[:2], np.zeros((len(offsets), levels, levels), np.int64)
     for k, (dx, dy) in enumerate(offsets):
-        a = (slice(max(0, -dx), nx - max(0, dx)), slice(max(0, -dy), ny - max(0, dy)))
-        b = (slice(max(0, dx), nx - max(0, -dx)), slice(max(0, dy), ny - max(0, -dy)))
+        a, b = _overlap(nx, ny, dx, dy)
         both = roi[a] & roi[b]
-        c = np.bincount(q[a][both] * levels + q[b][both], minlength=levels * levels).reshape(
-            levels, levels
-        )
-        out[k] = c + c.T
+        c = np.bincount(q[a][both] * levels + q[b][both], minlength=levels * levels)
+        out[k] = c.reshape(levels, levels) + c.reshape(levels, levels).T
     return out
 
-# %% ../../nbs/06a_data.radiomics.ipynb #aa83a058
+# %% ../../nbs/06a_data.radiomics.ipynb #36fa5563
 GLCM_FEATURES = ('contrast', 'homogeneity', 'energy', 'correlation', 'entropy')
 
-
-def glcm_features(
-    P: np.ndarray,  # co-occurrence counts (levels, levels) or (direction, levels, levels)
-) -> dict:
-    "GLCM contrast, homogeneity, energy, correlation and entropy, averaged over directions; NaN without pairs."
-    P = np.asarray(P, np.float64)
+# %% ../../nbs/06a_data.radiomics.ipynb #32a389c2
+def _glcm_probabilities(
+    counts: np.ndarray,  # co-occurrence counts (levels, levels) or (direction, level, level)
+) -> np.ndarray:
+    "Each direction's counts as shares (direction, level, level); directions without pairs are dropped."
+    P = np.asarray(counts, np.float64)
     P = P[None] if P.ndim == 2 else P
     n = P.sum((1, 2))
-    P = P[n > 0] / n[n > 0, None, None]
+    return P[n > 0] / n[n > 0, None, None]
+
+# %% ../../nbs/06a_data.radiomics.ipynb #c1ad093d
+def _correlation(
+    P: np.ndarray,  # shares (direction, level, level)
+    i: np.ndarray,  # the row level of each cell
+    j: np.ndarray,  # the column level of each cell
+) -> np.ndarray:
+    "Σ(i−μi)(j−μj)p / (σi σj) per direction; 1 where σi σj is 0."
+    mi, mj = (P * i).sum((1, 2))[:, None, None], (P * j).sum((1, 2))[:, None, None]
+    si, sj = np.sqrt((P * (i - mi) ** 2).sum((1, 2))), np.sqrt((P * (j - mj) ** 2).sum((1, 2)))
+    cov, sd = (P * (i - mi) * (j - mj)).sum((1, 2)), si * sj
+    return np.where(sd > 0, cov / np.where(sd > 0, sd, 1), 1.0)
+
+# %% ../../nbs/06a_data.radiomics.ipynb #aa83a058
+def glcm_features(
+    counts: np.ndarray,  # co-occurrence counts (levels, levels) or (direction, levels, levels)
+) -> dict:
+    "GLCM contrast, homogeneity, energy, correlation and entropy, averaged over directions; NaN without pairs."
+    P = _glcm_probabilities(counts)
     if not len(P):
         return {f'glcm_{k}': math.nan for k in GLCM_FEATURES}
     L = P.shape[1]
     i, j = np.meshgrid(np.arange(L), np.arange(L), indexing='ij')
-    mi, mj = (P * i).sum((1, 2))[:, None, None], (P * j).sum((1, 2))[:, None, None]
-    si, sj = np.sqrt((P * (i - mi) ** 2).sum((1, 2))), np.sqrt((P * (j - mj) ** 2).sum((1, 2)))
-    cov, sd = (P * (i - mi) * (j - mj)).sum((1, 2)), si * sj
     f = dict(
         contrast=(P * (i - j) ** 2).sum((1, 2)),
         homogeneity=(P / (1 + (i - j) ** 2)).sum((1, 2)),
         energy=(P**2).sum((1, 2)),
-        correlation=np.where(sd > 0, cov / np.where(sd > 0, sd, 1), 1.0),
+        correlation=_correlation(P, i, j),
         entropy=-(P * np.log2(np.where(P > 0, P, 1))).sum((1, 2)),
     )
     return {f'glcm_{k}': float(v.mean()) for k, v in f.items()}
 
 # %% ../../nbs/06a_data.radiomics.ipynb #50cadaf3
 def quantise(
-    x: np.ndarray,  # the intensities
+    values: np.ndarray,  # the intensities
     levels: int = 16,  # the number of grey levels
-    lo: float | None = None,  # lower end of the bins (None: p1 of `x`)
-    hi: float | None = None,  # upper end of the bins (None: p99 of `x`)
+    lower: float | None = None,  # lower end of the bins (None: p1 of `values`)
+    upper: float | None = None,  # upper end of the bins (None: p99 of `values`)
 ) -> np.ndarray:
-    "Grey levels 0..levels-1: equal bins between `lo` and `hi`, clipped at both ends."
-    x = np.asarray(x, np.float64)
-    if lo is None or hi is None:
-        lo, hi = np.percentile(x, [1, 99])
-    if not hi > lo:
+    "Grey levels 0..levels-1: equal bins between `lower` and `upper`, clipped at both ends."
+    x = np.asarray(values, np.float64)
+    if lower is None or upper is None:
+        lower, upper = np.percentile(x, [1, 99])
+    if not upper > lower:
         return np.zeros(x.shape, np.int64)
-    return np.clip(np.floor((x - lo) / (hi - lo) * levels), 0, levels - 1).astype(np.int64)
+    return np.clip(np.floor((x - lower) / (upper - lower) * levels), 0, levels - 1).astype(np.int64)
 
 # %% ../../nbs/06a_data.radiomics.ipynb #d45387ca
 def central_roi(
@@ -130,32 +149,20 @@ def background_ring(
     dist = ndimage.distance_transform_edt(~roi, sampling=spacing)
     return (dist > 0) & (dist <= ring_mm) & body
 
+# %% ../../nbs/06a_data.radiomics.ipynb #e0feccaa
+EXAM_FEATURES = ('volume_ml', 'diameter_mm', 'mean', 'sd', 'p10', 'p50', 'p90', 'skewness', 'kurtosis',
+                 'ring_contrast', 'ring_z', 'low_frac', 'high_frac', *(f'glcm_{k}' for k in GLCM_FEATURES))
+
 # %% ../../nbs/06a_data.radiomics.ipynb #4190fc37
-EXAM_FEATURES = (
-    'volume_ml',
-    'diameter_mm',
-    'mean',
-    'sd',
-    'p10',
-    'p50',
-    'p90',
-    'skewness',
-    'kurtosis',
-    'ring_contrast',
-    'ring_z',
-    'low_frac',
-    'high_frac',
-    *(f'glcm_{k}' for k in GLCM_FEATURES),
-)
-
-
-def _arrays(volume, mask, spacing):
+def _arrays(
+    volume,  # the image: a Volume or an array
+    mask,  # its mask: a Volume, an array or None
+    spacing,  # voxel size (mm), or None: the volume's (1 mm for a bare array)
+) -> tuple:
     "Image (float64), region (bool) and spacing from Volumes or arrays."
     img = np.asarray(getattr(volume, 'data', volume), np.float64)
     img = img[..., None] if img.ndim == 2 else img
-    spacing = tuple(
-        float(s) for s in (spacing or getattr(volume, 'spacing', None) or (1.0, 1.0, 1.0))
-    )
+    spacing = tuple(float(s) for s in (spacing or getattr(volume, 'spacing', None) or (1.0, 1.0, 1.0)))
     if mask is None:
         return img, None, spacing
     m = np.asarray(getattr(mask, 'data', mask)) > 0
@@ -165,20 +172,32 @@ def _arrays(volume, mask, spacing):
     return img, m, spacing
 
 # %% ../../nbs/06a_data.radiomics.ipynb #9420f983
-def _crop(roi: np.ndarray, margin) -> tuple:
+def _crop(
+    roi: np.ndarray,  # the region (not empty)
+    margin,  # voxels to add per axis
+) -> tuple:
     "The bounding box of `roi`, widened by `margin` voxels per axis."
     box = ndimage.find_objects(roi.astype(np.int8))[0]
-    return tuple(
-        slice(max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(box, margin, roi.shape)
-    )
+    return tuple(slice(max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(box, margin, roi.shape))
 
-# %% ../../nbs/06a_data.radiomics.ipynb #4b4eabd3
-def _intensity(x: np.ndarray, r: np.ndarray, cfg) -> dict:
-    "Intensity features of lesion values `x` relative to ring values `r`."
-    f = dict.fromkeys(EXAM_FEATURES[2:13], math.nan)
+# %% ../../nbs/06a_data.radiomics.ipynb #3c154aff
+def _moments(
+    x: np.ndarray,  # the lesion's intensities
+) -> dict:
+    "Skewness and excess kurtosis of `x` (both 0 for a constant region)."
     sd = x.std()
     z = (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
-    f.update(skewness=float((z**3).mean()), kurtosis=float((z**4).mean() - 3) if sd > 0 else 0.0)
+    return dict(skewness=float((z**3).mean()), kurtosis=float((z**4).mean() - 3) if sd > 0 else 0.0)
+
+# %% ../../nbs/06a_data.radiomics.ipynb #4b4eabd3
+def _intensity(
+    x: np.ndarray,  # the lesion's intensities
+    r: np.ndarray,  # the ring's intensities
+    cfg,  # the low/high thresholds and the least ring size
+) -> dict:
+    "Intensity features of lesion values `x` relative to ring values `r`."
+    f = dict.fromkeys(EXAM_FEATURES[2:13], math.nan)
+    f.update(_moments(x))
     med = float(np.median(r)) if len(r) >= cfg.min_ring else math.nan
     if not med > 0:
         return f
@@ -196,6 +215,17 @@ def _intensity(x: np.ndarray, r: np.ndarray, cfg) -> dict:
         high_frac=float((x > cfg.high * med).mean()),
     )
     return f
+
+# %% ../../nbs/06a_data.radiomics.ipynb #52adfdc3
+def _texture(
+    I: np.ndarray,  # the crop of the image
+    M: np.ndarray,  # the region in the crop
+    x: np.ndarray,  # the region's intensities
+    cfg,  # the grey levels
+) -> dict:
+    "The GLCM features of the region."
+    lo, hi = np.percentile(x, [1, 99])
+    return glcm_features(glcm(quantise(I, cfg.levels, lo, hi), M, cfg.levels))
 
 # %% ../../nbs/06a_data.radiomics.ipynb #28cf3c7b
 def exam_features(
@@ -215,20 +245,21 @@ def exam_features(
     else:
         m = central_roi(img.shape, cfg.central)
     if m.any():
-        body = cfg.body_frac * np.percentile(img, 99)
         box = _crop(m, [math.ceil(cfg.ring_mm / s) + 1 for s in sp])
         I, M = img[box], m[box]
-        x, r = I[M], I[background_ring(M, I > body, sp, cfg.ring_mm)]
+        x, r = I[M], I[background_ring(M, I > cfg.body_frac * np.percentile(img, 99), sp, cfg.ring_mm)]
         f.update(_intensity(x, r, cfg))
-        lo, hi = np.percentile(x, [1, 99])
-        f.update(glcm_features(glcm(quantise(I, cfg.levels, lo, hi), M, cfg.levels)))
+        f.update(_texture(I, M, x, cfg))
     return {f'{sequence}_{k}' if sequence else k: v for k, v in f.items()}
 
 # %% ../../nbs/06a_data.radiomics.ipynb #2679acbc
-VOLUME_FLOOR_ML = 1e-3
-
-
-def _exam(patient: Patient, tp: str, seq: str, masks: dict, cfg) -> dict:
+def _exam(
+    patient: Patient,  # the patient
+    tp: str,  # the timepoint
+    seq: str,  # the sequence
+    masks: dict,  # mask path -> mask already read (filled in here)
+    cfg,  # feature settings
+) -> dict:
     "The features of one exam of `patient` (NaN when it is missing); errors name the patient and file."
     if not patient.has(tp, seq):
         return dict.fromkeys(EXAM_FEATURES, math.nan)
@@ -239,6 +270,25 @@ def _exam(patient: Patient, tp: str, seq: str, masks: dict, cfg) -> dict:
         return exam_features(ref.load(), masks[ref.mask], cfg=cfg)
     except LiverPcrError as e:
         raise CohortError(f'patient {patient.id}, {tp}/{seq} ({ref.image}): {e}') from None
+
+# %% ../../nbs/06a_data.radiomics.ipynb #11c86ac8
+VOLUME_FLOOR_ML = 1e-3  # mL: a vanished lesion counts as this in the volume's log ratio
+
+
+def _changes(
+    out: dict,  # the exam features `{timepoint}_{sequence}_{feature}`
+    timepoints: list,  # baseline first
+    sequences: list,  # the sequences
+) -> dict:
+    "`delta_{timepoint}_{sequence}_{feature}` of each later exam and the log ratio of its volume."
+    base, d = timepoints[0], {}
+    for tp in timepoints[1:]:
+        for s in sequences:
+            for k in EXAM_FEATURES:
+                d[f'delta_{tp}_{s}_{k}'] = out[f'{tp}_{s}_{k}'] - out[f'{base}_{s}_{k}']
+            v0, v1 = (np.maximum(out[f'{t}_{s}_volume_ml'], VOLUME_FLOOR_ML) for t in (base, tp))
+            d[f'logratio_{tp}_{s}_volume_ml'] = float(np.log(v1 / v0))
+    return d
 
 # %% ../../nbs/06a_data.radiomics.ipynb #1eaa37a6
 def patient_features(
@@ -252,48 +302,38 @@ def patient_features(
     for tp in timepoints:
         for s in sequences:
             out.update({f'{tp}_{s}_{k}': v for k, v in _exam(patient, tp, s, masks, cfg).items()})
-    base = timepoints[0]
-    for tp in timepoints[1:]:
-        for s in sequences:
-            for k in EXAM_FEATURES:
-                out[f'delta_{tp}_{s}_{k}'] = out[f'{tp}_{s}_{k}'] - out[f'{base}_{s}_{k}']
-            v0, v1 = (np.maximum(out[f'{t}_{s}_volume_ml'], VOLUME_FLOOR_ML) for t in (base, tp))
-            out[f'logratio_{tp}_{s}_volume_ml'] = float(np.log(v1 / v0))
+    out.update(_changes(out, timepoints, sequences))
     return out
 
 # %% ../../nbs/06a_data.radiomics.ipynb #07d25abc
 FEATURE_VERSION = 1  # bump when a feature's definition changes: old caches are then ignored
 
-
+# %% ../../nbs/06a_data.radiomics.ipynb #076af13f
 def radiomics_cache_path(
-    cohort: Cohort, timepoints: list, sequences: list, cfg: RadiomicsConfig
+    cohort: Cohort,  # the cohort
+    timepoints: list,  # the timepoints read
+    sequences: list,  # the sequences read
+    cfg: RadiomicsConfig,  # feature settings
 ) -> Path:
     "Where the table of `cohort` for these parameters is cached."
-    params = json.dumps(
-        dict(
-            version=FEATURE_VERSION,
-            timepoints=list(timepoints),
-            sequences=list(sequences),
-            cfg=asdict(cfg),
-        ),
-        sort_keys=True,
-    )
-    path = (
-        cache_dir()
-        / 'radiomics'
-        / f'{cohort.fingerprint()}-{hashlib.sha256(params.encode()).hexdigest()[:12]}.csv'
-    )
+    params = dict(version=FEATURE_VERSION, timepoints=list(timepoints), sequences=list(sequences), cfg=asdict(cfg))
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / 'radiomics' / f'{cohort.fingerprint()}-{key}.csv'
     return check_out_path(path, cohort=cohort.root)
 
 # %% ../../nbs/06a_data.radiomics.ipynb #402e57c7
-def _read_cache(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(
-        path, index_col='patient_id', dtype={'patient_id': str}, float_precision='round_trip'
-    )
+def _read_cache(
+    path: Path,  # a cached table
+) -> pd.DataFrame:
+    "The cached table, every value a float64."
+    df = pd.read_csv(path, index_col='patient_id', dtype={'patient_id': str}, float_precision='round_trip')
     return df.astype(np.float64)
 
 # %% ../../nbs/06a_data.radiomics.ipynb #86f05c66
-def _one(args):
+def _one(
+    args,  # (patient, timepoints, sequences, cfg)
+):
+    "One patient's features: a job, one worker process each when parallel."
     return patient_features(*args)
 
 # %% ../../nbs/06a_data.radiomics.ipynb #713436d6
@@ -308,30 +348,15 @@ def radiomics_table(
 ) -> pd.DataFrame:
     "Delta-radiomics features of every patient (rows: patient_id; columns sorted), cached on disk."
     tps, seqs = list(timepoints or cohort.timepoints), list(sequences or cohort.sequences)
-    bad = [t for t in tps if t not in cohort.timepoints] + [
-        s for s in seqs if s not in cohort.sequences
-    ]
-    if bad:
-        raise ConfigError(
-            f'{cohort.root}: unknown timepoint(s)/sequence(s) {bad}; the cohort has {cohort.timepoints} and {cohort.sequences}'
-        )
+    _check_known(cohort, tps, seqs)
     path = radiomics_cache_path(cohort, tps, seqs, cfg)
     if cache and path.exists():
         return _read_cache(path)
-    jobs, bar = (
-        [(p, tps, seqs, cfg) for p in cohort],
-        dict(total=len(cohort), desc='radiomics', disable=not show_progress or None),
-    )
-    if n_jobs > 1:
-        import multiprocessing as mp
-
-        with mp.get_context('fork').Pool(n_jobs) as pool:
-            rows = list(progress(pool.imap(_one, jobs, chunksize=4), **bar))
-    else:
-        rows = [_one(j) for j in progress(jobs, **bar)]
-    df = pd.DataFrame(
-        rows, index=pd.Index(cohort.ids, name='patient_id'), dtype=np.float64
-    ).sort_index(axis=1)
+    jobs = [(p, tps, seqs, cfg) for p in cohort]
+    rows = _map_jobs(_one, jobs, n_jobs, chunksize=4, total=len(cohort), desc='radiomics',
+                     disable=not show_progress or None)
+    df = pd.DataFrame(rows, index=pd.Index(cohort.ids, name='patient_id'), dtype=np.float64)
+    df = df.sort_index(axis=1)
     if cache:
         with atomic_path(path) as tmp:
             df.to_csv(tmp)
