@@ -19,40 +19,37 @@ from .compare import markdown_table
 # %% auto #0
 __all__ = ['SHOWN', 'ablations', 'ablation_table', 'run_ablation', 'cmd_ablate']
 
-# %% ../../nbs/09a_evaluate.ablation.ipynb #13929cb6
-def _sequence_ablations(
+# %% ../../nbs/09a_evaluate.ablation.ipynb #72e80ec0
+def _leave_one_out(
+    parts,  # the parts of one kind (sequences, timepoints, relation parts)
+) -> dict:
+    "Each part, with the tuple of the others; nothing when there is only one part."
+    return {x: tuple(i for i in parts if i != x) for x in parts} if len(parts) > 1 else {}
+
+# %% ../../nbs/09a_evaluate.ablation.ipynb #913e920f
+def _part_ablations(
     base: ModelConfig,  # the full model
     seqs: list,  # its sequences
-) -> dict[str, ModelConfig]:
-    "One variant without each sequence (none when there is only one)."
-    if len(seqs) < 2:
-        return {}
-    return {f'-{s}': replace(base, name=f'-{s}', sequences=tuple(x for x in seqs if x != s)) for s in seqs}
-
-# %% ../../nbs/09a_evaluate.ablation.ipynb #47085c14
-def _timepoint_ablations(
-    base: ModelConfig,  # the full model
     tps: list,  # its timepoints
 ) -> dict[str, ModelConfig]:
-    "One variant without each timepoint; with one timepoint left, a single-timepoint model."
-    if len(tps) < 2:
-        return {}
-    rest = {t: tuple(x for x in tps if x != t) for t in tps}
-    return {f'-{t}': replace(base, name=f'-{t}', timepoints=r, temporal='relation' if len(r) > 1 else 'none')
-            for t, r in rest.items()}
+    "One variant without each sequence, then one without each timepoint."
+    out = {f'-{s}': replace(base, name=f'-{s}', sequences=rest) for s, rest in _leave_one_out(seqs).items()}
+    for t, rest in _leave_one_out(tps).items():
+        out[f'-{t}'] = replace(base, name=f'-{t}', timepoints=rest, temporal='relation' if len(rest) > 1 else 'none')
+    return out
 
-# %% ../../nbs/09a_evaluate.ablation.ipynb #bf6c3245
+# %% ../../nbs/09a_evaluate.ablation.ipynb #686e71b1
 def _relation_ablations(
     base: ModelConfig,  # the full model
     tps: list,  # its timepoints
 ) -> dict[str, ModelConfig]:
     "One variant without each part of the relation module (when it has more than one)."
     out = {}
-    if base.temporal == 'relation' and len(base.relation_parts) > 1:
-        for p in base.relation_parts:
+    if base.temporal == 'relation':
+        for p, rest in _leave_one_out(base.relation_parts).items():
             if p == 'traj' and base.head == 'linear' and len(tps) < 3:
                 continue  # a slope needs three timepoints: nothing to remove
-            out[f'-{p}'] = replace(base, name=f'-{p}', relation_parts=tuple(x for x in base.relation_parts if x != p))
+            out[f'-{p}'] = replace(base, name=f'-{p}', relation_parts=rest)
     return out
 
 # %% ../../nbs/09a_evaluate.ablation.ipynb #10548ecf
@@ -70,14 +67,14 @@ def _design_ablations(
             out['+radiomics'] = replace(base, name='+radiomics', radiomics=True)
     return out
 
-# %% ../../nbs/09a_evaluate.ablation.ipynb #bb695c68
+# %% ../../nbs/09a_evaluate.ablation.ipynb #0ccb4a48
 def ablations(
     cohort: Cohort,  # the cohort
     base: ModelConfig = STAGES['relation'],  # the full model
 ) -> dict[str, ModelConfig]:
     "The full model, each one-part-removed variant and (linear head) each design choice undone, by name."
     seqs, tps = list(base.sequences or cohort.sequences), list(base.timepoints or cohort.timepoints)
-    out = {'full': replace(base, name='full')} | _sequence_ablations(base, seqs) | _timepoint_ablations(base, tps)
+    out = {'full': replace(base, name='full')} | _part_ablations(base, seqs, tps)
     if base.use_labs and cohort.markers:
         out['-markers'] = replace(base, name='-markers', use_labs=False)
     out |= _relation_ablations(base, tps)
