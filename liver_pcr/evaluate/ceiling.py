@@ -14,7 +14,40 @@ from ..models.linear import fit_logistic
 # %% auto #0
 __all__ = ['ceiling_features', 'table_cv_auc']
 
-# %% ../../nbs/09b_evaluate.ceiling.ipynb #7243d044
+# %% ../../nbs/09b_evaluate.ceiling.ipynb #0ce0c520
+def _logit_share(
+    x,  # shares in [0, 1]
+):
+    "logit(x), with x clipped to [0.01, 0.99]."
+    return np.log(np.clip(x, 0.01, 0.99) / (1 - np.clip(x, 0.01, 0.99)))
+
+# %% ../../nbs/09b_evaluate.ceiling.ipynb #965cb1a1
+def _marker_changes(
+    t: pd.DataFrame,  # the truth table, indexed by patient_id
+    b: str,  # the baseline exam
+    tp: str,  # a later exam
+    producer: pd.Series,  # 1 for an AFP producer, else 0
+) -> dict:
+    "The markers' changes from `b` to `tp`, by column name."
+    dafp = np.log1p(t[f'afp_{tp}']) - np.log1p(t[f'afp_{b}'])
+    return {f'{tp}_dlog_afp': dafp * producer,
+            f'{tp}_afp_response': (t[f'afp_{tp}'] <= 0.5 * t[f'afp_{b}']) * producer,
+            f'{tp}_dlog_pivka_ii': np.log1p(t[f'pivka_ii_{tp}']) - np.log1p(t[f'pivka_ii_{b}'])}
+
+# %% ../../nbs/09b_evaluate.ceiling.ipynb #8724c685
+def _image_changes(
+    t: pd.DataFrame,  # the truth table, indexed by patient_id
+    b: str,  # the baseline exam
+    tp: str,  # a later exam
+) -> dict:
+    "The true image quantities' changes from `b` to `tp`, by column name."
+    n0, n1 = t[f'necrosis_{b}'], t[f'necrosis_{tp}']
+    return {f'{tp}_log_volume_ratio': 3 * np.log(t[f'radius_{tp}'] / t[f'radius_{b}']),
+            f'{tp}_logit_necrosis_gain': _logit_share((n1 - n0) / (1 - n0)),
+            f'{tp}_dlog_cell': np.log(t[f'cell_{tp}'] / t[f'cell_{b}']),
+            f'{tp}_dlog_enh': np.log(t[f'enh_{tp}'] / t[f'enh_{b}'])}
+
+# %% ../../nbs/09b_evaluate.ceiling.ipynb #581bcec8
 def ceiling_features(
     truth: pd.DataFrame,  # a truth table with each exam's quantities (`radius_{tp}`, `necrosis_{tp}`, ...)
     timepoints,  # the exams, baseline first
@@ -23,22 +56,25 @@ def ceiling_features(
     "The changes of the true per-exam quantities from baseline, in the clinicians' transforms (rows: patient_id)."
     t = truth.set_index('patient_id')
     b, out = timepoints[0], {}
-    logit = lambda x: np.log(np.clip(x, 0.01, 0.99) / (1 - np.clip(x, 0.01, 0.99)))
     out['afp_producer'] = (t[f'afp_{b}'] > AFP_PRODUCER).astype(float)
     for tp in timepoints[1:]:
-        dafp = np.log1p(t[f'afp_{tp}']) - np.log1p(t[f'afp_{b}'])
-        out[f'{tp}_dlog_afp'] = dafp * out['afp_producer']
-        out[f'{tp}_afp_response'] = (t[f'afp_{tp}'] <= 0.5 * t[f'afp_{b}']) * out['afp_producer']
-        out[f'{tp}_dlog_pivka_ii'] = np.log1p(t[f'pivka_ii_{tp}']) - np.log1p(t[f'pivka_ii_{b}'])
+        out |= _marker_changes(t, b, tp, out['afp_producer'])
         if not markers_only:
-            n0, n1 = t[f'necrosis_{b}'], t[f'necrosis_{tp}']
-            out[f'{tp}_log_volume_ratio'] = 3 * np.log(t[f'radius_{tp}'] / t[f'radius_{b}'])
-            out[f'{tp}_logit_necrosis_gain'] = logit((n1 - n0) / (1 - n0))
-            out[f'{tp}_dlog_cell'] = np.log(t[f'cell_{tp}'] / t[f'cell_{b}'])
-            out[f'{tp}_dlog_enh'] = np.log(t[f'enh_{tp}'] / t[f'enh_{b}'])
+            out |= _image_changes(t, b, tp)
     return pd.DataFrame(out, index=t.index).astype(float)
 
-# %% ../../nbs/09b_evaluate.ceiling.ipynb #d721353a
+# %% ../../nbs/09b_evaluate.ceiling.ipynb #2bf89e18
+def _zscorer(
+    X: pd.DataFrame,  # features (rows: patient_id)
+    fit: list,  # the patients whose mean and SD standardise
+):
+    "A function of patient ids: their rows of `X`, standardised, as an array."
+    A = X.loc[fit]
+    mu, sd = A.mean(), A.std(ddof=0)
+    sd = sd.where(sd > 1e-12, np.inf)
+    return lambda ids: ((X.loc[ids].fillna(mu) - mu) / sd).fillna(0.0).to_numpy()
+
+# %% ../../nbs/09b_evaluate.ceiling.ipynb #92fe7e36
 def table_cv_auc(
     table: pd.DataFrame,  # features (rows: patient_id)
     splits,  # the folds (`liver_pcr.data.dataset.cohort_splits`)
@@ -50,10 +86,7 @@ def table_cv_auc(
     oof = pd.Series(np.nan, index=[i for s in splits for i in s.test])
     for s in splits:
         fit = list(s.train) + list(s.val)
-        A = X.loc[fit]
-        mu, sd = A.mean(), A.std(ddof=0)
-        sd = sd.where(sd > 1e-12, np.inf)
-        z = lambda ids: ((X.loc[ids].fillna(mu) - mu) / sd).fillna(0.0).to_numpy()
+        z = _zscorer(X, fit)
         r = fit_logistic(z(fit), labels[fit].to_numpy().astype(int), seed=seed + s.fold)
         oof[list(s.test)] = z(list(s.test)) @ r['coef'] + r['bias']
     return auc(labels[oof.index].astype(int), oof), oof
