@@ -79,6 +79,24 @@ bench: $(STAMP)
 clean:
 	rm -rf _docs _proc build dist *.egg-info
 
-# README.md is rendered from nbs/index.ipynb (nbdev-readme needs quarto, which may be absent)
+# README.md is rendered from nbs/index.ipynb (nbdev-readme needs quarto, which may be absent): `#| hide` cells are
+# dropped and `#|` lines removed from the others (in a temporary copy); nbconvert writes the Markdown
 readme: $(STAMP)
-	$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb 2>/dev/null | sed -e '/^```python$$/,/^```$$/{/^#|/d}' -e 's#](images/#](nbs/images/#g' > README.md
+	set -o pipefail; tmp=$$(mktemp -d) && \
+	$(BIN)/python -c "$$README_FILTER" nbs/index.ipynb $$tmp/index.ipynb && \
+	$(BIN)/jupyter nbconvert --to markdown --stdout $$tmp/index.ipynb 2>/dev/null | sed -e 's#](images/#](nbs/images/#g' | cat -s > README.md; \
+	rc=$$?; rm -rf $$tmp; exit $$rc
+
+define README_FILTER
+import json, re, sys
+nb = json.load(open(sys.argv[1]))
+hidden = re.compile(r'^#\|\s*hide\s*$$', re.M)
+cells = [c for c in nb['cells'] if c['cell_type'] != 'code' or not hidden.search(''.join(c['source']))]
+for c in cells:
+    if c['cell_type'] == 'code':
+        c['source'] = [line for line in c['source'] if not line.startswith('#|')]
+nb['cells'] = cells
+nb['metadata']['language_info'] = {'name': 'python'}  # nbconvert then fences the code as python
+json.dump(nb, open(sys.argv[2], 'w'))
+endef
+export README_FILTER
