@@ -145,3 +145,40 @@ def test_tutorials_use_the_public_api_only():
             private = [n.strip() for n in m.group(1).split(',') if n.strip().startswith('_')]
             assert not private, f'{nb.name}: imports private {private}'
         assert not re.search(r'liver_pcr(?:\.\w+)*\._\w', code), f'{nb.name}: uses a private liver_pcr name'
+
+
+# --- exercises: one section per tutorial, tagged cells committed without their outputs
+
+def _cells(nb):
+    return json.loads(Path(nb).read_text())['cells']
+
+@pytest.mark.parametrize('nb', TUTORIALS, ids=lambda p: p.stem)
+def test_one_exercises_section_and_silent_exercise_cells(nb):
+    cells = _cells(nb)
+    heads = [c for c in cells if c['cell_type'] == 'markdown'
+             and any(l.strip() == '## Exercises' for l in ''.join(c['source']).splitlines())]
+    assert len(heads) == 1, f'{nb.name}: {len(heads)} "## Exercises" sections'
+    ex = [c for c in cells if 'exercise' in c.get('metadata', {}).get('tags', [])]
+    assert ex and all(c['cell_type'] == 'code' for c in ex), nb.name
+    assert all(not c['outputs'] for c in ex), f'{nb.name}: an exercise cell has outputs (a spoiler)'
+    start = cells.index(heads[0])
+    assert all(cells.index(c) > start for c in ex), f'{nb.name}: an exercise before its section'
+
+def test_at_most_five_code_cells_print_markdown():
+    "Prose lives in Markdown cells; code that prints Markdown is kept for tables."
+    n = sum(any('text/markdown' in o.get('data', {}) for o in c.get('outputs', []))
+            for nb in TUTORIALS for c in _cells(nb) if c['cell_type'] == 'code')
+    assert n <= 5, n
+
+def test_check_flags_an_exercise_committed_with_its_output(tmp_path):
+    res = {'output_type': 'execute_result', 'data': {'text/plain': '0.8'}, 'metadata': {},
+           'execution_count': 1}
+    nb = _plant(tmp_path/'ex.ipynb', _figure(png=True), res)
+    d = json.loads(nb.read_text())
+    d['cells'][2]['metadata']['tags'] = ['exercise']
+    nb.write_text(json.dumps(d))
+    probs = check_outputs(nb)
+    assert probs == [f'{nb}: cell 2: an exercise committed with its output (commit it without: the student runs it)']
+    d['cells'][2]['outputs'] = []
+    nb.write_text(json.dumps(d))
+    assert check_outputs(nb) == []
