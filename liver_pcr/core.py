@@ -26,11 +26,11 @@ class LiverPcrError(Exception):
         self.problems = [problems] if isinstance(problems, str) else [str(p) for p in problems]
         super().__init__('\n'.join(self.problems))
 
-# %% ../nbs/00_core.ipynb #019c2a82
+# %% ../nbs/00_core.ipynb #5800301f
 class CohortError(LiverPcrError):
     "A problem with the data of a cohort (missing files, bad values, ...)."
 
-# %% ../nbs/00_core.ipynb #280f3d0f
+
 class ConfigError(LiverPcrError):
     "A problem with a configuration or command-line choice."
 
@@ -209,7 +209,25 @@ def _named_columns(
         raise _file_error(path, f'column {full[0]} has values but no name (its header cell is empty)')
     return df.iloc[:, [i for i in range(len(names)) if i not in empty]]
 
-# %% ../nbs/00_core.ipynb #faaf585d
+# %% ../nbs/00_core.ipynb #6e575526
+def _parse_csv(
+    path,  # the file, for messages
+    text: str,  # its text
+) -> tuple:
+    "The table as strings, its header row as written, and pandas' warnings; `LiverPcrError` if it is not CSV."
+    import io, warnings, pandas as pd
+
+    kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # index_col=False: a trailing comma never shifts the columns
+            warnings.simplefilter('always', pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(text), **kw)
+        head = pd.read_csv(io.StringIO(text), header=None, nrows=1, **kw)  # the names as written
+    except Exception as e:
+        raise _file_error(path, f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})') from None
+    return df, head, caught
+
+# %% ../nbs/00_core.ipynb #162fd90a
 def read_table(
     path,  # a CSV file
     required=(),  # the columns it must have
@@ -218,24 +236,13 @@ def read_table(
     warn=None,  # called with the reason when rows have more values than the header (None: raise)
 ):
     "A CSV file as a table of stripped strings; `LiverPcrError` naming the file if it cannot be used."
-    import io, warnings, pandas as pd
+    import pandas as pd
 
     path = Path(path).expanduser()
     text = _file_text(path, what)
     if not text.strip():
         raise _file_error(path, 'is empty (a header line is expected)')
-    kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
-    try:
-        with warnings.catch_warnings(
-            record=True
-        ) as caught:  # index_col=False: a trailing comma never shifts the columns
-            warnings.simplefilter('always', pd.errors.ParserWarning)
-            df = pd.read_csv(io.StringIO(text), **kw)
-        head = pd.read_csv(io.StringIO(text), header=None, nrows=1, **kw)  # the names as written
-    except Exception as e:
-        raise _file_error(
-            path, f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})'
-        ) from None
+    df, head, caught = _parse_csv(path, text)
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
         if warn is None:
             raise _file_error(path, 'some rows have more values than the header has columns')
