@@ -26,7 +26,7 @@ class LiverPcrError(Exception):
         self.problems = [problems] if isinstance(problems, str) else [str(p) for p in problems]
         super().__init__('\n'.join(self.problems))
 
-# %% ../nbs/00_core.ipynb #5800301f
+# %% ../nbs/00_core.ipynb #62052cd7
 class CohortError(LiverPcrError):
     "A problem with the data of a cohort (missing files, bad values, ...)."
 
@@ -209,7 +209,7 @@ def _named_columns(
         raise _file_error(path, f'column {full[0]} has values but no name (its header cell is empty)')
     return df.iloc[:, [i for i in range(len(names)) if i not in empty]]
 
-# %% ../nbs/00_core.ipynb #6e575526
+# %% ../nbs/00_core.ipynb #7bc68c96
 def _parse_csv(
     path,  # the file, for messages
     text: str,  # its text
@@ -227,7 +227,7 @@ def _parse_csv(
         raise _file_error(path, f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})') from None
     return df, head, caught
 
-# %% ../nbs/00_core.ipynb #162fd90a
+# %% ../nbs/00_core.ipynb #1efd9db5
 def read_table(
     path,  # a CSV file
     required=(),  # the columns it must have

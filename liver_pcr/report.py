@@ -23,7 +23,7 @@ from .evaluate.ablation import run_ablation
 __all__ = ['DEMO_MODELS', 'DEMO_PATIENTS', 'TRIPOD_AI', 'REPORT_FIGURES', 'COMPARISON_COLUMNS', 'REPORT_TEMPLATE',
            'REPORT_SECTIONS', 'demo_cohort', 'report_context', 'render_report', 'write_report', 'run_demo', 'cmd_demo']
 
-# %% ../nbs/13_report.ipynb #ffb83f7f
+# %% ../nbs/13_report.ipynb #b17e5bd5
 DEMO_MODELS = MODEL_NAMES
 
 
@@ -31,7 +31,7 @@ def _say(msg, quiet=False):
     if not quiet:
         print(msg, flush=True)
 
-# %% ../nbs/13_report.ipynb #484ea625
+# %% ../nbs/13_report.ipynb #3be5e397
 DEMO_PATIENTS = 120
 
 
@@ -55,7 +55,7 @@ def demo_cohort(
     tt = make_cohort(out / 'cohort', cfg, truth=out / 'truth.csv', overwrite=True, show_progress=False)
     return Cohort.load(out / 'cohort'), tt
 
-# %% ../nbs/13_report.ipynb #c011d3ea
+# %% ../nbs/13_report.ipynb #6fe5d90a
 def _truth_aucs(
     c: Cohort,  # the demo's cohort
     tt: pd.DataFrame | None,  # its generator truth
@@ -73,7 +73,7 @@ def _truth_aucs(
     feats = ceiling_features(tt, c.timepoints).reindex(lab.index)
     return oracle_auc(tt), table_cv_auc(feats, cohort_splits(c, n_folds, seed), lab, seed)[0]
 
-# %% ../nbs/13_report.ipynb #c70b9eac
+# %% ../nbs/13_report.ipynb #b5bf0020
 def _checked_cohort(out: Path, patients, seed: int, sample: bool, n_folds: int, quiet: bool) -> tuple:
     "The demo's cohort, validated, its truth, oracle AUC and ceiling; `out` created, never inside the sample."
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def _checked_cohort(out: Path, patients, seed: int, sample: bool, n_folds: int, 
     _say(f'cohort {c.name!r}: {len(c)} patients, {int(c.labels.sum())} pCR' + truth, quiet)
     return c, tt, oracle, ceiling
 
-# %% ../nbs/13_report.ipynb #dc3c1b54
+# %% ../nbs/13_report.ipynb #b0da01ec
 def _model_kw(
     model: str,  # a model name
     settings: dict,  # n_folds, seed, preset_name, epochs, weights, head
@@ -94,7 +94,7 @@ def _model_kw(
     ref = is_reference(model)
     return dict(settings, weights=None if ref else settings['weights'], head=None if ref else settings['head'])
 
-# %% ../nbs/13_report.ipynb #5124768c
+# %% ../nbs/13_report.ipynb #8a6b74f7
 def _fit_in_parallel(c: Cohort, out: Path, settings: dict, jobs: int, ray, ray_shared_fs: bool):
     "Fit every demo model's folds in `jobs` worker processes, or on Ray."
     from liver_pcr.jobs import fit_folds
@@ -102,7 +102,7 @@ def _fit_in_parallel(c: Cohort, out: Path, settings: dict, jobs: int, ray, ray_s
     runs = [(c, m, out / 'runs' / m, _model_kw(m, settings)) for m in DEMO_MODELS]
     fit_folds(runs, jobs, ray, ray_shared_fs, afresh=True)
 
-# %% ../nbs/13_report.ipynb #605d2582
+# %% ../nbs/13_report.ipynb #230d7761
 def _cross_validate(c: Cohort, out: Path, settings: dict, n_boot: int, quiet: bool) -> dict:
     "Cross-validate every demo model into `out/runs`; return the seconds each took."
     times = {}
@@ -114,7 +114,7 @@ def _cross_validate(c: Cohort, out: Path, settings: dict, n_boot: int, quiet: bo
         _say(f"[{i + 1}/{len(DEMO_MODELS)}] {m:9s} AUC {r['auc']:.3f} {ci}  ({times[m]:.0f} s)", quiet)
     return times
 
-# %% ../nbs/13_report.ipynb #cd1085b4
+# %% ../nbs/13_report.ipynb #e1665129
 def _demo_ablations(c: Cohort, out: Path, settings: dict, n_boot: int, quiet: bool, jobs: int, ray, ray_shared_fs: bool):
     "The ablation table of the relation model, and the seconds it took."
     from liver_pcr.train.cv import model_config
@@ -127,7 +127,7 @@ def _demo_ablations(c: Cohort, out: Path, settings: dict, n_boot: int, quiet: bo
                        show_progress=not quiet, n_boot=n_boot, jobs=jobs, ray=ray, ray_shared_fs=ray_shared_fs)
     return abl, time.time() - t1
 
-# %% ../nbs/13_report.ipynb #a1c0109c
+# %% ../nbs/13_report.ipynb #fcc3579a
 def _closing_words(c: Cohort, cmp: pd.DataFrame, rep: Path, total: float, quiet: bool):
     "Print the comparison, the small-cohort warning, and the report's path."
     _say('\n' + cmp.attrs['markdown'], quiet)
@@ -139,7 +139,7 @@ def _closing_words(c: Cohort, cmp: pd.DataFrame, rep: Path, total: float, quiet:
         )
     _say(f'\nreport: {rep.resolve()}  ({total / 60:.1f} min)', quiet)
 
-# %% ../nbs/13_report.ipynb #79de497c
+# %% ../nbs/13_report.ipynb #d4e5f21a
 TRIPOD_AI = [
     ('Source of data', 'the cohort (name, folder) and how it was made: synthetic generator and seed, or your own data'),
     ('Participants', 'patients, labelled patients, pCR share; coverage of timepoints × sequences; marker missingness'),
@@ -164,7 +164,7 @@ TRIPOD_AI = [
     ('Limitations', 'small cohorts give wide intervals; synthetic data are not patients; no external validation in this report'),
 ]
 
-# %% ../nbs/13_report.ipynb #d0c6ebbe
+# %% ../nbs/13_report.ipynb #7d9a3df5
 REPORT_FIGURES = ('roc.png', 'calibration.png', 'decision_curve.png')
 
 
@@ -174,7 +174,7 @@ def _png_uri(
     "The file as a `data:image/png;base64,...` URI."
     return 'data:image/png;base64,' + base64.b64encode(Path(path).read_bytes()).decode()
 
-# %% ../nbs/13_report.ipynb #a94399ca
+# %% ../nbs/13_report.ipynb #e7fd2b72
 def _figures(
     out: Path,  # the demo's output folder (its comparison/ holds the figures)
 ) -> list[str]:
@@ -182,14 +182,14 @@ def _figures(
     figs = [Path(out) / 'comparison' / f for f in REPORT_FIGURES]
     return [_png_uri(f) for f in figs if f.exists()]
 
-# %% ../nbs/13_report.ipynb #0fb6abfd
+# %% ../nbs/13_report.ipynb #c5cc2456
 def _table(
     df: pd.DataFrame,  # the table to show
 ) -> Markup:
     "The table as HTML (its cells escaped by pandas), marked safe for the template."
     return Markup(df.to_html(index=False, border=0, classes='t', float_format=lambda v: f'{v:.3f}', na_rep='—', escape=True))
 
-# %% ../nbs/13_report.ipynb #2d307ab8
+# %% ../nbs/13_report.ipynb #5ea7ef8a
 COMPARISON_COLUMNS = {
     'model': 'model', 'n': 'n', 'n_pos': 'pCR', 'AUC [95% CI]': 'AUC [95% CI]', 'sensitivity': 'sensitivity',
     'specificity': 'specificity', 'brier': 'Brier', 'calibration_slope': 'calibration slope',
@@ -209,7 +209,7 @@ def _comparison_table(
     names = {k: v.format(baseline=cmp.model.iat[0]) for k, v in COMPARISON_COLUMNS.items()}
     return cmp[list(names)].rename(columns=names)
 
-# %% ../nbs/13_report.ipynb #8cc39834
+# %% ../nbs/13_report.ipynb #d28775c7
 def _report_config(
     cmp: pd.DataFrame,  # the model comparison (its runs)
     preset_name: str,  # training preset
@@ -222,7 +222,7 @@ def _report_config(
     config = dict(preset=preset_name, n_folds=n_folds, seed=seed, runs=list(cmp.run), versions=versions(), seconds=seconds)
     return to_json(config)
 
-# %% ../nbs/13_report.ipynb #73e44aba
+# %% ../nbs/13_report.ipynb #d40e6260
 def report_context(
     out,  # output folder (its comparison/ holds the figures)
     cohort: Cohort,  # the cohort
@@ -245,7 +245,7 @@ def report_context(
         tripod=TRIPOD_AI, config_json=_report_config(cmp, preset_name, n_folds, seed, times),
     )
 
-# %% ../nbs/13_report.ipynb #149c9bef
+# %% ../nbs/13_report.ipynb #799c2cb4
 REPORT_TEMPLATE = 'report.html.j2'
 REPORT_SECTIONS = ('Comparison', 'ROC, calibration, decision curve', 'Ablations of the relation model', 'Cohort',
                    'What this report covers (TRIPOD+AI-style)', 'Configuration and versions')
@@ -260,7 +260,7 @@ def render_report(
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     return env.get_template(template).render(ctx)
 
-# %% ../nbs/13_report.ipynb #81cc2004
+# %% ../nbs/13_report.ipynb #ab59232c
 from fastcore.meta import delegates
 
 
@@ -275,7 +275,7 @@ def write_report(
     "Write the self-contained `report.html` into `out`."
     return write_text(Path(out) / 'report.html', render_report(report_context(out, cohort, cmp, abl, **kwargs)))
 
-# %% ../nbs/13_report.ipynb #727bc445
+# %% ../nbs/13_report.ipynb #9b6c7cef
 def run_demo(
     out='liver_pcr_demo',  # output folder
     preset_name: str = 'fast',  # training preset ('fast' or 'full')
@@ -312,7 +312,7 @@ def run_demo(
     _closing_words(c, cmp, rep, times['total'], quiet)
     return rep
 
-# %% ../nbs/13_report.ipynb #b2e71273
+# %% ../nbs/13_report.ipynb #e3a3722f
 def cmd_demo(args) -> int:
     "`liver-pcr demo`: the main job."
     run_demo(
