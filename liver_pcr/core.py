@@ -290,7 +290,10 @@ def check_out_path(
     return out
 
 # %% ../nbs/00_core.ipynb #15e48d77
-def progress(it=None, **kwargs):
+def progress(
+    iterable=None,  # what the bar iterates over
+    **kwargs,  # passed to tqdm
+):
     "A tqdm progress bar that fits the front end (notebook or terminal)."
     from tqdm.auto import tqdm
 
@@ -298,43 +301,46 @@ def progress(it=None, **kwargs):
         kwargs['disable'] = True
     kwargs.setdefault('disable', None)  # None: off when the output is not a terminal or notebook
     kwargs.setdefault('leave', False)
-    return tqdm(it, **kwargs)
+    return tqdm(iterable, **kwargs)
 
 # %% ../nbs/00_core.ipynb #8bd85842
 def first_items(
-    xs,  # the items
-    k: int = 5,  # how many to show
+    items,  # the items
+    count: int = 5,  # how many to show
 ) -> str:
-    "The first `k` items, and how many there are in all."
-    xs = list(xs)
-    more = f', … ({len(xs)} in all)' if len(xs) > k else ''
-    return ', '.join(map(str, xs[:k])) + more
+    "The first `count` items, and how many there are in all."
+    items = list(items)
+    more = f', … ({len(items)} in all)' if len(items) > count else ''
+    return ', '.join(map(str, items[:count])) + more
 
-# %% ../nbs/00_core.ipynb #1126234d
+# %% ../nbs/00_core.ipynb #edfc4d06
+def _report_error(
+    lines: list,  # what went wrong, one line each
+    debug: bool,  # print the traceback of the exception being handled first?
+    stderr,  # where the lines go
+) -> int:
+    "Print `error: ` and each line (after the traceback, with `debug`); the exit code, 1."
+    if debug:
+        traceback.print_exc(file=stderr)
+    for p in lines:
+        print(f"error: {p}", file=stderr)
+    return 1
+
+# %% ../nbs/00_core.ipynb #510eb053
 def run_main(
-    fn,  # the command to run
+    command,  # the command to run (called without arguments)
     debug: bool = False,  # whether to show tracebacks
     stderr=None,  # where the errors go (default: sys.stderr)
 ) -> int:
-    "Run `fn()`; turn errors into one line per problem and an exit code."
+    "Run `command()`; turn errors into one line per problem and an exit code."
     stderr = stderr or sys.stderr
     try:
-        rc = fn()
-        return int(rc or 0)
+        return int(command() or 0)
     except LiverPcrError as e:
-        if debug:
-            traceback.print_exc(file=stderr)
-        for p in e.problems:
-            print(f"error: {p}", file=stderr)
-        return 1
+        return _report_error(e.problems, debug, stderr)
     except KeyboardInterrupt:
         print("interrupted", file=stderr)
         return 130
     except Exception as e:
-        if debug:
-            traceback.print_exc(file=stderr)
-        print(
-            f"error: {type(e).__name__}: {e} (this is a bug in liver_pcr; rerun with --debug for the traceback)",
-            file=stderr,
-        )
-        return 1
+        bug = f"{type(e).__name__}: {e} (this is a bug in liver_pcr; rerun with --debug for the traceback)"
+        return _report_error([bug], debug, stderr)
