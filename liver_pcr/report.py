@@ -196,7 +196,7 @@ COMPARISON_COLUMNS = {
     'delong_p': 'DeLong p vs {baseline}',
 }
 
-
+# %% ../nbs/13_report.ipynb #60190a00
 def _comparison_table(
     cmp: pd.DataFrame,  # the model comparison (`compare_runs`)
 ) -> pd.DataFrame:
@@ -316,18 +316,8 @@ def run_demo(
 def cmd_demo(args) -> int:
     "`liver-pcr demo`: the main job."
     run_demo(
-        args.out,
-        args.preset,
-        patients=args.patients,
-        seed=args.seed,
-        n_folds=args.folds,
-        epochs=args.epochs,
-        ablate=args.ablation,
-        sample=args.sample,
-        weights=args.weights,
-        head=args.head,
-        jobs=getattr(args, 'jobs', 1),
-        ray=getattr(args, 'ray', None),
-        ray_shared_fs=not getattr(args, 'ray_no_shared_fs', False),
+        args.out, args.preset, patients=args.patients, seed=args.seed, n_folds=args.folds, epochs=args.epochs,
+        ablate=args.ablation, sample=args.sample, weights=args.weights, head=args.head, jobs=getattr(args, 'jobs', 1),
+        ray=getattr(args, 'ray', None), ray_shared_fs=not getattr(args, 'ray_no_shared_fs', False),
     )
     return 0

@@ -175,19 +175,10 @@ def explain_patient(
 # %% ../../nbs/12c_interpret.explain.ipynb #773517bd
 def _summary(px: PatientExplanation) -> dict:
     "What `ID_explanation.json` holds: prediction, fold, label, Δp per input, relation weights."
-    return dict(
-        patient=px.patient,
-        model=px.model,
-        fold=px.fold,
-        label=px.label,
-        p=px.p,
-        threshold=px.threshold,
-        delta_p={
-            f'{r.timepoint}/{r.sequence}': None if pd.isna(r.delta) else float(r.delta)
-            for r in px.contributions.itertuples()
-        },
-        relation_weights=None if px.relation is None else px.relation.round(4).to_dict(),
-    )
+    delta_p = {f'{r.timepoint}/{r.sequence}': None if pd.isna(r.delta) else float(r.delta) for r in px.contributions.itertuples()}
+    relation = None if px.relation is None else px.relation.round(4).to_dict()
+    return dict(patient=px.patient, model=px.model, fold=px.fold, label=px.label, p=px.p, threshold=px.threshold,
+                delta_p=delta_p, relation_weights=relation)
 
 # %% ../../nbs/12c_interpret.explain.ipynb #f317460f
 def _explain_reference(
