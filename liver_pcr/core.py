@@ -26,11 +26,11 @@ class LiverPcrError(Exception):
         self.problems = [problems] if isinstance(problems, str) else [str(p) for p in problems]
         super().__init__('\n'.join(self.problems))
 
-# %% ../nbs/00_core.ipynb #019c2a82
+# %% ../nbs/00_core.ipynb #62052cd7
 class CohortError(LiverPcrError):
     "A problem with the data of a cohort (missing files, bad values, ...)."
 
-# %% ../nbs/00_core.ipynb #280f3d0f
+
 class ConfigError(LiverPcrError):
     "A problem with a configuration or command-line choice."
 
@@ -209,7 +209,25 @@ def _named_columns(
         raise _file_error(path, f'column {full[0]} has values but no name (its header cell is empty)')
     return df.iloc[:, [i for i in range(len(names)) if i not in empty]]
 
-# %% ../nbs/00_core.ipynb #faaf585d
+# %% ../nbs/00_core.ipynb #7bc68c96
+def _parse_csv(
+    path,  # the file, for messages
+    text: str,  # its text
+) -> tuple:
+    "The table as strings, its header row as written, and pandas' warnings; `LiverPcrError` if it is not CSV."
+    import io, warnings, pandas as pd
+
+    kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # index_col=False: a trailing comma never shifts the columns
+            warnings.simplefilter('always', pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(text), **kw)
+        head = pd.read_csv(io.StringIO(text), header=None, nrows=1, **kw)  # the names as written
+    except Exception as e:
+        raise _file_error(path, f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})') from None
+    return df, head, caught
+
+# %% ../nbs/00_core.ipynb #1efd9db5
 def read_table(
     path,  # a CSV file
     required=(),  # the columns it must have
@@ -218,24 +236,13 @@ def read_table(
     warn=None,  # called with the reason when rows have more values than the header (None: raise)
 ):
     "A CSV file as a table of stripped strings; `LiverPcrError` naming the file if it cannot be used."
-    import io, warnings, pandas as pd
+    import pandas as pd
 
     path = Path(path).expanduser()
     text = _file_text(path, what)
     if not text.strip():
         raise _file_error(path, 'is empty (a header line is expected)')
-    kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
-    try:
-        with warnings.catch_warnings(
-            record=True
-        ) as caught:  # index_col=False: a trailing comma never shifts the columns
-            warnings.simplefilter('always', pd.errors.ParserWarning)
-            df = pd.read_csv(io.StringIO(text), **kw)
-        head = pd.read_csv(io.StringIO(text), header=None, nrows=1, **kw)  # the names as written
-    except Exception as e:
-        raise _file_error(
-            path, f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})'
-        ) from None
+    df, head, caught = _parse_csv(path, text)
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
         if warn is None:
             raise _file_error(path, 'some rows have more values than the header has columns')
@@ -283,7 +290,10 @@ def check_out_path(
     return out
 
 # %% ../nbs/00_core.ipynb #15e48d77
-def progress(it=None, **kwargs):
+def progress(
+    iterable=None,  # what the bar iterates over
+    **kwargs,  # passed to tqdm
+):
     "A tqdm progress bar that fits the front end (notebook or terminal)."
     from tqdm.auto import tqdm
 
@@ -291,43 +301,46 @@ def progress(it=None, **kwargs):
         kwargs['disable'] = True
     kwargs.setdefault('disable', None)  # None: off when the output is not a terminal or notebook
     kwargs.setdefault('leave', False)
-    return tqdm(it, **kwargs)
+    return tqdm(iterable, **kwargs)
 
 # %% ../nbs/00_core.ipynb #8bd85842
 def first_items(
-    xs,  # the items
-    k: int = 5,  # how many to show
+    items,  # the items
+    count: int = 5,  # how many to show
 ) -> str:
-    "The first `k` items, and how many there are in all."
-    xs = list(xs)
-    more = f', … ({len(xs)} in all)' if len(xs) > k else ''
-    return ', '.join(map(str, xs[:k])) + more
+    "The first `count` items, and how many there are in all."
+    items = list(items)
+    more = f', … ({len(items)} in all)' if len(items) > count else ''
+    return ', '.join(map(str, items[:count])) + more
 
-# %% ../nbs/00_core.ipynb #1126234d
+# %% ../nbs/00_core.ipynb #edfc4d06
+def _report_error(
+    lines: list,  # what went wrong, one line each
+    debug: bool,  # print the traceback of the exception being handled first?
+    stderr,  # where the lines go
+) -> int:
+    "Print `error: ` and each line (after the traceback, with `debug`); the exit code, 1."
+    if debug:
+        traceback.print_exc(file=stderr)
+    for p in lines:
+        print(f"error: {p}", file=stderr)
+    return 1
+
+# %% ../nbs/00_core.ipynb #510eb053
 def run_main(
-    fn,  # the command to run
+    command,  # the command to run (called without arguments)
     debug: bool = False,  # whether to show tracebacks
     stderr=None,  # where the errors go (default: sys.stderr)
 ) -> int:
-    "Run `fn()`; turn errors into one line per problem and an exit code."
+    "Run `command()`; turn errors into one line per problem and an exit code."
     stderr = stderr or sys.stderr
     try:
-        rc = fn()
-        return int(rc or 0)
+        return int(command() or 0)
     except LiverPcrError as e:
-        if debug:
-            traceback.print_exc(file=stderr)
-        for p in e.problems:
-            print(f"error: {p}", file=stderr)
-        return 1
+        return _report_error(e.problems, debug, stderr)
     except KeyboardInterrupt:
         print("interrupted", file=stderr)
         return 130
     except Exception as e:
-        if debug:
-            traceback.print_exc(file=stderr)
-        print(
-            f"error: {type(e).__name__}: {e} (this is a bug in liver_pcr; rerun with --debug for the traceback)",
-            file=stderr,
-        )
-        return 1
+        bug = f"{type(e).__name__}: {e} (this is a bug in liver_pcr; rerun with --debug for the traceback)"
+        return _report_error([bug], debug, stderr)

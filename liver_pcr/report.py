@@ -21,9 +21,9 @@ from .evaluate.ablation import run_ablation
 
 # %% auto #0
 __all__ = ['DEMO_MODELS', 'DEMO_PATIENTS', 'TRIPOD_AI', 'REPORT_FIGURES', 'COMPARISON_COLUMNS', 'REPORT_TEMPLATE',
-           'REPORT_SECTIONS', 'demo_cohort', 'run_demo', 'report_context', 'render_report', 'write_report', 'cmd_demo']
+           'REPORT_SECTIONS', 'demo_cohort', 'report_context', 'render_report', 'write_report', 'run_demo', 'cmd_demo']
 
-# %% ../nbs/13_report.ipynb #79e3c946
+# %% ../nbs/13_report.ipynb #b17e5bd5
 DEMO_MODELS = MODEL_NAMES
 
 
@@ -31,7 +31,7 @@ def _say(msg, quiet=False):
     if not quiet:
         print(msg, flush=True)
 
-# %% ../nbs/13_report.ipynb #f1688d1c
+# %% ../nbs/13_report.ipynb #3be5e397
 DEMO_PATIENTS = 120
 
 
@@ -45,25 +45,17 @@ def demo_cohort(
     from liver_pcr.cohort.synth import SynthConfig, make_cohort, truth_table
 
     if patients is None and not sample:
-        c, tt = course_cohort(DEMO_PATIENTS, seed)
-        return c, tt
+        return course_cohort(DEMO_PATIENTS, seed)
     if patients is None:
         c = Cohort.load(sample_cohort_path())
-        tt = truth_table(
-            SynthConfig(n_patients=len(c), seed=0)
-        )  # the sample is the generator's seed 0, remade from its config
+        tt = truth_table(SynthConfig(n_patients=len(c), seed=0))  # the sample is the generator's seed 0, remade from its config
         same = list(tt.patient_id) == c.ids and list(tt.pcr) == list(c.labels.astype(int))
         return c, tt if same else None
-    tt = make_cohort(
-        out / 'cohort',
-        SynthConfig(n_patients=patients, seed=seed),
-        truth=out / 'truth.csv',
-        overwrite=True,
-        show_progress=False,
-    )
+    cfg = SynthConfig(n_patients=patients, seed=seed)
+    tt = make_cohort(out / 'cohort', cfg, truth=out / 'truth.csv', overwrite=True, show_progress=False)
     return Cohort.load(out / 'cohort'), tt
 
-# %% ../nbs/13_report.ipynb #273abbcb
+# %% ../nbs/13_report.ipynb #6fe5d90a
 def _truth_aucs(
     c: Cohort,  # the demo's cohort
     tt: pd.DataFrame | None,  # its generator truth
@@ -81,7 +73,209 @@ def _truth_aucs(
     feats = ceiling_features(tt, c.timepoints).reindex(lab.index)
     return oracle_auc(tt), table_cv_auc(feats, cohort_splits(c, n_folds, seed), lab, seed)[0]
 
+# %% ../nbs/13_report.ipynb #b5bf0020
+def _checked_cohort(out: Path, patients, seed: int, sample: bool, n_folds: int, quiet: bool) -> tuple:
+    "The demo's cohort, validated, its truth, oracle AUC and ceiling; `out` created, never inside the sample."
+    out.mkdir(parents=True, exist_ok=True)
+    check_out_path(out, cohort=sample_cohort_path())
+    c, tt = demo_cohort(out, patients, seed, sample)
+    c.check(show_progress=not quiet)
+    oracle, ceiling = _truth_aucs(c, tt, n_folds, seed)
+    truth = f'; oracle AUC {oracle:.3f}, reachable ceiling {ceiling:.3f}' if oracle else ''
+    _say(f'cohort {c.name!r}: {len(c)} patients, {int(c.labels.sum())} pCR' + truth, quiet)
+    return c, tt, oracle, ceiling
 
+# %% ../nbs/13_report.ipynb #b0da01ec
+def _model_kw(
+    model: str,  # a model name
+    settings: dict,  # n_folds, seed, preset_name, epochs, weights, head
+) -> dict:
+    "The run settings of `model`: a reference gets no trunk weights and no head."
+    ref = is_reference(model)
+    return dict(settings, weights=None if ref else settings['weights'], head=None if ref else settings['head'])
+
+# %% ../nbs/13_report.ipynb #8a6b74f7
+def _fit_in_parallel(c: Cohort, out: Path, settings: dict, jobs: int, ray, ray_shared_fs: bool):
+    "Fit every demo model's folds in `jobs` worker processes, or on Ray."
+    from liver_pcr.jobs import fit_folds
+
+    runs = [(c, m, out / 'runs' / m, _model_kw(m, settings)) for m in DEMO_MODELS]
+    fit_folds(runs, jobs, ray, ray_shared_fs, afresh=True)
+
+# %% ../nbs/13_report.ipynb #230d7761
+def _cross_validate(c: Cohort, out: Path, settings: dict, n_boot: int, quiet: bool) -> dict:
+    "Cross-validate every demo model into `out/runs`; return the seconds each took."
+    times = {}
+    for i, m in enumerate(DEMO_MODELS):
+        t1 = time.time()
+        r = run_cv_afresh(c, m, out / 'runs' / m, check=False, show_progress=not quiet, n_boot=n_boot, **_model_kw(m, settings))
+        times[m] = time.time() - t1
+        ci = f"[{r['auc_ci'][0]:.3f}, {r['auc_ci'][1]:.3f}]"
+        _say(f"[{i + 1}/{len(DEMO_MODELS)}] {m:9s} AUC {r['auc']:.3f} {ci}  ({times[m]:.0f} s)", quiet)
+    return times
+
+# %% ../nbs/13_report.ipynb #e1665129
+def _demo_ablations(c: Cohort, out: Path, settings: dict, n_boot: int, quiet: bool, jobs: int, ray, ray_shared_fs: bool):
+    "The ablation table of the relation model, and the seconds it took."
+    from liver_pcr.train.cv import model_config
+
+    t1 = time.time()
+    _say('ablations of the relation model ...', quiet)
+    s = settings
+    base = model_config('relation', weights=s['weights'], head=s['head'])
+    abl = run_ablation(c, out / 'ablation', s['preset_name'], s['n_folds'], s['seed'], s['epochs'], base=base,
+                       show_progress=not quiet, n_boot=n_boot, jobs=jobs, ray=ray, ray_shared_fs=ray_shared_fs)
+    return abl, time.time() - t1
+
+# %% ../nbs/13_report.ipynb #fcc3579a
+def _closing_words(c: Cohort, cmp: pd.DataFrame, rep: Path, total: float, quiet: bool):
+    "Print the comparison, the small-cohort warning, and the report's path."
+    _say('\n' + cmp.attrs['markdown'], quiet)
+    if len(c) < 60:
+        _say(
+            f'\n{len(c)} patients: every interval is wide, so read this as a demonstration of the pipeline, not as a ranking of the models.'
+            '\nFor a cohort of realistic size: liver-pcr demo (120 patients, a few minutes on 2 CPU cores).',
+            quiet,
+        )
+    _say(f'\nreport: {rep.resolve()}  ({total / 60:.1f} min)', quiet)
+
+# %% ../nbs/13_report.ipynb #d4e5f21a
+TRIPOD_AI = [
+    ('Source of data', 'the cohort (name, folder) and how it was made: synthetic generator and seed, or your own data'),
+    ('Participants', 'patients, labelled patients, pCR share; coverage of timepoints × sequences; marker missingness'),
+    ('Outcome', 'pathologic complete response (the label column of patients.csv), as recorded, without blinding information'),
+    ('Predictors', 'MRI sequences and timepoints per model stage; AFP and PIVKA-II (log, change, missing indicators)'),
+    ('Sample size', 'n and events per model; bootstrap confidence intervals show the uncertainty that follows'),
+    ('Missing data', 'missing exams/sequences are masked in the model, never imputed from another image; missing markers: indicator + training mean'),
+    (
+        'Analysis: model building',
+        'one model family (config). Linear head (default): a fixed ResNet18 trunk (seeded random, or weights '
+        'from a file) read inside the lesion, an L2-penalised logistic regression with its penalty chosen by '
+        'cross-validation within the training fold. Neural head: trained end to end, early stopping and '
+        'checkpoint choice on an inner validation split',
+    ),
+    ('Analysis: validation', 'patient-level stratified k-fold cross-validation; preprocessing statistics fitted on training patients of each fold; a leak check on every split'),
+    ('Performance: discrimination', 'AUC from out-of-fold probabilities (one per patient) with a stratified bootstrap 95% CI; DeLong against the baseline'),
+    ('Performance: calibration', 'calibration intercept and slope, calibration curve, Brier score'),
+    ('Performance: classification', "sensitivity and specificity at each fold's threshold, chosen on its inner validation split (Youden), with CIs"),
+    ('Clinical utility', 'decision curve: net benefit against treat-all and treat-none'),
+    ('Model comparison and ablation', 'paired DeLong tests; the relation model with one part removed at a time'),
+    ('Reproducibility', 'configuration, seed, software versions; the same seed gives the same predictions on CPU'),
+    ('Limitations', 'small cohorts give wide intervals; synthetic data are not patients; no external validation in this report'),
+]
+
+# %% ../nbs/13_report.ipynb #7d9a3df5
+REPORT_FIGURES = ('roc.png', 'calibration.png', 'decision_curve.png')
+
+
+def _png_uri(
+    path: Path,  # a PNG file
+) -> str:
+    "The file as a `data:image/png;base64,...` URI."
+    return 'data:image/png;base64,' + base64.b64encode(Path(path).read_bytes()).decode()
+
+# %% ../nbs/13_report.ipynb #e7fd2b72
+def _figures(
+    out: Path,  # the demo's output folder (its comparison/ holds the figures)
+) -> list[str]:
+    "The URIs of the comparison's figures that exist, in the report's order."
+    figs = [Path(out) / 'comparison' / f for f in REPORT_FIGURES]
+    return [_png_uri(f) for f in figs if f.exists()]
+
+# %% ../nbs/13_report.ipynb #c5cc2456
+def _table(
+    df: pd.DataFrame,  # the table to show
+) -> Markup:
+    "The table as HTML (its cells escaped by pandas), marked safe for the template."
+    return Markup(df.to_html(index=False, border=0, classes='t', float_format=lambda v: f'{v:.3f}', na_rep='—', escape=True))
+
+# %% ../nbs/13_report.ipynb #5ea7ef8a
+COMPARISON_COLUMNS = {
+    'model': 'model', 'n': 'n', 'n_pos': 'pCR', 'AUC [95% CI]': 'AUC [95% CI]', 'sensitivity': 'sensitivity',
+    'specificity': 'specificity', 'brier': 'Brier', 'calibration_slope': 'calibration slope',
+    'delong_p': 'DeLong p vs {baseline}',
+}
+
+# %% ../nbs/13_report.ipynb #60190a00
+def _comparison_table(
+    cmp: pd.DataFrame,  # the model comparison (`compare_runs`)
+) -> pd.DataFrame:
+    "The columns the report shows, renamed."
+    missing = [c for c in [*COMPARISON_COLUMNS, 'auc', 'run'] if c not in cmp.columns]
+    if missing:
+        raise ConfigError(f'not a model comparison (compare_runs): no column {", ".join(missing)}')
+    if cmp.empty:
+        raise ConfigError('the model comparison has no rows: nothing to report')
+    names = {k: v.format(baseline=cmp.model.iat[0]) for k, v in COMPARISON_COLUMNS.items()}
+    return cmp[list(names)].rename(columns=names)
+
+# %% ../nbs/13_report.ipynb #d28775c7
+def _report_config(
+    cmp: pd.DataFrame,  # the model comparison (its runs)
+    preset_name: str,  # training preset
+    n_folds: int,  # cross-validation folds
+    seed: int,  # random seed
+    times: dict | None,  # seconds per step
+) -> str:
+    "The configuration and versions, as the report's JSON."
+    seconds = {k: round(v, 1) for k, v in (times or {}).items()}
+    config = dict(preset=preset_name, n_folds=n_folds, seed=seed, runs=list(cmp.run), versions=versions(), seconds=seconds)
+    return to_json(config)
+
+# %% ../nbs/13_report.ipynb #d40e6260
+def report_context(
+    out,  # output folder (its comparison/ holds the figures)
+    cohort: Cohort,  # the cohort
+    cmp: pd.DataFrame,  # the model comparison (`compare_runs`)
+    abl: pd.DataFrame | None = None,  # the ablation table (None: no ablations)
+    oracle: float | None = None,  # the oracle AUC (synthetic cohorts)
+    ceiling: float | None = None,  # the reachable ceiling (synthetic cohorts)
+    preset_name: str = 'fast',  # training preset, as reported
+    n_folds: int = 5,  # cross-validation folds, as reported
+    seed: int = 0,  # random seed, as reported
+    times: dict | None = None,  # seconds per step, as reported
+) -> dict:
+    "What the report's template shows."
+    show, best, n = _comparison_table(cmp), cmp.loc[cmp.auc.idxmax()], int(cmp.n.iat[0])
+    ablation = None if abl is None else _table(abl[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']])
+    return dict(
+        cohort_name=cohort.name, n=n, n_pos=int(cmp.n_pos.iat[0]), n_folds=n_folds, preset_name=preset_name, seed=seed,
+        oracle=oracle, ceiling=ceiling, small=n < 60, comparison=_table(show), best_model=str(best.model),
+        best_auc=str(best['AUC [95% CI]']), figures=_figures(Path(out)), ablation=ablation, cohort_summary=cohort.summary(),
+        tripod=TRIPOD_AI, config_json=_report_config(cmp, preset_name, n_folds, seed, times),
+    )
+
+# %% ../nbs/13_report.ipynb #799c2cb4
+REPORT_TEMPLATE = 'report.html.j2'
+REPORT_SECTIONS = ('Comparison', 'ROC, calibration, decision curve', 'Ablations of the relation model', 'Cohort',
+                   'What this report covers (TRIPOD+AI-style)', 'Configuration and versions')
+
+
+def render_report(
+    ctx: dict,  # what the report shows (`report_context`)
+    template: str = REPORT_TEMPLATE,  # a template of liver_pcr/templates
+) -> str:
+    "The report's HTML: the package's template rendered with `ctx`, every value escaped."
+    env = Environment(loader=PackageLoader('liver_pcr', 'templates'), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return env.get_template(template).render(ctx)
+
+# %% ../nbs/13_report.ipynb #ab59232c
+from fastcore.meta import delegates
+
+
+@delegates(report_context)
+def write_report(
+    out,  # output folder
+    cohort: Cohort,  # the cohort
+    cmp: pd.DataFrame,  # the model comparison (`compare_runs`)
+    abl: pd.DataFrame | None = None,  # the ablation table (None: no ablations)
+    **kwargs,  # the rest of `report_context`'s settings (oracle, ceiling, preset_name, n_folds, seed, times)
+) -> Path:
+    "Write the self-contained `report.html` into `out`."
+    return write_text(Path(out) / 'report.html', render_report(report_context(out, cohort, cmp, abl, **kwargs)))
+
+# %% ../nbs/13_report.ipynb #9b6c7cef
 def run_demo(
     out='liver_pcr_demo',  # output folder
     preset_name: str = 'fast',  # training preset ('fast' or 'full')
@@ -103,323 +297,27 @@ def run_demo(
     from liver_pcr.evaluate.compare import compare_runs
 
     t0, out = time.time(), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_out_path(out, cohort=sample_cohort_path())
-    c, tt = demo_cohort(out, patients, seed, sample)
-    c.check(show_progress=not quiet)
-    oracle, ceiling = _truth_aucs(c, tt, n_folds, seed)
-    _say(
-        f'cohort {c.name!r}: {len(c)} patients, {int(c.labels.sum())} pCR'
-        + (f'; oracle AUC {oracle:.3f}, reachable ceiling {ceiling:.3f}' if oracle else ''),
-        quiet,
-    )
-    metrics, times = {}, {}
+    c, tt, oracle, ceiling = _checked_cohort(out, patients, seed, sample, n_folds, quiet)
+    settings = dict(n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs, weights=weights, head=head)
     if jobs > 1 or ray:  # every model's folds as units of work; the loop below gathers them
-        from liver_pcr.jobs import fit_folds
-
-        kw = dict(n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs)
-        runs = [
-            (c, m, out / 'runs' / m, dict(kw, weights=None if is_reference(m) else weights, head=None if is_reference(m) else head))
-            for m in DEMO_MODELS
-        ]
-        fit_folds(runs, jobs, ray, ray_shared_fs, afresh=True)
-    for i, m in enumerate(DEMO_MODELS):
-        t1 = time.time()
-        metrics[m] = run_cv_afresh(
-            c,
-            m,
-            out / 'runs' / m,
-            n_folds=n_folds,
-            seed=seed,
-            preset_name=preset_name,
-            epochs=epochs,
-            check=False,
-            show_progress=not quiet,
-            n_boot=n_boot,
-            weights=None if is_reference(m) else weights,
-            head=None if is_reference(m) else head,
-        )
-        times[m] = time.time() - t1
-        _say(
-            f"[{i + 1}/{len(DEMO_MODELS)}] {m:9s} AUC {metrics[m]['auc']:.3f} [{metrics[m]['auc_ci'][0]:.3f}, {metrics[m]['auc_ci'][1]:.3f}]  ({times[m]:.0f} s)",
-            quiet,
-        )
-    cmp = compare_runs(
-        [out / 'runs' / m for m in DEMO_MODELS],
-        out_dir=out / 'comparison',
-        n_boot=n_boot,
-        seed=seed,
-    )
+        _fit_in_parallel(c, out, settings, jobs, ray, ray_shared_fs)
+    times = _cross_validate(c, out, settings, n_boot, quiet)
+    cmp = compare_runs([out / 'runs' / m for m in DEMO_MODELS], out_dir=out / 'comparison', n_boot=n_boot, seed=seed)
     abl = None
     if ablate:
-        t1 = time.time()
-        _say('ablations of the relation model ...', quiet)
-        from liver_pcr.train.cv import model_config
-
-        base = model_config('relation', weights=weights, head=head)
-        abl = run_ablation(
-            c,
-            out / 'ablation',
-            preset_name,
-            n_folds,
-            seed,
-            epochs,
-            base=base,
-            show_progress=not quiet,
-            n_boot=n_boot,
-            jobs=jobs,
-            ray=ray,
-            ray_shared_fs=ray_shared_fs,
-        )
-        times['ablations'] = time.time() - t1
+        abl, times['ablations'] = _demo_ablations(c, out, settings, n_boot, quiet, jobs, ray, ray_shared_fs)
     times['total'] = time.time() - t0
-    rep = write_report(
-        out,
-        c,
-        cmp,
-        abl,
-        oracle=oracle,
-        ceiling=ceiling,
-        preset_name=preset_name,
-        n_folds=n_folds,
-        seed=seed,
-        times=times,
-    )
-    _say('\n' + cmp.attrs['markdown'], quiet)
-    if len(c) < 60:
-        _say(
-            f'\n{len(c)} patients: every interval is wide, so read this as a demonstration of the pipeline, not as a ranking of the models.'
-            '\nFor a cohort of realistic size: liver-pcr demo (120 patients, a few minutes on 2 CPU cores).',
-            quiet,
-        )
-    _say(f'\nreport: {rep.resolve()}  ({times["total"] / 60:.1f} min)', quiet)
+    rep = write_report(out, c, cmp, abl, oracle=oracle, ceiling=ceiling, preset_name=preset_name, n_folds=n_folds,
+                       seed=seed, times=times)
+    _closing_words(c, cmp, rep, times['total'], quiet)
     return rep
 
-# %% ../nbs/13_report.ipynb #b01606ec
-TRIPOD_AI = [
-    (
-        'Source of data',
-        'the cohort (name, folder) and how it was made: synthetic generator and seed, or your own data',
-    ),
-    (
-        'Participants',
-        'patients, labelled patients, pCR share; coverage of timepoints × sequences; marker missingness',
-    ),
-    (
-        'Outcome',
-        'pathologic complete response (the label column of patients.csv), as recorded, without blinding information',
-    ),
-    (
-        'Predictors',
-        'MRI sequences and timepoints per model stage; AFP and PIVKA-II (log, change, missing indicators)',
-    ),
-    (
-        'Sample size',
-        'n and events per model; bootstrap confidence intervals show the uncertainty that follows',
-    ),
-    (
-        'Missing data',
-        'missing exams/sequences are masked in the model, never imputed from another image; missing markers: indicator + training mean',
-    ),
-    (
-        'Analysis: model building',
-        'one model family (config). Linear head (default): a fixed ResNet18 trunk (seeded random, or weights '
-        'from a file) read inside the lesion, an L2-penalised logistic regression with its penalty chosen by '
-        'cross-validation within the training fold. Neural head: trained end to end, early stopping and '
-        'checkpoint choice on an inner validation split',
-    ),
-    (
-        'Analysis: validation',
-        'patient-level stratified k-fold cross-validation; preprocessing statistics fitted on training patients of each fold; a leak check on every split',
-    ),
-    (
-        'Performance: discrimination',
-        'AUC from out-of-fold probabilities (one per patient) with a stratified bootstrap 95% CI; DeLong against the baseline',
-    ),
-    ('Performance: calibration', 'calibration intercept and slope, calibration curve, Brier score'),
-    (
-        'Performance: classification',
-        'sensitivity and specificity at each fold\'s threshold, chosen on its inner validation split (Youden), with CIs',
-    ),
-    ('Clinical utility', 'decision curve: net benefit against treat-all and treat-none'),
-    (
-        'Model comparison and ablation',
-        'paired DeLong tests; the relation model with one part removed at a time',
-    ),
-    (
-        'Reproducibility',
-        'configuration, seed, software versions; the same seed gives the same predictions on CPU',
-    ),
-    (
-        'Limitations',
-        'small cohorts give wide intervals; synthetic data are not patients; no external validation in this report',
-    ),
-]
-
-# %% ../nbs/13_report.ipynb #35ed2fda
-REPORT_FIGURES = ('roc.png', 'calibration.png', 'decision_curve.png')
-
-
-def _png_uri(
-    path: Path,  # a PNG file
-) -> str:
-    "The file as a `data:image/png;base64,...` URI."
-    return 'data:image/png;base64,' + base64.b64encode(Path(path).read_bytes()).decode()
-
-
-def _figures(
-    out: Path,  # the demo's output folder (its comparison/ holds the figures)
-) -> list[str]:
-    "The URIs of the comparison's figures that exist, in the report's order."
-    figs = [Path(out) / 'comparison' / f for f in REPORT_FIGURES]
-    return [_png_uri(f) for f in figs if f.exists()]
-
-# %% ../nbs/13_report.ipynb #033d76a3
-def _table(
-    df: pd.DataFrame,  # the table to show
-) -> Markup:
-    "The table as HTML (its cells escaped by pandas), marked safe for the template."
-    html_table = df.to_html(
-        index=False,
-        border=0,
-        classes='t',
-        float_format=lambda v: f'{v:.3f}',
-        na_rep='—',
-        escape=True,
-    )
-    return Markup(html_table)
-
-# %% ../nbs/13_report.ipynb #073736ea
-COMPARISON_COLUMNS = {
-    'model': 'model',
-    'n': 'n',
-    'n_pos': 'pCR',
-    'AUC [95% CI]': 'AUC [95% CI]',
-    'sensitivity': 'sensitivity',
-    'specificity': 'specificity',
-    'brier': 'Brier',
-    'calibration_slope': 'calibration slope',
-    'delong_p': 'DeLong p vs {baseline}',
-}
-
-
-def _comparison_table(
-    cmp: pd.DataFrame,  # the model comparison (`compare_runs`)
-) -> pd.DataFrame:
-    "The columns the report shows, renamed."
-    missing = [c for c in [*COMPARISON_COLUMNS, 'auc', 'run'] if c not in cmp.columns]
-    if missing:
-        raise ConfigError(f'not a model comparison (compare_runs): no column {", ".join(missing)}')
-    if cmp.empty:
-        raise ConfigError('the model comparison has no rows: nothing to report')
-    names = {k: v.format(baseline=cmp.model.iat[0]) for k, v in COMPARISON_COLUMNS.items()}
-    return cmp[list(names)].rename(columns=names)
-
-# %% ../nbs/13_report.ipynb #016c1949
-def report_context(
-    out,  # output folder (its comparison/ holds the figures)
-    cohort: Cohort,  # the cohort
-    cmp: pd.DataFrame,  # the model comparison (`compare_runs`)
-    abl: pd.DataFrame | None = None,  # the ablation table (None: no ablations)
-    oracle: float | None = None,  # the oracle AUC (synthetic cohorts)
-    ceiling: float | None = None,  # the reachable ceiling (synthetic cohorts)
-    preset_name: str = 'fast',  # training preset, as reported
-    n_folds: int = 5,  # cross-validation folds, as reported
-    seed: int = 0,  # random seed, as reported
-    times: dict | None = None,  # seconds per step, as reported
-) -> dict:
-    "What the report's template shows."
-    show = _comparison_table(cmp)
-    best = cmp.loc[cmp.auc.idxmax()]
-    config = dict(
-        preset=preset_name,
-        n_folds=n_folds,
-        seed=seed,
-        runs=list(cmp.run),
-        versions=versions(),
-        seconds={k: round(v, 1) for k, v in (times or {}).items()},
-    )
-    ablation = None if abl is None else _table(abl[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']])
-    return dict(
-        cohort_name=cohort.name,
-        n=int(cmp.n.iat[0]),
-        n_pos=int(cmp.n_pos.iat[0]),
-        n_folds=n_folds,
-        preset_name=preset_name,
-        seed=seed,
-        oracle=oracle,
-        ceiling=ceiling,
-        small=int(cmp.n.iat[0]) < 60,
-        comparison=_table(show),
-        best_model=str(best.model),
-        best_auc=str(best['AUC [95% CI]']),
-        figures=_figures(Path(out)),
-        ablation=ablation,
-        cohort_summary=cohort.summary(),
-        tripod=TRIPOD_AI,
-        config_json=to_json(config),
-    )
-
-# %% ../nbs/13_report.ipynb #53279b5c
-REPORT_TEMPLATE = 'report.html.j2'
-REPORT_SECTIONS = (
-    'Comparison',
-    'ROC, calibration, decision curve',
-    'Ablations of the relation model',
-    'Cohort',
-    'What this report covers (TRIPOD+AI-style)',
-    'Configuration and versions',
-)
-
-
-def render_report(
-    ctx: dict,  # what the report shows (`report_context`)
-    template: str = REPORT_TEMPLATE,  # a template of liver_pcr/templates
-) -> str:
-    "The report's HTML: the package's template rendered with `ctx`, every value escaped."
-    env = Environment(
-        loader=PackageLoader('liver_pcr', 'templates'),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    return env.get_template(template).render(ctx)
-
-# %% ../nbs/13_report.ipynb #025a4368
-def write_report(
-    out,  # output folder
-    cohort: Cohort,  # the cohort
-    cmp: pd.DataFrame,  # the model comparison (`compare_runs`)
-    abl: pd.DataFrame | None = None,  # the ablation table (None: no ablations)
-    oracle: float | None = None,  # the oracle AUC (synthetic cohorts)
-    ceiling: float | None = None,  # the reachable ceiling (synthetic cohorts)
-    preset_name: str = 'fast',  # training preset, as reported
-    n_folds: int = 5,  # cross-validation folds, as reported
-    seed: int = 0,  # random seed, as reported
-    times: dict | None = None,  # seconds per step, as reported
-) -> Path:
-    "Write the self-contained `report.html` into `out`."
-    ctx = report_context(out, cohort, cmp, abl, oracle, ceiling, preset_name, n_folds, seed, times)
-    return write_text(Path(out) / 'report.html', render_report(ctx))
-
-# %% ../nbs/13_report.ipynb #40763cae
+# %% ../nbs/13_report.ipynb #e3a3722f
 def cmd_demo(args) -> int:
     "`liver-pcr demo`: the main job."
     run_demo(
-        args.out,
-        args.preset,
-        patients=args.patients,
-        seed=args.seed,
-        n_folds=args.folds,
-        epochs=args.epochs,
-        ablate=args.ablation,
-        sample=args.sample,
-        weights=args.weights,
-        head=args.head,
-        jobs=getattr(args, 'jobs', 1),
-        ray=getattr(args, 'ray', None),
-        ray_shared_fs=not getattr(args, 'ray_no_shared_fs', False),
+        args.out, args.preset, patients=args.patients, seed=args.seed, n_folds=args.folds, epochs=args.epochs,
+        ablate=args.ablation, sample=args.sample, weights=args.weights, head=args.head, jobs=getattr(args, 'jobs', 1),
+        ray=getattr(args, 'ray', None), ray_shared_fs=not getattr(args, 'ray_no_shared_fs', False),
     )
     return 0

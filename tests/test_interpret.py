@@ -11,7 +11,7 @@ from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import LiverPcrError, ConfigError, run_main, sample_cohort_path
 from liver_pcr.interpret.attribution import (
     METHODS,
-    ablation,
+    occlusion,
     attribute,
     attribution_in_lesion,
     fold_batch,
@@ -20,8 +20,8 @@ from liver_pcr.interpret.attribution import (
     gradcam_layer,
     lesion_summary,
     load_fold,
-    run_splits,
 )
+from liver_pcr.train.runs import RunFolder
 from liver_pcr.train.cv import forward
 from liver_pcr.interpret.explain import cmd_explain, explain_to
 from liver_pcr.interpret.shap import (
@@ -153,15 +153,15 @@ def test_attribution_mass_in_the_lesion_exceeds_a_random_map(synth_run):
 def test_shap_of_the_clinical_reference_adds_up_to_its_log_odds(runs, sample):
     ex = shap_reference(runs/'clinical', sample)
     logit = {}
-    for s in run_splits(runs/'clinical'):
+    for s in RunFolder(runs/'clinical').splits():
         st = load_reference(runs/'clinical', s['fold'])
         logit |= dict(zip(s['test'], st.decision(reference_features(st, sample, s['test']))))
     want = np.array([logit[i] for i in ex.instance_names])
     np.testing.assert_allclose(ex.base_values + ex.values.sum(1), want, atol=1e-6, rtol=0)
     assert sorted(ex.instance_names) == sorted(sample.labelled_ids)
     st = load_reference(runs/'clinical', 0)                                 # the base value: the mean log-odds over the training patients
-    tr = run_splits(runs/'clinical')[0]['train']
-    assert ex.base_values[list(ex.instance_names).index(run_splits(runs/'clinical')[0]['test'][0])] == pytest.approx(
+    tr = RunFolder(runs/'clinical').splits()[0]['train']
+    assert ex.base_values[list(ex.instance_names).index(RunFolder(runs/'clinical').splits()[0]['test'][0])] == pytest.approx(
         st.decision(reference_features(st, sample, tr)).mean(), abs=1e-6)
 
 
@@ -188,7 +188,7 @@ def test_shap_of_the_deep_clinical_branch_adds_up(fold0, sample):
 
 def test_ablation_and_fusion_weights(fold0):
     fm, b = fold0
-    d = ablation(fm.model, b)
+    d = occlusion(fm.model, b)
     T, S = len(b['timepoints']), len(b['sequences'])
     assert len(d) == len(b['patient_id'])*T*(S + 1)
     assert d.delta.notna().sum() == int(b['present'].sum()) + int(b['present'].any(-1).sum())
@@ -205,7 +205,7 @@ def _args(run, cohort, patient, out, methods=None):
 
 
 def test_explain_writes_one_patients_figures(runs, sample, tmp_path):
-    pid = run_splits(runs/'relation')[2]['test'][0]
+    pid = RunFolder(runs/'relation').splits()[2]['test'][0]
     assert fold_of(runs/'relation', pid) == 2
     out = tmp_path/'explain'
     assert cmd_explain(_args(runs/'relation', sample.root, pid, out)) == 0
@@ -224,7 +224,7 @@ def test_explain_writes_one_patients_figures(runs, sample, tmp_path):
 def test_explain_a_single_timepoint_model_without_labs(sample, tmp_path):
     "The baseline stage (one sequence, one timepoint, no labs, no relation module): maps and contributions, no clinical SHAP."
     run_cv(sample, 'baseline', tmp_path/'baseline', **TINY)
-    pid = run_splits(tmp_path/'baseline')[0]['test'][0]
+    pid = RunFolder(tmp_path/'baseline').splits()[0]['test'][0]
     files = explain_to(tmp_path/'baseline', sample, pid, tmp_path/'out', methods=('gradcam',))
     assert sorted(f.name for f in files) == sorted([f'{pid}_gradcam.png', f'{pid}_contributions.png', f'{pid}_explanation.json'])
     s = json.loads((tmp_path/'out'/f'{pid}_explanation.json').read_text())
@@ -235,7 +235,7 @@ def test_explain_refuses_unknown_patients(runs, sample, tmp_path):
     err = io.StringIO()
     assert run_main(lambda: cmd_explain(_args(runs/'relation', sample.root, 'NOBODY', tmp_path/'o')), stderr=err) == 1
     assert "patient 'NOBODY' is not in cohort" in err.getvalue() and 'Traceback' not in err.getvalue()
-    pid = run_splits(runs/'relation')[0]['test'][0]                         # in the cohort, but in no test fold of this run
+    pid = RunFolder(runs/'relation').splits()[0]['test'][0]                         # in the cohort, but in no test fold of this run
     other = shutil.copytree(runs/'relation', tmp_path/'run')
     cfg = json.loads((other/'config.json').read_text())
     for s in cfg['splits']: s['test'] = [i for i in s['test'] if i != pid]
@@ -248,7 +248,7 @@ def test_explain_refuses_unknown_patients(runs, sample, tmp_path):
 
 def test_explain_never_writes_into_the_cohort(runs, tmp_path):
     c = Cohort.load(shutil.copytree(sample_cohort_path(), tmp_path/'cohort'))
-    pid = run_splits(runs/'relation')[0]['test'][0]
+    pid = RunFolder(runs/'relation').splits()[0]['test'][0]
     with pytest.raises(LiverPcrError, match='cohort folder'):
         explain_to(runs/'relation', c, pid, c.root/'explain')
     assert not (c.root/'explain').exists()

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from liver_pcr.interpret.attribution import fold_batch, load_fold, run_splits
+from liver_pcr.interpret.attribution import fold_batch, load_fold
+from liver_pcr.train.runs import RunFolder
 from liver_pcr.train.cv import forward
 from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import LiverPcrError, sample_cohort_path
@@ -89,7 +90,7 @@ def test_linear_shap_is_the_closed_form_of_linear_explainer():
 def test_reference_shap_equals_linear_explainer(sample, tmp_path):
     import shap
     run_cv(sample, 'clinical', tmp_path/'clinical', **TINY)
-    s = run_splits(tmp_path/'clinical')[1]
+    s = RunFolder(tmp_path/'clinical').splits()[1]
     st = load_reference(tmp_path/'clinical', s['fold'])
     ex = shap_reference_fold(st, sample, s['train'], s['test'])
     Z, Zb = (st.scaled(reference_features(st, sample, ids)) for ids in (s['test'], s['train']))
@@ -101,7 +102,7 @@ def test_reference_shap_equals_linear_explainer(sample, tmp_path):
 
 def test_waterfall_labels_are_real_units(sample, tmp_path):
     run_cv(sample, 'clinical', tmp_path/'clinical', **TINY)
-    s = run_splits(tmp_path/'clinical')[0]
+    s = RunFolder(tmp_path/'clinical').splits()[0]
     st = load_reference(tmp_path/'clinical', 0)
     m, t0, t1 = sample.markers[0], sample.timepoints[0], sample.timepoints[1]
     wide = wide_labs(sample, list(s['test']), sample.timepoints, sample.markers).astype(float)
