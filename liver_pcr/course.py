@@ -176,10 +176,14 @@ def _output_problem(
 def check_outputs(
     path: str | os.PathLike,  # a notebook, committed with its outputs
 ) -> list[str]:
-    "The problems of a notebook's outputs: bare figures, errors, no image at all."
+    "The problems of a notebook's outputs: bare figures, errors, no image at all, an exercise with outputs."
     cells = json.loads(Path(path).read_text(encoding='utf-8'))['cells']
     probs, pngs = [], 0
     for i, c in enumerate(cells):
+        if 'exercise' in c.get('metadata', {}).get('tags', []) and c.get('outputs'):
+            probs.append(f'{path}: cell {i}: an exercise committed with its output '
+                         '(commit it without: the student runs it)')
+            continue
         for o in c.get('outputs', []):
             if p := _output_problem(o):
                 probs.append(f'{path}: cell {i}: {p}')
