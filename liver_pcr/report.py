@@ -13,7 +13,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from .core import ConfigError, write_text, check_out_path, sample_cohort_path
 from .cohort.reader import Cohort
-from .train.cv import run_cv_afresh, versions
+from .train.cv import run_cv_afresh, package_versions
 from .models.registry import MODEL_NAMES, is_reference
 from .train.runs import to_json
 from .course import course_cohort
@@ -336,7 +336,7 @@ def report_context(
         n_folds=n_folds,
         seed=seed,
         runs=list(cmp.run),
-        versions=versions(),
+        versions=package_versions(),
         seconds={k: round(v, 1) for k, v in (times or {}).items()},
     )
     ablation = None if abl is None else _table(abl[['variant', 'removed', 'AUC [95% CI]', 'ΔAUC', 'DeLong p']])

@@ -19,13 +19,13 @@ from liver_pcr.interpret.attribution import (
     run_model,
     run_splits,
     fold_of,
-    load_fold,
     fold_batch,
     attribute,
     ablation,
     fusion_weights,
 )
-from ..train.cv import forward
+from ..train.learner import forward
+from ..train.modelfile import load_fold
 from liver_pcr.interpret.attribution import (
     plot_maps as plot_roi_maps,
     plot_contributions as plot_input_contributions,

@@ -15,8 +15,9 @@ from ..data.dataset import wide_labs
 from ..models.nets import PCRModel
 from ..train.runs import RunFolder
 from ..models.references import ReferenceFitter, ReferenceModel
-from .attribution import FoldModel, run_splits, clinical_features
-from ..train.cv import forward
+from .attribution import run_splits, clinical_features
+from ..train.modelfile import FoldModel
+from ..train.learner import forward
 
 # %% auto #0
 __all__ = ['UNITS', 'linear_shap', 'load_reference', 'reference_features', 'marker_display', 'feature_display', 'ShapValues',
