@@ -13,7 +13,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from .core import ConfigError, write_text, check_out_path, sample_cohort_path
 from .cohort.reader import Cohort
-from .train.cv import run_cv_afresh, versions
+from .train.cv import run_cv_afresh, package_versions
 from .models.registry import MODEL_NAMES, is_reference
 from .train.runs import to_json
 from .course import course_cohort
@@ -219,7 +219,7 @@ def _report_config(
 ) -> str:
     "The configuration and versions, as the report's JSON."
     seconds = {k: round(v, 1) for k, v in (times or {}).items()}
-    config = dict(preset=preset_name, n_folds=n_folds, seed=seed, runs=list(cmp.run), versions=versions(), seconds=seconds)
+    config = dict(preset=preset_name, n_folds=n_folds, seed=seed, runs=list(cmp.run), versions=package_versions(), seconds=seconds)
     return to_json(config)
 
 # %% ../nbs/13_report.ipynb #d40e6260

@@ -9,20 +9,10 @@ import torch
 
 from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import LiverPcrError, ConfigError, run_main, sample_cohort_path
-from liver_pcr.interpret.attribution import (
-    METHODS,
-    occlusion,
-    attribute,
-    attribution_in_lesion,
-    fold_batch,
-    fold_of,
-    fusion_weights,
-    gradcam_layer,
-    lesion_summary,
-    load_fold,
-)
+from liver_pcr.interpret.attribution import METHODS, occlusion, attribute, attribution_in_lesion, fold_batch, fold_of, fusion_weights, gradcam_layer, lesion_summary
+from liver_pcr.train.modelfile import load_fold
 from liver_pcr.train.runs import RunFolder
-from liver_pcr.train.cv import forward
+from liver_pcr.train.learner import forward
 from liver_pcr.interpret.explain import cmd_explain, explain_to
 from liver_pcr.interpret.shap import (
     load_reference,
@@ -34,7 +24,8 @@ from liver_pcr.interpret.shap import (
 )
 from liver_pcr.models.nets import ModelConfig, PCRModel, STAGES, neural
 from liver_pcr.data.preprocess import PreprocessConfig
-from liver_pcr.train.cv import TrainConfig, run_cv
+from liver_pcr.train.config import TrainConfig
+from liver_pcr.train.cv import run_cv
 
 TINY = dict(pre_cfg=PreprocessConfig(roi_px=16, roi_mm=96), train_cfg=TrainConfig(epochs=2, min_epochs=1, patience=1), n_folds=3,
             show_progress=False, n_boot=50, check=False)

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from liver_pcr.interpret.attribution import fold_batch, load_fold
+from liver_pcr.interpret.attribution import fold_batch
+from liver_pcr.train.modelfile import load_fold
 from liver_pcr.train.runs import RunFolder
-from liver_pcr.train.cv import forward
+from liver_pcr.train.learner import forward
 from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import LiverPcrError, sample_cohort_path
 from liver_pcr.data.dataset import wide_labs
@@ -14,7 +15,8 @@ from liver_pcr.models.nets import STAGES, neural
 from liver_pcr.data.preprocess import PreprocessConfig
 from liver_pcr.interpret.shap import (clinical_fn, feature_display, linear_shap, load_reference, reference_features,
                                     shap_clinical_branch, shap_linear_head, shap_reference_fold, waterfall_labels)
-from liver_pcr.train.cv import TrainConfig, run_cv
+from liver_pcr.train.config import TrainConfig
+from liver_pcr.train.cv import run_cv
 
 TINY = dict(pre_cfg=PreprocessConfig(roi_px=16, roi_mm=96), train_cfg=TrainConfig(epochs=2, min_epochs=1, patience=1), n_folds=3,
             show_progress=False, n_boot=50, check=False)

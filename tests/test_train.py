@@ -12,7 +12,9 @@ from liver_pcr.core import ConfigError, LiverPcrError
 from liver_pcr.models.nets import STAGES, PCRModel, select_inputs, neural
 from liver_pcr.data.preprocess import PreprocessConfig, preprocess_cohort
 from liver_pcr.data.dataset import cohort_splits, ClinicalTransformer, wide_labs, PatientDataset, Augment, check_no_leak
-from liver_pcr.train.cv import Learner, TrainConfig, run_cv, run_train, predict
+from liver_pcr.train.config import TrainConfig
+from liver_pcr.train.learner import Learner
+from liver_pcr.train.cv import run_cv, run_train, predict
 from liver_pcr.models.nets import make_loss
 
 TPS, SEQS = ['pre', 'post'], ['T2', 'DWI', 'AP', 'PVP']
@@ -202,7 +204,7 @@ def test_cv_on_invalid_cohort_exit_1(tmp_path):
 def test_ensemble_members_are_averaged_and_saved(tmp_path):
     "Each fold keeps every member; the run's test probabilities and `predict` are the members' means."
     from liver_pcr.train.runs import RunFolder
-    from liver_pcr.train.cv import load_models
+    from liver_pcr.train.modelfile import load_models
     run_cv(None, neural(STAGES['single']), tmp_path/'e', n_folds=3, pre_cfg=PRE, train_cfg=replace(TINY, ensemble=2), show_progress=False, n_boot=100)
     rf, c = RunFolder(tmp_path/'e'), Cohort.load()
     assert rf.members(0) == [0, 1] and (tmp_path/'e'/'fold0'/'model-1.pt').exists()
@@ -227,7 +229,7 @@ def test_linear_head_saved_and_loaded_predicts_the_same(tmp_path):
     run_cv(None, 'relation', tmp_path/'r', n_folds=3, pre_cfg=PRE, show_progress=False, n_boot=50)
     cfg = json.loads((tmp_path/'r'/'config.json').read_text())
     preds = pd.read_csv(tmp_path/'r'/'predictions.csv').set_index('patient_id')
-    from liver_pcr.train.cv import load_bundle
+    from liver_pcr.train.modelfile import load_bundle
     from liver_pcr.models.linear import predict_linear
     c = Cohort.load()
     pre = preprocess_cohort(c, PRE, show_progress=False)
@@ -244,7 +246,7 @@ def test_linear_head_saved_and_loaded_predicts_the_same(tmp_path):
 def test_linear_head_uses_the_inner_cv_not_the_test_fold(tmp_path):
     "Changing a test patient's images cannot change the fitted head of that fold (it is fitted on train + val only)."
     from liver_pcr.models.linear import fit_linear_fold
-    from liver_pcr.train.cv import Context, TrainConfig
+    from liver_pcr.train.config import Context, TrainConfig
     c = Cohort.load()
     pre = preprocess_cohort(c, PRE, show_progress=False)
     s = cohort_splits(c, 3, 0)[0]

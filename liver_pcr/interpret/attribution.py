@@ -7,22 +7,21 @@ Docs: https://liver-pcr.github.io/liver_pcr/interpret.attribution.html.md"""
 # %% ../../nbs/12a_interpret.attribution.ipynb #04275d1a
 from __future__ import annotations
 import math, textwrap
-from dataclasses import dataclass
-from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
 from ..core import LiverPcrError, ConfigError
 from ..cohort.reader import Cohort
-from ..data.preprocess import PreprocessConfig, preprocess_cohort
-from ..data.dataset import PatientDataset, wide_labs, transformer_from
+from ..data.preprocess import preprocess_cohort
+from ..data.dataset import PatientDataset, wide_labs
 from ..models.nets import PCRModel, SequenceFusion, RelationModule, LAYERS
-from ..train.cv import pre_config, model_from, forward
+from ..train.modelfile import FoldModel, load_fold
+from ..train.learner import forward
 from ..train.runs import RunFolder
 
 # %% auto #0
-__all__ = ['METHODS', 'fold_of', 'FoldModel', 'load_fold', 'clinical_features', 'fold_batch', 'block_size', 'gradcam_layer',
-           'target_sign', 'attribute', 'plot_maps', 'lesion_share', 'shuffled_share', 'per_fold',
-           'attribution_in_lesion', 'lesion_summary', 'occlusion', 'contribution_summary', 'plot_contributions',
-           'swap_baseline', 'counterfactual_swap', 'fusion_weights', 'plot_fusion']
+__all__ = ['METHODS', 'fold_of', 'clinical_features', 'fold_batch', 'block_size', 'gradcam_layer', 'target_sign', 'attribute',
+           'plot_maps', 'lesion_share', 'shuffled_share', 'per_fold', 'attribution_in_lesion', 'lesion_summary',
+           'occlusion', 'contribution_summary', 'plot_contributions', 'swap_baseline', 'counterfactual_swap',
+           'fusion_weights', 'plot_fusion']
 
 # %% ../../nbs/12a_interpret.attribution.ipynb #2781efd8
 def fold_of(
@@ -41,53 +40,6 @@ def fold_of(
         f"patient {patient!r} is not a test patient of any fold of run {run} "
         f"({n} test patients in {len(splits)} folds); only out-of-fold explanations are made"
     )
-
-# %% ../../nbs/12a_interpret.attribution.ipynb #3153aa29
-@dataclass
-class FoldModel:
-    "The trained model of one fold of a run, with its bundle and split."
-
-    model: PCRModel
-    bundle: dict
-    fold: int | None
-    split: dict
-    run: Path
-    name: str
-
-    @property
-    def pre_cfg(self) -> PreprocessConfig:
-        "The preprocessing the model was trained on, for the inputs it uses."
-        return pre_config(self.bundle, self.model)
-
-    @property
-    def clinical(self):
-        "The fold's clinical transformer (fitted on its training patients), or None."
-        return transformer_from(self.bundle['clinical']) if self.bundle['n_clinical'] else None
-
-    def __repr__(self):
-        s = self.split
-        return (
-            f"FoldModel({self.name}, fold {self.fold}: {len(s['train'])} train / {len(s['val'])} val / {len(s['test'])} test; "
-            f"timepoints {self.model.timepoints}, sequences {self.model.sequences})"
-        )
-
-# %% ../../nbs/12a_interpret.attribution.ipynb #d7478796
-def load_fold(
-    run,  # a run folder
-    fold: int | None = None,  # the fold (None: a train run's model)
-) -> FoldModel:
-    "The trained deep model of `fold`."
-    rf = RunFolder(run)
-    sp = {s['fold']: s for s in rf.splits()}
-    if fold not in sp:
-        have = sorted(k for k in sp if k is not None) or 'none'
-        raise LiverPcrError(f'{rf.path}: no fold {fold} (it has {have})')
-    meta, tensors = rf.load_model(fold)
-    if meta.get('kind') != 'deep':
-        raise LiverPcrError(
-            f'{rf.path}: fold {fold} holds a {meta.get("reference", meta.get("kind"))} reference, not a deep model'
-        )
-    return FoldModel(model_from(meta, tensors), meta, fold, sp[fold], rf.path, rf.model_name())
 
 # %% ../../nbs/12a_interpret.attribution.ipynb #5717b2c5
 def clinical_features(

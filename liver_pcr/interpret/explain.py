@@ -14,9 +14,9 @@ from fastcore.basics import patch
 from ..core import LiverPcrError, ConfigError, check_out_path, write_text, save_figure
 from ..cohort.reader import Cohort
 from ..train.runs import RunFolder
-from liver_pcr.interpret.attribution import (METHODS, fold_of, load_fold, fold_batch, attribute, occlusion,
-    fusion_weights)
-from ..train.cv import forward
+from .attribution import METHODS, fold_of, fold_batch, attribute, occlusion, fusion_weights
+from ..train.modelfile import load_fold
+from ..train.learner import forward
 from .attribution import plot_maps as plot_roi_maps, plot_contributions as plot_input_contributions
 from liver_pcr.interpret.shap import (shap_clinical_branch, shap_linear_head, shap_reference_fold, load_reference,
     plot_waterfall)

@@ -15,8 +15,9 @@ from ..data.dataset import wide_labs
 from ..models.nets import PCRModel
 from ..train.runs import RunFolder
 from ..models.references import ReferenceFitter, ReferenceModel
-from .attribution import FoldModel, clinical_features
-from ..train.cv import forward
+from ..train.modelfile import FoldModel
+from .attribution import clinical_features
+from ..train.learner import forward
 
 # %% auto #0
 __all__ = ['UNITS', 'linear_shap', 'load_reference', 'reference_features', 'marker_display', 'feature_display', 'ShapValues',
