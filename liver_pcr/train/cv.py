@@ -353,11 +353,11 @@ def _train_split(cohort: Cohort, val_frac: float, seed: int) -> tuple[list, list
     return train_test_split(list(y.index), test_size=n_val, stratify=y.values, random_state=seed)
 
 # %% ../../nbs/08d_train.cv.ipynb #ffab3eeb
-def _fit_train_run(ctx: Context, rf: RunFolder, split: Split, val_ids) -> tuple[FoldResult, float]:
-    "Fit, choose the threshold, save; (the fit, the threshold)."
+def _fit_train_run(ctx: Context, rf: RunFolder, split: Split) -> tuple[FoldResult, float]:
+    "Fit, choose the threshold on the inner-validation patients, save; (the fit, the threshold)."
     fitter = fitter_for(ctx)
     res = fitter.fit(split, rf.fold_dir(None, make=True))
-    t = _threshold(_labels(ctx.cohort, val_ids), res.val)
+    t = _threshold(_labels(ctx.cohort, split.val), res.val)  # res.val is in split.val's order
     fitter.save(res, rf, None, t)
     rf.drop_checkpoint(None)
     return res, t
@@ -386,12 +386,12 @@ def run_train(
     c, rf = ctx.cohort, RunFolder(out)
     tr, va = _train_split(c, val_frac, seed)
     s = Split(0, tuple(sorted(tr)), tuple(sorted(va)), ())
-    res, t = _fit_train_run(ctx, rf, s, va)
+    res, t = _fit_train_run(ctx, rf, s)
     rec = _config_record(ctx, kind='train', train=list(s.train), val=list(s.val))
     rf.start(rec)
     rf.write_table('log', pd.DataFrame(res.log))
     m = dict(model=rec['model'], n_train=len(tr), n_val=len(va), threshold=t,
-             inner_val_auc=auc_or_nan(_labels(c, va), res.val),
+             inner_val_auc=auc_or_nan(_labels(c, s.val), res.val),
              note='inner-validation AUC: used for early stopping, not a performance estimate')
     rf.write_metrics(m)
     return m
