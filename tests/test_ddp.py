@@ -86,10 +86,10 @@ def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
 
 
 def test_torchrun_cli_writes_weights_that_cv_loads(tmp_path):
-    "`torchrun -m liver_pcr pretrain ... --out W` (tiny setting): one line from process 0, a file `--weights` reads."
+    "`torchrun -m liver_pcr pretrain ... --out W` (16 px, one epoch): one line from process 0, a file `--weights` reads."
     out = tmp_path/'w'/'trunk.pt'
     r = _torchrun(tmp_path, '-m', 'liver_pcr', 'pretrain', str(data_root()), '--out', str(out),
-                  '--epochs', '1', '--batch', '32', '--device', 'cpu', LIVER_PCR_TINY='1')
+                  '--epochs', '1', '--batch', '32', '--roi-px', '16', '--device', 'cpu')
     lines = [l for l in r.stdout.splitlines() if l.strip()]
     assert len(lines) == 1 and 'in 2 processes' in lines[0] and f'--weights {out}' in lines[0], r.stdout
     assert 'Traceback' not in r.stderr and 'deprecated' not in r.stderr, r.stderr[-2000:]
