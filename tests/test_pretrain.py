@@ -120,9 +120,8 @@ def test_simclr_runs(tmp_path):
 
 
 def test_cli_prints_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv('LIVER_PCR_TINY', '1')
     out = tmp_path/'cli.pt'
-    args = SimpleNamespace(cohorts=[str(data_root())], out=str(out), epochs=1, batch=64, seed=0,
+    args = SimpleNamespace(cohorts=[str(data_root())], out=str(out), epochs=1, roi_px=16, batch=64, seed=0,
                            layer='layer2', method='vicreg', device='cpu')
     assert cmd_pretrain(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
