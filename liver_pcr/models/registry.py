@@ -20,14 +20,14 @@ STAGE_NAMES = ('baseline', 'single', 'multi', 'relation')  # the model evolution
 REFERENCE_MODELS = ('clinical', 'radiomics', 'response')  # the references, penalised LRs on tables
 MODEL_NAMES = STAGE_NAMES + REFERENCE_MODELS  # every model name the commands accept
 
-# %% ../../nbs/07_models.registry.ipynb #c126d4cc
+# %% ../../nbs/07_models.registry.ipynb #78626e38
 def is_reference(
     model,  # a model name or a ModelConfig
 ) -> bool:
     "Is `model` one of the references (fitted on tables, not images)?"
     return isinstance(model, str) and model in REFERENCE_MODELS
 
-
+# %% ../../nbs/07_models.registry.ipynb #a464b6b1
 def check_model_name(
     name: str,  # a model name
 ) -> str:
