@@ -115,7 +115,7 @@ def run_demo(
     )
     metrics, times = {}, {}
     if jobs > 1 or ray:  # every model's folds as units of work; the loop below gathers them
-        from liver_pcr.jobs import fit_folds
+        from liver_pcr.train.parallel import fit_folds
 
         kw = dict(n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs)
         runs = [

@@ -126,7 +126,7 @@ def run_ablation(
     variants, runs = ablations(c, base), {}
     kw = dict(n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs, save_models=False)
     if jobs > 1 or ray:  # every variant's folds as units of work; the loop below gathers them
-        from liver_pcr.jobs import fit_folds
+        from liver_pcr.train.parallel import fit_folds
 
         fit_folds([(c, cfg, out / name, kw) for name, cfg in variants.items()], jobs, ray, ray_shared_fs)
     for name, cfg in progress(
