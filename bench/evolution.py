@@ -27,7 +27,7 @@ from liver_pcr.data.measure import measure_table
 from liver_pcr.models.nets import STAGES
 from liver_pcr.train.cv import run_cv
 from liver_pcr.interpret.attribution import counterfactual_swap
-from liver_pcr.jobs import run_cv_jobs
+from liver_pcr.train.parallel import run_cv_jobs
 
 SETS = {   # seed → how the cohort differs from the generator's default (120 patients, pre/post, T2 DWI AP PVP, 96×96×16)
     'tuning': {0: {}, 1: {}, 2: {}, 3: dict(timepoints=('pre', 'mid', 'post')),

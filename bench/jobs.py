@@ -12,7 +12,7 @@ import torch
 
 from liver_pcr.cohort.reader import Cohort
 from liver_pcr.core import cache_dir
-from liver_pcr.jobs import run_cv_jobs, worker_threads
+from liver_pcr.train.parallel import run_cv_jobs, worker_threads
 from liver_pcr.cohort.synth import SynthConfig, make_cohort
 from liver_pcr.train.cv import run_cv
 

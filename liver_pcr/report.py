@@ -97,7 +97,7 @@ def _model_kw(
 # %% ../nbs/13_report.ipynb #8a6b74f7
 def _fit_in_parallel(c: Cohort, out: Path, settings: dict, jobs: int, ray, ray_shared_fs: bool):
     "Fit every demo model's folds in `jobs` worker processes, or on Ray."
-    from liver_pcr.jobs import fit_folds
+    from liver_pcr.train.parallel import fit_folds
 
     runs = [(c, m, out / 'runs' / m, _model_kw(m, settings)) for m in DEMO_MODELS]
     fit_folds(runs, jobs, ray, ray_shared_fs, afresh=True)

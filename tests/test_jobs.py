@@ -9,6 +9,7 @@ from liver_pcr.cli import main
 from liver_pcr.train.cv import run_cv
 from liver_pcr.train.runs import OtherRunError
 from liver_pcr import jobs
+from liver_pcr.train import parallel
 
 ROOT = Path(liver_pcr.__file__).resolve().parent.parent
 SAMPLE = sample_cohort_path()
@@ -83,7 +84,7 @@ def test_other_configuration_is_refused(tmp_path):
 
 
 def test_local_workers(tmp_path, sequential):
-    jobs.run_cv_jobs(SAMPLE, 'clinical', tmp_path / 'two', jobs=2, **KW)
+    parallel.run_cv_jobs(SAMPLE, 'clinical', tmp_path / 'two', jobs=2, **KW)
     assert (tmp_path / 'two' / 'predictions.csv').read_bytes() == sequential
 
 
@@ -94,20 +95,20 @@ def test_local_workers_deep_model(tmp_path, monkeypatch):
 
     kw = dict(KW, n_folds=3, head='neural', preset_name='tiny')
     n = torch.get_num_threads()
-    torch.set_num_threads(jobs.worker_threads(2))
+    torch.set_num_threads(parallel.worker_threads(2))
     try:
         run_cv(SAMPLE, 'multi', tmp_path / 'seq', **kw)
     finally:
         torch.set_num_threads(n)
-    jobs.run_cv_jobs(SAMPLE, 'multi', tmp_path / 'two', jobs=2, **kw)
+    parallel.run_cv_jobs(SAMPLE, 'multi', tmp_path / 'two', jobs=2, **kw)
     assert (tmp_path / 'two' / 'predictions.csv').read_bytes() == (tmp_path / 'seq' / 'predictions.csv').read_bytes()
 
 
 def test_worker_threads():
     before = os.environ.get('OMP_NUM_THREADS')
-    assert jobs.worker_threads(1) == (os.cpu_count() or 1)
-    assert jobs.worker_threads(10 ** 6) == 1
-    with jobs.thread_env(3):
+    assert parallel.worker_threads(1) == (os.cpu_count() or 1)
+    assert parallel.worker_threads(10 ** 6) == 1
+    with parallel.thread_env(3):
         assert os.environ['OMP_NUM_THREADS'] == '3' and os.environ['MKL_NUM_THREADS'] == '3'
     assert os.environ.get('OMP_NUM_THREADS') == before  # restored
 
@@ -124,7 +125,7 @@ def ray_cluster():
 @pytest.mark.parametrize('shared_fs', [True, False])
 def test_ray_local(tmp_path, sequential, ray_cluster, shared_fs):
     out = tmp_path / 'run'
-    jobs.run_cv_jobs(SAMPLE, 'clinical', out, ray='local', shared_fs=shared_fs, **KW)
+    parallel.run_cv_jobs(SAMPLE, 'clinical', out, ray='local', shared_fs=shared_fs, **KW)
     assert (out / 'predictions.csv').read_bytes() == sequential
     for k in range(4):  # the fold's files, written here by the workers or by the driver
         assert (out / f'fold{k}' / 'done.json').exists() and (out / f'fold{k}' / 'model.json').exists()
@@ -147,3 +148,13 @@ def test_ablate_and_demo_without_unit_reach_their_commands(monkeypatch):
     monkeypatch.setattr(report, 'cmd_demo', lambda args: 12)
     assert jobs.cmd_ablate(argparse.Namespace(unit=None)) == 11
     assert jobs.cmd_demo(argparse.Namespace(unit=None)) == 12
+
+
+def test_engine_knows_no_command():
+    "The engine (train.parallel) is imported by the commands above it, and imports none of them: no circle."
+    import ast
+    tree = ast.parse(Path(parallel.__file__).read_text())
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    above = ('liver_pcr.jobs', 'liver_pcr.cli', 'liver_pcr.report', 'liver_pcr.evaluate')
+    assert not [m for m in names if m.startswith(above)], names

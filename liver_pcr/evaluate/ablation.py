@@ -167,7 +167,7 @@ def run_ablation(
     variants = ablations(c, base)
     kw = dict(n_folds=n_folds, seed=seed, preset_name=preset_name, epochs=epochs, save_models=False)
     if jobs > 1 or ray:  # every variant's folds as units of work; the loop below gathers them
-        from liver_pcr.jobs import fit_folds
+        from liver_pcr.train.parallel import fit_folds
 
         fit_folds([(c, cfg, out / name, kw) for name, cfg in variants.items()], jobs, ray, ray_shared_fs)
     tab = ablation_table(_run_variants(c, variants, out, kw, show_progress), n_boot=n_boot, seed=seed)
