@@ -11,7 +11,7 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
 from fastcore.basics import patch
-from ..core import LiverPcrError, ConfigError, atomic_path
+from ..core import LiverPcrError, ConfigError, atomic_path, write_text
 from ..cohort.reader import Cohort
 from ..data.preprocess import PreprocessConfig, preprocess_cohort
 from ..data.dataset import ClinicalTransformer, PatientDataset, transformer_state, transformer_from
@@ -19,7 +19,7 @@ from ..models.nets import ModelConfig, PCRModel
 from ..models.linear import radiomics_inputs, measure_inputs
 from ..models.references import ReferenceFitter
 from .config import TrainConfig
-from .runs import RUN_FORMAT, RunFolder
+from .runs import RUN_FORMAT, RunFolder, _names, to_json
 from .learner import Learner
 
 # %% auto #0
@@ -277,3 +277,46 @@ def load_fold(
             f'{rf.path}: fold {fold} holds a {meta.get("reference", meta.get("kind"))} reference, not a deep model'
         )
     return FoldModel(model_from(meta, tensors), meta, fold, sp[fold], rf.path, rf.model_name())
+
+# %% ../../nbs/08b_train.modelfile.ipynb #d9b91d80
+@patch
+def save_model(
+    self: RunFolder,
+    fold: int | None,  # the fold (None: a train run)
+    meta: dict,  # what the model is: JSON-ready (kind, configs, statistics, coefficients)
+    tensors: dict | None = None,  # its tensors, for deep models
+    member: int = 0,  # the ensemble member
+) -> Path:
+    "Save a fold's model as `model.json` (+ `model.pt`); returns the JSON file."
+    js, pt = _names(member)
+    d = self.fold_dir(fold, make=True)
+    if tensors is not None:
+        save_tensors(d / pt, tensors)
+    write_text(
+        d / js,
+        to_json({**meta, 'format': RUN_FORMAT, 'tensors': pt if tensors is not None else None}),
+    )
+    return d / js
+
+# %% ../../nbs/08b_train.modelfile.ipynb #4c821b04
+@patch
+def load_model(
+    self: RunFolder,
+    fold: int | None,  # the fold (None: a train run)
+    member: int = 0,  # the ensemble member
+) -> tuple[dict, dict | None]:
+    "A saved model's description and its tensors (None for models that are only numbers in JSON)."
+    js, pt = _names(member)
+    d = self.fold_dir(fold)
+    f = d / js
+    if not f.exists():
+        old = self._legacy(fold)
+        if old:
+            raise LiverPcrError(
+                f'{old[0]}: a model file of an older liver_pcr (run format 1, pickled); '
+                'liver_pcr no longer reads pickles: re-run with this version'
+            )
+        raise LiverPcrError(
+            f'{f}: no saved model (is fold {fold} of {self.path} done, and were its models kept?)'
+        )
+    return load_model_file(f)

@@ -363,28 +363,6 @@ def _names(member: int) -> tuple[str, str]:
     stem = 'model' if member == 0 else f'model-{member}'
     return f'{stem}.json', f'{stem}.pt'
 
-# %% ../../nbs/08a_train.runs.ipynb #00b922d5
-@patch
-def save_model(
-    self: RunFolder,
-    fold: int | None,  # the fold (None: a train run)
-    meta: dict,  # what the model is: JSON-ready (kind, configs, statistics, coefficients)
-    tensors: dict | None = None,  # its tensors, for deep models
-    member: int = 0,  # the ensemble member
-) -> Path:
-    "Save a fold's model as `model.json` (+ `model.pt`); returns the JSON file."
-    from liver_pcr.train.modelfile import save_tensors
-
-    js, pt = _names(member)
-    d = self.fold_dir(fold, make=True)
-    if tensors is not None:
-        save_tensors(d / pt, tensors)
-    write_text(
-        d / js,
-        to_json({**meta, 'format': RUN_FORMAT, 'tensors': pt if tensors is not None else None}),
-    )
-    return d / js
-
 # %% ../../nbs/08a_train.runs.ipynb #cfd742d5
 @patch
 def members(
@@ -404,31 +382,6 @@ def _legacy(self: RunFolder, fold: int | None) -> list[Path]:
     return sorted(d.glob('model*.pkl')) + sorted(
         f for f in d.glob('model*.pt') if not f.with_suffix('.json').exists()
     )
-
-# %% ../../nbs/08a_train.runs.ipynb #df91bfb7
-@patch
-def load_model(
-    self: RunFolder,
-    fold: int | None,  # the fold (None: a train run)
-    member: int = 0,  # the ensemble member
-) -> tuple[dict, dict | None]:
-    "A saved model's description and its tensors (None for models that are only numbers in JSON)."
-    from liver_pcr.train.modelfile import load_model_file
-
-    js, pt = _names(member)
-    d = self.fold_dir(fold)
-    f = d / js
-    if not f.exists():
-        old = self._legacy(fold)
-        if old:
-            raise LiverPcrError(
-                f'{old[0]}: a model file of an older liver_pcr (run format 1, pickled); '
-                'liver_pcr no longer reads pickles: re-run with this version'
-            )
-        raise LiverPcrError(
-            f'{f}: no saved model (is fold {fold} of {self.path} done, and were its models kept?)'
-        )
-    return load_model_file(f)
 
 # %% ../../nbs/08a_train.runs.ipynb #bf7a200c
 @patch
