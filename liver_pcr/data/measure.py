@@ -111,6 +111,18 @@ def _largest_component(
         m = lab == 1 + int(np.argmax(sizes))
     return m
 
+# %% ../../nbs/05a_data.measure.ipynb #1f41773c
+def _edge(
+    sl: np.ndarray,  # a slice of the lesion mask (x, y)
+    sx: float,  # pixel size along x (mm)
+    sy: float,  # pixel size along y (mm)
+) -> np.ndarray:
+    "The positions (mm) of the lesion's edge pixels in one slice: at most 600, evenly picked."
+    edge = np.argwhere(sl & ~ndimage.binary_erosion(sl)) * np.array([sx, sy])
+    if len(edge) > 600:
+        edge = edge[np.linspace(0, len(edge) - 1, 600).astype(int)]
+    return edge
+
 # %% ../../nbs/05a_data.measure.ipynb #b9a20577
 def _slice_diameter(
     sl: np.ndarray,  # a slice of the lesion mask (x, y)
@@ -118,9 +130,7 @@ def _slice_diameter(
     sy: float,  # pixel size along y (mm)
 ) -> float:
     "The longest edge-to-edge distance (mm) of the lesion in one slice."
-    edge = np.argwhere(sl & ~ndimage.binary_erosion(sl)) * np.array([sx, sy])
-    if len(edge) > 600:
-        edge = edge[np.linspace(0, len(edge) - 1, 600).astype(int)]
+    edge = _edge(sl, sx, sy)
     d = edge[:, None] - edge[None]
     dist = np.sqrt((d**2).sum(-1))
     i, j = np.unravel_index(np.argmax(dist), dist.shape)
@@ -291,6 +301,16 @@ def exam_measures(
     f['heterogeneity'] = _heterogeneity(rel.get(art, next(iter(rel.values()), None)))
     return f
 
+# %% ../../nbs/05a_data.measure.ipynb #b57881b8
+def _source_coords(
+    vol: Volume,  # the image
+    ref: Volume,  # the grid to sample it on
+) -> np.ndarray:
+    "Every voxel of `ref`, in order, at its position (3, n) in the voxel coordinates of `vol`."
+    ijk = np.indices(ref.shape).reshape(3, -1)
+    world = ref.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
+    return (np.linalg.inv(vol.affine) @ world)[:3]
+
 # %% ../../nbs/05a_data.measure.ipynb #ed72ef82
 def on_grid(
     vol: Volume,  # an image
@@ -300,9 +320,7 @@ def on_grid(
     "The image `vol` sampled on the voxel grid of `ref` (itself when the grids agree)."
     if vol.shape == ref.shape and np.allclose(vol.affine, ref.affine, atol=1e-3):
         return np.asarray(vol.data)
-    ijk = np.indices(ref.shape).reshape(3, -1)
-    world = ref.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
-    src = (np.linalg.inv(vol.affine) @ world)[:3]
+    src = _source_coords(vol, ref)
     out = ndimage.map_coordinates(np.asarray(vol.data, np.float32), src, order=order, cval=0.0)
     return out.reshape(ref.shape)
 
