@@ -8,8 +8,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/data.dataset.html.md"""
 from __future__ import annotations
 import math
 from dataclasses import dataclass
-import numpy as np, pandas as pd
-import torch
+import numpy as np, pandas as pd, torch
 from fastcore.basics import patch
 from ..core import LiverPcrError, ConfigError, CohortError
 from ..cohort.reader import Cohort
@@ -29,8 +28,24 @@ class Split:
     val: tuple
     test: tuple
 
-    def __repr__(self):
-        return f'Split(fold={self.fold}: {len(self.train)} train, {len(self.val)} val, {len(self.test)} test)'
+# %% ../../nbs/06_data.dataset.ipynb #5030874a
+@patch
+def __repr__(self: Split):
+    return f'Split(fold={self.fold}: {len(self.train)} train, {len(self.val)} val, {len(self.test)} test)'
+
+# %% ../../nbs/06_data.dataset.ipynb #02ead946
+def _overlaps(
+    groups: tuple,  # id collections
+    names: tuple,  # their names
+) -> list:
+    "One message per pair of groups that share patient ids (the first five of them named)."
+    probs = []
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            both = sorted(str(x) for x in set(groups[i]) & set(groups[j]))
+            if both:
+                probs.append(f'leak: {len(both)} patient(s) in both {names[i]} and {names[j]}: {both[:5]}')
+    return probs
 
 # %% ../../nbs/06_data.dataset.ipynb #779d2764
 def check_no_leak(
@@ -38,14 +53,20 @@ def check_no_leak(
     names=('train', 'val', 'test'),  # id collections that must not overlap
 ):
     "Raise `LiverPcrError` if any patient id is in more than one group."
-    probs = []
-    for i in range(len(groups)):
-        for j in range(i + 1, len(groups)):
-            both = sorted(str(x) for x in set(groups[i]) & set(groups[j]))
-            if both:
-                probs.append(f'leak: {len(both)} patient(s) in both {names[i]} and {names[j]}: {both[:5]}')
+    probs = _overlaps(groups, names)
     if probs:
         raise LiverPcrError(probs)
+
+# %% ../../nbs/06_data.dataset.ipynb #c8e82b84
+def _check_folded(
+    ids: np.ndarray,  # labelled patient ids
+    f: pd.Series,  # their folds, NaN where missing
+) -> None:
+    "`CohortError` if a labelled patient has no fold."
+    if f.isna().any():
+        raise CohortError(
+            f"patients.csv: fold: {int(f.isna().sum())} labelled patient(s) without a fold, e.g. {list(ids[f.isna().values][:5])}"
+        )
 
 # %% ../../nbs/06_data.dataset.ipynb #b932344d
 def _given_folds(
@@ -54,12 +75,22 @@ def _given_folds(
 ) -> tuple[list, list]:
     "The test ids and the names of the predefined folds; `CohortError` if a labelled patient has none."
     f = pd.Series(folds).reindex(ids)
-    if f.isna().any():
-        raise CohortError(
-            f"patients.csv: fold: {int(f.isna().sum())} labelled patient(s) without a fold, e.g. {list(ids[f.isna().values][:5])}"
-        )
+    _check_folded(ids, f)
     order = sorted(f.unique())
     return [ids[(f == k).values] for k in order], [int(k) for k in order]
+
+# %% ../../nbs/06_data.dataset.ipynb #02c136b0
+def _check_classes(
+    y: np.ndarray,  # the 0/1 labels
+    n_folds: int,  # number of folds
+) -> None:
+    "`ConfigError` unless each class has a patient for every fold."
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    if min(n_pos, n_neg) < n_folds:
+        raise ConfigError(
+            f'too few patients for {n_folds} folds: {n_pos} pCR and {n_neg} non-pCR labelled patients '
+            f'(each fold needs at least one of each); use fewer folds'
+        )
 
 # %% ../../nbs/06_data.dataset.ipynb #35239110
 def _stratified_folds(
@@ -71,14 +102,18 @@ def _stratified_folds(
     "The test ids and the names (0, 1, ...) of stratified folds; `ConfigError` if a class is too small."
     from sklearn.model_selection import StratifiedKFold
 
-    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
-    if min(n_pos, n_neg) < n_folds:
-        raise ConfigError(
-            f'too few patients for {n_folds} folds: {n_pos} pCR and {n_neg} non-pCR labelled patients '
-            f'(each fold needs at least one of each); use fewer folds'
-        )
+    _check_classes(y, n_folds)
     skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
     return [ids[te] for _, te in skf.split(ids, y)], list(range(n_folds))
+
+# %% ../../nbs/06_data.dataset.ipynb #7569ee8f
+def _check_train_classes(
+    k: int,  # the fold's name
+    ytr: np.ndarray,  # its training patients' 0/1 labels
+) -> None:
+    "`ConfigError` when the fold's training patients hold fewer than 2 of one class (no stratified inner split)."
+    if min(ytr.sum(), (1 - ytr).sum()) < 2:
+        raise ConfigError(f'fold {k}: its training patients hold fewer than 2 of one class; use fewer folds')
 
 # %% ../../nbs/06_data.dataset.ipynb #d9b0c739
 def _fold_split(
@@ -94,13 +129,20 @@ def _fold_split(
 
     tr = np.array([i for i in ids if i not in set(te)])
     ytr = np.array([lab[i] for i in tr])
-    if min(ytr.sum(), (1 - ytr).sum()) < 2:
-        raise ConfigError(f'fold {k}: its training patients hold fewer than 2 of one class; use fewer folds')
+    _check_train_classes(k, ytr)
     n_val = max(2, int(round(val_frac * len(tr))))
     tr2, va = train_test_split(tr, test_size=n_val, stratify=ytr, random_state=seed * 1000 + k)
     s = Split(k, *(tuple(sorted(str(i) for i in g)) for g in (tr2, va, te)))
     check_no_leak(s.train, s.val, s.test)
     return s
+
+# %% ../../nbs/06_data.dataset.ipynb #b687ac74
+def _check_unique(
+    ids: np.ndarray,  # patient ids
+) -> None:
+    "`LiverPcrError` if an id is there twice."
+    if len(set(ids)) != len(ids):
+        raise LiverPcrError('duplicate patient ids in the split input')
 
 # %% ../../nbs/06_data.dataset.ipynb #56b39264
 def make_splits(
@@ -113,13 +155,21 @@ def make_splits(
 ) -> list[Split]:
     "Stratified patient-level folds, each with a stratified inner validation split."
     ids, y = np.asarray([str(i) for i in ids], dtype=object), np.asarray(labels, dtype=int)
-    if len(set(ids)) != len(ids):
-        raise LiverPcrError('duplicate patient ids in the split input')
+    _check_unique(ids)
     tests, names = _given_folds(ids, folds) if folds is not None else _stratified_folds(ids, y, n_folds, seed)
     lab = dict(zip(ids, y))
     out = [_fold_split(k, te, ids, lab, val_frac, seed) for k, te in zip(names, tests)]
     check_no_leak(*[s.test for s in out], names=tuple(f'test fold {s.fold}' for s in out))
     return out
+
+# %% ../../nbs/06_data.dataset.ipynb #44e11402
+def _check_labelled(
+    cohort: Cohort,  # the cohort
+    y: pd.Series,  # its labels, missing ones dropped
+) -> None:
+    "`CohortError` when the cohort has no labelled patient."
+    if len(y) == 0:
+        raise CohortError(f'{cohort.root}: no labelled patients ({cohort.label_col} is empty for everyone)')
 
 # %% ../../nbs/06_data.dataset.ipynb #8884f2db
 def cohort_splits(
@@ -130,8 +180,7 @@ def cohort_splits(
 ) -> list[Split]:
     "The splits of a cohort's labelled patients (its `fold` column when present)."
     y = cohort.labels.dropna()
-    if len(y) == 0:
-        raise CohortError(f'{cohort.root}: no labelled patients ({cohort.label_col} is empty for everyone)')
+    _check_labelled(cohort, y)
     folds = cohort.folds.reindex(y.index) if cohort.folds is not None else None
     return make_splits(y.index, y.values.astype(int), n_folds, seed, val_frac, folds)
 
@@ -255,6 +304,17 @@ class Augment:
     intensity: float = 0.1  # per-image gain and offset jitter, ±
     drop_input: float = 0.0  # chance of hiding each (timepoint, sequence) image (present → False), keeping at least one
 
+# %% ../../nbs/06_data.dataset.ipynb #97447714
+def _jitter(
+    aug: Augment,  # the intensity range
+    generator: torch.Generator,  # the random stream
+    S: int,  # sequences of the exam
+) -> tuple:
+    "Per-sequence gains and offsets (S, 1, 1, 1), uniform within ±`aug.intensity`, gains drawn first."
+    gain = 1 + aug.intensity * (torch.rand(S, 1, 1, 1, generator=generator) * 2 - 1)
+    off = aug.intensity * (torch.rand(S, 1, 1, 1, generator=generator) * 2 - 1)
+    return gain, off
+
 # %% ../../nbs/06_data.dataset.ipynb #96656f20
 def _draw_exam(
     aug: Augment,  # how to augment
@@ -271,9 +331,7 @@ def _draw_exam(
         [fl * math.cos(th) / sc, -math.sin(th) / sc, 2 * aug.shift_px * u() / W],
         [fl * math.sin(th) / sc, math.cos(th) / sc, 2 * aug.shift_px * u() / H],
     ]
-    gain = 1 + aug.intensity * (torch.rand(S, 1, 1, 1, generator=generator) * 2 - 1)
-    off = aug.intensity * (torch.rand(S, 1, 1, 1, generator=generator) * 2 - 1)
-    return A, gain, off
+    return A, *_jitter(aug, generator, S)
 
 # %% ../../nbs/06_data.dataset.ipynb #9b7ee4d5
 def augment_exams(
@@ -321,6 +379,18 @@ def _clinical_arrays(
     n = len(ids)
     return np.zeros((n, 0), np.float32), np.zeros((n, T, 0), np.float32), np.zeros((n, T, 0), bool)
 
+# %% ../../nbs/06_data.dataset.ipynb #ca9c6ded
+def _with_radiomics(
+    clin: np.ndarray,  # the flat clinical features (N, F)
+    radiomics: pd.DataFrame | None,  # features (rows: patient ids), or None
+    ids: list,  # the patients, in the order of `clin`
+) -> np.ndarray:
+    "`clin` with the radiomics features of `ids` appended as columns."
+    if radiomics is None:
+        return clin
+    r = radiomics.reindex(ids).values.astype(np.float32)  # NaN where missing: the model decides
+    return np.concatenate([clin, r], 1)
+
 # %% ../../nbs/06_data.dataset.ipynb #343e0c51
 class PatientDataset(torch.utils.data.Dataset):
     "One patient per item, from a preprocessed cohort and the fold's fitted clinical transformer."
@@ -340,12 +410,12 @@ class PatientDataset(torch.utils.data.Dataset):
         self.y = np.array([cohort[i].label for i in self.ids], dtype=np.float32)
         arrays = _clinical_arrays(cohort, self.ids, clinical, len(pre.timepoints))
         self.clin, self.labs, self.labs_missing = arrays
-        if radiomics is not None:
-            r = radiomics.reindex(self.ids).values.astype(np.float32)  # NaN where missing: the model decides
-            self.clin = np.concatenate([self.clin, r], 1)
+        self.clin = _with_radiomics(self.clin, radiomics, self.ids)
 
-    def __len__(self):
-        return len(self.ids)
+# %% ../../nbs/06_data.dataset.ipynb #f1e4871f
+@patch
+def __len__(self: PatientDataset):
+    return len(self.ids)
 
 # %% ../../nbs/06_data.dataset.ipynb #68888901
 @patch
@@ -375,6 +445,17 @@ def _augmented(
     x = x * present[..., None, None, None]  # missing (or hidden) stays zero after the jitter
     return x, m, present
 
+# %% ../../nbs/06_data.dataset.ipynb #b9099802
+def _item_arrays(
+    pre: Preprocessed,  # the cached tensors
+    p: int,  # the patient's row
+) -> tuple:
+    "The patient's images, masks (float32) and presence (bool) as tensors, read from the cache."
+    x = torch.from_numpy(np.array(pre.images[p], dtype=np.float32))
+    m = torch.from_numpy(np.array(pre.masks[p], dtype=np.float32))
+    present = torch.from_numpy(np.array(pre.present[p], dtype=bool))
+    return x, m, present
+
 # %% ../../nbs/06_data.dataset.ipynb #aa4a4227
 @patch
 def __getitem__(
@@ -383,9 +464,7 @@ def __getitem__(
 ) -> dict:
     "The patient's tensors, label and id."
     p = self.pos[i]
-    x = torch.from_numpy(np.array(self.pre.images[p], dtype=np.float32))
-    m = torch.from_numpy(np.array(self.pre.masks[p], dtype=np.float32))
-    present = torch.from_numpy(np.array(self.pre.present[p], dtype=bool))
+    x, m, present = _item_arrays(self.pre, p)
     if self.augment is not None:
         x, m, present = self._augmented(x, m, present, p)
     labs, missing = torch.from_numpy(self.labs[i]), torch.from_numpy(self.labs_missing[i])

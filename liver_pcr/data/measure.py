@@ -6,7 +6,7 @@ Docs: https://liver-pcr.github.io/liver_pcr/data.measure.html.md"""
 
 # %% ../../nbs/05a_data.measure.ipynb #01d0a545
 from __future__ import annotations
-import hashlib, json, math, os, sys, tempfile, shutil
+import hashlib, json, math, sys, tempfile, shutil
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -14,7 +14,8 @@ from scipy import ndimage
 from fastcore.basics import patch
 from ..core import CohortError, ConfigError, LiverPcrError, cache_dir, check_out_path
 from ..cohort.reader import Cohort, Patient, Volume, load_volume
-from .preprocess import CacheError, _discard_entry, _map_jobs, exam_mask
+from liver_pcr.data.preprocess import (CacheError, _discard_entry, _map_jobs, _move_into_place,
+    exam_mask)
 
 # %% auto #0
 __all__ = ['ARTERIAL', 'MEASURE_VERSION', 'EXAM_MEASURES', 'SEQUENCE_MEASURES', 'AFP_PRODUCER', 'MeasureConfig',
@@ -24,6 +25,8 @@ __all__ = ['ARTERIAL', 'MEASURE_VERSION', 'EXAM_MEASURES', 'SEQUENCE_MEASURES', 
 
 # %% ../../nbs/05a_data.measure.ipynb #04668bc4
 ARTERIAL = ('AP', 'ART', 'ARTERIAL', 'HAP', 'LAP')  # sequence names read as the arterial phase, in order of preference
+
+# %% ../../nbs/05a_data.measure.ipynb #295b307f
 MEASURE_VERSION = 1  # bump when a measurement's definition changes: old cache entries are then rebuilt
 
 # %% ../../nbs/05a_data.measure.ipynb #befb49d9
@@ -108,6 +111,18 @@ def _largest_component(
         m = lab == 1 + int(np.argmax(sizes))
     return m
 
+# %% ../../nbs/05a_data.measure.ipynb #1f41773c
+def _edge(
+    sl: np.ndarray,  # a slice of the lesion mask (x, y)
+    sx: float,  # pixel size along x (mm)
+    sy: float,  # pixel size along y (mm)
+) -> np.ndarray:
+    "The positions (mm) of the lesion's edge pixels in one slice: at most 600, evenly picked."
+    edge = np.argwhere(sl & ~ndimage.binary_erosion(sl)) * np.array([sx, sy])
+    if len(edge) > 600:
+        edge = edge[np.linspace(0, len(edge) - 1, 600).astype(int)]
+    return edge
+
 # %% ../../nbs/05a_data.measure.ipynb #b9a20577
 def _slice_diameter(
     sl: np.ndarray,  # a slice of the lesion mask (x, y)
@@ -115,9 +130,7 @@ def _slice_diameter(
     sy: float,  # pixel size along y (mm)
 ) -> float:
     "The longest edge-to-edge distance (mm) of the lesion in one slice."
-    edge = np.argwhere(sl & ~ndimage.binary_erosion(sl)) * np.array([sx, sy])
-    if len(edge) > 600:
-        edge = edge[np.linspace(0, len(edge) - 1, 600).astype(int)]
+    edge = _edge(sl, sx, sy)
     d = edge[:, None] - edge[None]
     dist = np.sqrt((d**2).sum(-1))
     i, j = np.unravel_index(np.argmax(dist), dist.shape)
@@ -156,6 +169,8 @@ def reference_region(
 
 # %% ../../nbs/05a_data.measure.ipynb #f69d31f4
 EXAM_MEASURES = ('volume_ml', 'diameter_mm', 'necrotic_share', 'viable_ml', 'heterogeneity')  # per exam
+
+# %% ../../nbs/05a_data.measure.ipynb #61f24e7c
 SEQUENCE_MEASURES = ('rel', 'viable_rel')  # per sequence S of an exam: S_rel, S_viable_rel
 
 # %% ../../nbs/05a_data.measure.ipynb #1eb9539c
@@ -242,6 +257,23 @@ def _heterogeneity(
     q1, q3 = np.percentile(x, [25, 75])
     return float((q3 - q1) / (q3 + q1)) if q3 + q1 > 0 else math.nan
 
+# %% ../../nbs/05a_data.measure.ipynb #35c3773d
+def _size(
+    m: np.ndarray,  # the lesion mask (boolean, not empty)
+    spacing,  # voxel size (mm)
+    vox: float,  # a voxel's volume (ml)
+) -> dict:
+    "The lesion's volume (ml) and RECIST diameter (mm)."
+    return dict(volume_ml=float(m.sum() * vox), diameter_mm=longest_diameter(m, spacing))
+
+# %% ../../nbs/05a_data.measure.ipynb #2e9ea7b3
+def _viable_size(
+    viable: np.ndarray,  # per lesion voxel: viable?
+    vox: float,  # a voxel's volume (ml)
+) -> dict:
+    "The lesion's necrotic share and its viable volume (ml)."
+    return dict(necrotic_share=float(1 - viable.mean()), viable_ml=float(viable.sum() * vox))
+
 # %% ../../nbs/05a_data.measure.ipynb #c3d2911c
 def exam_measures(
     images: dict,  # sequence -> intensity array (x, y, z), all on the mask's grid
@@ -256,20 +288,28 @@ def exam_measures(
     vox = math.prod(float(s) for s in spacing) / 1000
     if not m.any():
         return f
-    f['volume_ml'] = float(m.sum() * vox)
-    f['diameter_mm'] = longest_diameter(m, spacing)
+    f.update(_size(m, spacing, vox))
     box, M, dist, L = _around(m, spacing, cfg, liver)
     art = arterial_of(images, cfg)
     rel = _relative(images, box, M, dist, L, cfg)
     f.update({f'{s}_rel': float(np.median(x)) for s, x in rel.items()})
     viable = rel[art] >= cfg.viable_above if art in rel else None
     if viable is not None:
-        f['necrotic_share'] = float(1 - viable.mean())
-        f['viable_ml'] = float(viable.sum() * vox)
+        f.update(_viable_size(viable, vox))
     solid = _solid(rel, art, viable, int(M.sum()), cfg)
     f.update({f'{s}_viable_rel': float(np.median(x[solid])) for s, x in rel.items()})
     f['heterogeneity'] = _heterogeneity(rel.get(art, next(iter(rel.values()), None)))
     return f
+
+# %% ../../nbs/05a_data.measure.ipynb #b57881b8
+def _source_coords(
+    vol: Volume,  # the image
+    ref: Volume,  # the grid to sample it on
+) -> np.ndarray:
+    "Every voxel of `ref`, in order, at its position (3, n) in the voxel coordinates of `vol`."
+    ijk = np.indices(ref.shape).reshape(3, -1)
+    world = ref.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
+    return (np.linalg.inv(vol.affine) @ world)[:3]
 
 # %% ../../nbs/05a_data.measure.ipynb #ed72ef82
 def on_grid(
@@ -280,9 +320,7 @@ def on_grid(
     "The image `vol` sampled on the voxel grid of `ref` (itself when the grids agree)."
     if vol.shape == ref.shape and np.allclose(vol.affine, ref.affine, atol=1e-3):
         return np.asarray(vol.data)
-    ijk = np.indices(ref.shape).reshape(3, -1)
-    world = ref.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
-    src = (np.linalg.inv(vol.affine) @ world)[:3]
+    src = _source_coords(vol, ref)
     out = ndimage.map_coordinates(np.asarray(vol.data, np.float32), src, order=order, cval=0.0)
     return out.reshape(ref.shape)
 
@@ -355,12 +393,21 @@ def _write_entry(
         raw = (tmp / 'table.csv').read_bytes()
         meta = dict(version=MEASURE_VERSION, rows=len(df), columns=list(df.columns), sha256=hashlib.sha256(raw).hexdigest())
         (tmp / 'meta.json').write_text(json.dumps(meta))
-        try:
-            os.replace(tmp, d)
-        except OSError:
-            pass  # another process finished the same entry first
+        _move_into_place(tmp, d)  # one step; another process may have finished the same entry first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../../nbs/05a_data.measure.ipynb #f4d6e7cb
+def _check_meta(
+    d: Path,  # the entry folder
+    meta,  # its parsed meta.json
+    raw: bytes,  # its table.csv
+) -> None:
+    "`CacheError` unless `meta` is of this version and `raw` is what it records."
+    if not isinstance(meta, dict) or meta.get('version') != MEASURE_VERSION:
+        raise CacheError(d, 'meta.json is of another version')
+    if hashlib.sha256(raw).hexdigest() != meta.get('sha256'):
+        raise CacheError(d, f'table.csv: {len(raw)} bytes that differ from what was written')
 
 # %% ../../nbs/05a_data.measure.ipynb #b1eb474e
 def _read_entry(
@@ -372,10 +419,7 @@ def _read_entry(
         raw = (d / 'table.csv').read_bytes()
     except (OSError, ValueError) as e:
         raise CacheError(d, f'{type(e).__name__}: {e}') from None
-    if not isinstance(meta, dict) or meta.get('version') != MEASURE_VERSION:
-        raise CacheError(d, 'meta.json is of another version')
-    if hashlib.sha256(raw).hexdigest() != meta.get('sha256'):
-        raise CacheError(d, f'table.csv: {len(raw)} bytes that differ from what was written')
+    _check_meta(d, meta, raw)
     df = pd.read_csv(d / 'table.csv', index_col='patient_id', dtype={'patient_id': str}, float_precision='round_trip')
     return df.astype(np.float64)
 

@@ -169,6 +169,15 @@ def _middle_centre(
     ij = [(grid.shape[0] - 1) / 2, (grid.shape[1] - 1) / 2]
     return z, (grid.affine @ np.array([ij[0], ij[1], z, 1.0]))[:3]
 
+# %% ../../nbs/05_data.preprocess.ipynb #feded9b3
+def _fit_pixel(
+    grid: Volume,  # the exam's grid
+    px: int,  # the ROI's side in pixels
+) -> float:
+    "The ROI pixel (mm) that makes `px` pixels span the grid's wider in-plane field of view."
+    fov = np.array(grid.shape[:2]) * np.array(grid.spacing[:2])
+    return float(fov.max() / px)
+
 # %% ../../nbs/05_data.preprocess.ipynb #81a29782
 def find_roi(
     mask: Volume | None,  # the exam's union lesion mask (or None)
@@ -183,8 +192,7 @@ def find_roi(
         pixel = cfg.spacing
     else:
         z, centre = _middle_centre(grid)
-        fov = np.array(grid.shape[:2]) * np.array(grid.spacing[:2])
-        pixel = float(fov.max() / cfg.roi_px)
+        pixel = _fit_pixel(grid, cfg.roi_px)
     offsets = _slices(z, k, nz) - z
     return ROI(centre, grid.affine[:3, 2].copy(), offsets.astype(float), pixel, cfg.roi_px)
 
@@ -345,6 +353,17 @@ def _save_arrays(
         rec[k] = dict(shape=list(a.shape), dtype=a.dtype.str, bytes=size)
     return rec
 
+# %% ../../nbs/05_data.preprocess.ipynb #7efd6b18
+def _move_into_place(
+    tmp: Path,  # the finished folder
+    d: Path,  # where the entry goes
+) -> None:
+    "Move `tmp` to `d` in one step; leave things as they are when another process put a whole entry there first."
+    try:
+        os.replace(tmp, d)  # one step: no reader ever sees a half-written entry
+    except OSError:
+        pass  # another process finished the same entry first
+
 # %% ../../nbs/05_data.preprocess.ipynb #48c15ab1
 def _write_entry(
     d: Path,  # the entry folder to create
@@ -358,10 +377,7 @@ def _write_entry(
         rec = _save_arrays(tmp, arrays)
         text = json.dumps(dict(meta, format=CACHE_FORMAT, arrays=rec), default=list)
         (tmp / 'meta.json').write_text(text)
-        try:
-            os.replace(tmp, d)  # one step: no reader ever sees a half-written entry
-        except OSError:
-            pass  # another process finished the same entry first
+        _move_into_place(tmp, d)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return d
@@ -378,6 +394,15 @@ def _parse_meta(
     except (OSError, ValueError) as e:
         raise CacheError(d, f'meta.json is unreadable: {type(e).__name__}: {e}') from None
 
+# %% ../../nbs/05_data.preprocess.ipynb #32054f2c
+def _missing_fields(
+    meta: dict,  # a meta.json of the current format
+) -> list:
+    "The fields `meta` lacks or holds with the wrong type, and the arrays it does not record."
+    bad = [k for k, t in _META.items() if not isinstance(meta.get(k), t)]
+    bad += [f'arrays.{k}' for k in _ARRAYS if 'arrays' not in bad and k not in meta['arrays']]
+    return bad
+
 # %% ../../nbs/05_data.preprocess.ipynb #528438b0
 def _read_meta(
     d: Path,  # an entry folder
@@ -390,8 +415,7 @@ def _read_meta(
         raise CacheError(d, 'meta.json has no format version: an entry of an older liver_pcr')
     if meta['format'] != CACHE_FORMAT:
         raise CacheError(d, f"meta.json has format {meta['format']!r}, expected {CACHE_FORMAT}")
-    bad = [k for k, t in _META.items() if not isinstance(meta.get(k), t)]
-    bad += [f'arrays.{k}' for k in _ARRAYS if 'arrays' not in bad and k not in meta['arrays']]
+    bad = _missing_fields(meta)
     if bad:
         raise CacheError(d, f"meta.json has no valid {', '.join(bad)}")
     return meta
@@ -452,6 +476,16 @@ def _load_cached(
         raise CacheError(d, f'meta.json lists {n} patients, the arrays are {shapes}')
     return Preprocessed(d, meta['ids'], meta['timepoints'], meta['sequences'], cfg, **arr)
 
+# %% ../../nbs/05_data.preprocess.ipynb #741e7b4f
+def _remove_renamed(
+    trash: Path,  # a renamed entry: a folder, or a link
+) -> None:
+    "Delete `trash`: a real folder with what it holds, a link (or a file) itself only."
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink()
+
 # %% ../../nbs/05_data.preprocess.ipynb #c6fc2553
 def _discard_entry(
     d: Path,  # a damaged entry folder
@@ -467,10 +501,7 @@ def _discard_entry(
         return  # another process removed it first
     except OSError as e:
         raise LiverPcrError(f'{d}: a damaged cache entry that cannot be removed ({e})') from None
-    if trash.is_dir() and not trash.is_symlink():
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        trash.unlink()
+    _remove_renamed(trash)
 
 # %% ../../nbs/05_data.preprocess.ipynb #43d9da62
 def _one(
@@ -524,6 +555,21 @@ def _entry_dir(
     name = ''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in cohort.name)[:40]
     return Path(root) / f'{name}-{cohort.fingerprint()}-{cfg.key()}'
 
+# %% ../../nbs/05_data.preprocess.ipynb #be2057c5
+def _reuse(
+    d: Path,  # the entry folder
+    root: Path,  # the cache root
+    cfg: PreprocessConfig,  # the resolved configuration
+) -> Preprocessed | None:
+    "The cached entry `d`, or None: no entry, or a damaged one (reported on stderr, and removed)."
+    if not (d.exists() or d.is_symlink()):
+        return None
+    try:
+        return _load_cached(d, cfg)
+    except CacheError as e:
+        print(f'warning: {e}; rebuilding it', file=sys.stderr)
+        _discard_entry(d, root)
+
 # %% ../../nbs/05_data.preprocess.ipynb #67d9ef69
 def preprocess_cohort(
     cohort: Cohort,  # the cohort
@@ -537,11 +583,8 @@ def preprocess_cohort(
     root = Path(cache) if cache else cache_dir() / 'preprocessed'
     check_out_path(root, cohort=cohort.root)
     d = _entry_dir(cohort, cfg, root)
-    if d.exists() or d.is_symlink():
-        try:
-            return _load_cached(d, cfg)
-        except CacheError as e:
-            print(f'warning: {e}; rebuilding it', file=sys.stderr)
-            _discard_entry(d, root)
+    pre = _reuse(d, root, cfg)
+    if pre is not None:
+        return pre
     _build_entry(cohort, cfg, d, n_jobs, show_progress)
     return _load_cached(d, cfg)

@@ -189,6 +189,28 @@ def _moments(
     z = (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
     return dict(skewness=float((z**3).mean()), kurtosis=float((z**4).mean() - 3) if sd > 0 else 0.0)
 
+# %% ../../nbs/06a_data.radiomics.ipynb #18cd286b
+def _ring_relative(
+    x: np.ndarray,  # the lesion's intensities
+    r: np.ndarray,  # the ring's intensities
+    med: float,  # the ring's median (> 0)
+    cfg,  # the low/high thresholds
+) -> dict:
+    "The lesion's levels, percentiles and low/high shares relative to the ring median `med`, and its contrast to the ring."
+    xn = x / med
+    p10, p50, p90 = np.percentile(xn, [10, 50, 90])
+    return dict(
+        mean=float(xn.mean()),
+        sd=float(xn.std()),
+        p10=float(p10),
+        p50=float(p50),
+        p90=float(p90),
+        ring_contrast=float((x.mean() - r.mean()) / (x.mean() + r.mean())),
+        ring_z=float((x.mean() - r.mean()) / r.std()) if r.std() > 0 else math.nan,
+        low_frac=float((x < cfg.low * med).mean()),
+        high_frac=float((x > cfg.high * med).mean()),
+    )
+
 # %% ../../nbs/06a_data.radiomics.ipynb #4b4eabd3
 def _intensity(
     x: np.ndarray,  # the lesion's intensities
@@ -201,19 +223,7 @@ def _intensity(
     med = float(np.median(r)) if len(r) >= cfg.min_ring else math.nan
     if not med > 0:
         return f
-    xn = x / med
-    p10, p50, p90 = np.percentile(xn, [10, 50, 90])
-    f.update(
-        mean=float(xn.mean()),
-        sd=float(xn.std()),
-        p10=float(p10),
-        p50=float(p50),
-        p90=float(p90),
-        ring_contrast=float((x.mean() - r.mean()) / (x.mean() + r.mean())),
-        ring_z=float((x.mean() - r.mean()) / r.std()) if r.std() > 0 else math.nan,
-        low_frac=float((x < cfg.low * med).mean()),
-        high_frac=float((x > cfg.high * med).mean()),
-    )
+    f.update(_ring_relative(x, r, med, cfg))
     return f
 
 # %% ../../nbs/06a_data.radiomics.ipynb #52adfdc3
@@ -226,6 +236,19 @@ def _texture(
     "The GLCM features of the region."
     lo, hi = np.percentile(x, [1, 99])
     return glcm_features(glcm(quantise(I, cfg.levels, lo, hi), M, cfg.levels))
+
+# %% ../../nbs/06a_data.radiomics.ipynb #de7e4bec
+def _roi_features(
+    img: np.ndarray,  # the image
+    m: np.ndarray,  # the region (not empty)
+    sp: tuple,  # voxel size (mm)
+    cfg,  # feature settings
+) -> dict:
+    "Intensity and texture features of region `m`, read on a crop around it and its ring."
+    box = _crop(m, [math.ceil(cfg.ring_mm / s) + 1 for s in sp])
+    I, M = img[box], m[box]
+    x, r = I[M], I[background_ring(M, I > cfg.body_frac * np.percentile(img, 99), sp, cfg.ring_mm)]
+    return _intensity(x, r, cfg) | _texture(I, M, x, cfg)
 
 # %% ../../nbs/06a_data.radiomics.ipynb #28cf3c7b
 def exam_features(
@@ -245,11 +268,7 @@ def exam_features(
     else:
         m = central_roi(img.shape, cfg.central)
     if m.any():
-        box = _crop(m, [math.ceil(cfg.ring_mm / s) + 1 for s in sp])
-        I, M = img[box], m[box]
-        x, r = I[M], I[background_ring(M, I > cfg.body_frac * np.percentile(img, 99), sp, cfg.ring_mm)]
-        f.update(_intensity(x, r, cfg))
-        f.update(_texture(I, M, x, cfg))
+        f.update(_roi_features(img, m, sp, cfg))
     return {f'{sequence}_{k}' if sequence else k: v for k, v in f.items()}
 
 # %% ../../nbs/06a_data.radiomics.ipynb #2679acbc
