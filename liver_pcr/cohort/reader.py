@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from ..core import CohortError, LiverPcrError, progress, data_root, read_table, read_json_object
 
 # %% auto #0
-__all__ = ['NAME_RE', 'ID_RE', 'STUDY_SEQUENCES', 'NIFTI_RE', 'MANIFEST_COLS', 'Problem', 'natural_key', 'ordered_names',
+__all__ = ['NAME_RE', 'STUDY_SEQUENCES', 'NIFTI_RE', 'MANIFEST_COLS', 'Problem', 'natural_key', 'ordered_names',
            'sort_timepoints', 'Volume', 'load_volume', 'ImageRef', 'Patient', 'axial', 'lesion_slice', 'Cohort',
            'save_nifti', 'CohortWriter', 'cmd_validate']
 
@@ -48,7 +48,6 @@ class Problem:
 
 # %% ../../nbs/01_cohort.reader.ipynb #13140326
 NAME_RE = re.compile(r'^[A-Za-z0-9_.-]+$')  # a patient id, timepoint or sequence: it becomes a file name
-ID_RE = NAME_RE  # the older name, kept importable
 
 # %% ../../nbs/01_cohort.reader.ipynb #bf937018
 STUDY_SEQUENCES = ('T1', 'T1V', 'T2', 'DWI', 'ADC', 'AP', 'PVP')  # the original study's MRI sequences (a cohort may name others)

@@ -18,7 +18,7 @@ from ..cohort.reader import Cohort, Patient, load_volume, Volume
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'PreprocessConfig', 'body_mask', 'normalise', 'ROI', 'exam_mask', 'find_roi', 'sample_roi',
-           'preprocess_exam', 'preprocess_patient', 'Preprocessed', 'resolve', 'CacheError', 'preprocess_cohort']
+           'preprocess_exam', 'preprocess_patient', 'Preprocessed', 'resolve_inputs', 'CacheError', 'preprocess_cohort']
 
 # %% ../../nbs/05_data.preprocess.ipynb #f4bd597f
 @dataclass(frozen=True)
@@ -311,7 +311,7 @@ def _not_in(
     return [f"{kind} {t!r} is not in cohort {cohort!r} (it has {has})" for t in asked if t not in have]
 
 # %% ../../nbs/05_data.preprocess.ipynb #cac301cf
-def resolve(
+def resolve_inputs(
     cohort: Cohort,  # the cohort to preprocess
     cfg: PreprocessConfig,  # the configuration asked for
 ) -> PreprocessConfig:
@@ -579,7 +579,7 @@ def preprocess_cohort(
     show_progress: bool = True,  # show a progress bar
 ) -> Preprocessed:
     "Preprocess every patient of `cohort` into the cache (or reuse its cached entry, if whole)."
-    cfg = resolve(cohort, cfg)
+    cfg = resolve_inputs(cohort, cfg)
     root = Path(cache) if cache else cache_dir() / 'preprocessed'
     check_out_path(root, cohort=cohort.root)
     d = _entry_dir(cohort, cfg, root)

@@ -64,7 +64,7 @@ def _intensity(v: torch.Tensor, g, gamma, gain, offset: float, noise: float) -> 
 # %% ../../nbs/07b_models.pretrain.ipynb #344992e4
 def augment(
     x: torch.Tensor,  # images (N, k, H, W)
-    g,  # the random generator (on the CPU), or a list of them: one per image, which then draws its own view
+    generator,  # the random generator (on the CPU), or a list of them: one per image, which then draws its own view
     scale=(0.6, 1.0),  # range of the crop's area, as a share of the image
     max_rot: float = 15.0,  # largest rotation, degrees
     flip: bool = True,  # random left-right flips
@@ -74,10 +74,10 @@ def augment(
     noise: float = 0.1,  # largest SD of the added Gaussian noise
 ) -> torch.Tensor:
     "A random view of each image: crop, flip and rotation in one resampling; gain, offset, gamma, noise."
-    A = _view_affine(len(x), g, scale, max_rot, flip)
+    A = _view_affine(len(x), generator, scale, max_rot, flip)
     grid = F.affine_grid(A.to(x), list(x.shape), align_corners=False)
     v = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
-    return _intensity(v, g, gamma, gain, offset, noise)
+    return _intensity(v, generator, gamma, gain, offset, noise)
 
 # %% ../../nbs/07b_models.pretrain.ipynb #4e70a7ea
 def projector(
