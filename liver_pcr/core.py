@@ -173,16 +173,12 @@ def _line_at(
     "The line (from 1) that byte `i` is on, whatever the line ends (LF, CRLF, CR)."
     return len(re.split(rb'\r\n?|\n', raw[:i]))
 
-# %% ../nbs/00_core.ipynb #a2e14ff6
-def _file_text(
-    path: Path,  # the file
-    what: str | None = None,  # what the file is, for messages
+# %% ../nbs/00_core.ipynb #3beb2d6c
+def _decoded(
+    path: Path,  # the file, for messages
+    raw: bytes,  # its bytes
 ) -> str:
-    "The text of `path` (UTF-8, BOM allowed); `LiverPcrError` naming it if it is missing or not UTF-8 text."
-    if not path.is_file():
-        why = f'no such {what} file' if what else 'no such file'
-        raise _file_error(path, 'is a folder, not a file' if path.is_dir() else why)
-    raw = path.read_bytes()
+    "`raw` as UTF-8 text (BOM allowed); `LiverPcrError` naming the file if it is UTF-16, binary or not UTF-8."
     if raw[:2] in (b'\xff\xfe', b'\xfe\xff'):
         raise _file_error(path, 'is UTF-16 text: save it as UTF-8')
     if b'\x00' in raw:
@@ -192,6 +188,17 @@ def _file_text(
     except UnicodeDecodeError as e:
         at = f'line {_line_at(raw, e.start)}: byte 0x{raw[e.start]:02x}'
         raise _file_error(path, f'is not UTF-8 text ({at}): save it as UTF-8') from None
+
+# %% ../nbs/00_core.ipynb #a2e14ff6
+def _file_text(
+    path: Path,  # the file
+    what: str | None = None,  # what the file is, for messages
+) -> str:
+    "The text of `path` (UTF-8, BOM allowed); `LiverPcrError` naming it if it is missing or not UTF-8 text."
+    if not path.is_file():
+        why = f'no such {what} file' if what else 'no such file'
+        raise _file_error(path, 'is a folder, not a file' if path.is_dir() else why)
+    return _decoded(path, path.read_bytes())
 
 # %% ../nbs/00_core.ipynb #fa142180
 def _named_columns(
@@ -227,6 +234,31 @@ def _parse_csv(
         raise _file_error(path, f'cannot be parsed as CSV ({type(e).__name__}: {str(e).splitlines()[0]})') from None
     return df, head, caught
 
+# %% ../nbs/00_core.ipynb #8979d19a
+def _extra_values(
+    path,  # the file, for messages
+    caught: list,  # the warnings pandas gave while parsing it
+    warn=None,  # called with the reason when rows have more values than the header (None: raise)
+):
+    "`LiverPcrError` (or a call of `warn`) if pandas warned that rows have more values than the header."
+    import pandas as pd
+
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        if warn is None:
+            raise _file_error(path, 'some rows have more values than the header has columns')
+        warn('some rows have more values than the header has columns')
+
+# %% ../nbs/00_core.ipynb #0921d705
+def _check_columns(
+    path,  # the file, for messages
+    df,  # its table, with the header's names
+    required=(),  # the columns it must have
+):
+    "`LiverPcrError` naming the file, the missing columns and those it has, if `df` lacks any of `required`."
+    if miss := [c for c in required if c not in df.columns]:
+        have = ', '.join(map(repr, df.columns))
+        raise _file_error(path, f"missing column(s) {', '.join(map(repr, miss))} (it has {have})")
+
 # %% ../nbs/00_core.ipynb #1efd9db5
 def read_table(
     path,  # a CSV file
@@ -236,21 +268,14 @@ def read_table(
     warn=None,  # called with the reason when rows have more values than the header (None: raise)
 ):
     "A CSV file as a table of stripped strings; `LiverPcrError` naming the file if it cannot be used."
-    import pandas as pd
-
     path = Path(path).expanduser()
     text = _file_text(path, what)
     if not text.strip():
         raise _file_error(path, 'is empty (a header line is expected)')
     df, head, caught = _parse_csv(path, text)
-    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-        if warn is None:
-            raise _file_error(path, 'some rows have more values than the header has columns')
-        warn('some rows have more values than the header has columns')
+    _extra_values(path, caught, warn)
     df = _named_columns(path, df.apply(lambda c: c.str.strip()), [c.strip() for c in head.iloc[0]])
-    if miss := [c for c in required if c not in df.columns]:
-        have = ', '.join(map(repr, df.columns))
-        raise _file_error(path, f"missing column(s) {', '.join(map(repr, miss))} (it has {have})")
+    _check_columns(path, df, required)
     return df.mask(df == '') if na else df
 
 # %% ../nbs/00_core.ipynb #faf4b2fc

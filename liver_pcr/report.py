@@ -23,18 +23,26 @@ from .evaluate.ablation import run_ablation
 __all__ = ['DEMO_MODELS', 'DEMO_PATIENTS', 'TRIPOD_AI', 'REPORT_FIGURES', 'COMPARISON_COLUMNS', 'REPORT_TEMPLATE',
            'REPORT_SECTIONS', 'demo_cohort', 'report_context', 'render_report', 'write_report', 'run_demo', 'cmd_demo']
 
-# %% ../nbs/13_report.ipynb #b17e5bd5
+# %% ../nbs/13_report.ipynb #8c9f88b0
 DEMO_MODELS = MODEL_NAMES
+DEMO_PATIENTS = 120
 
-
+# %% ../nbs/13_report.ipynb #b17e5bd5
 def _say(msg, quiet=False):
     if not quiet:
         print(msg, flush=True)
 
+# %% ../nbs/13_report.ipynb #6f92c1d2
+def _sample_with_truth() -> tuple[Cohort, pd.DataFrame | None]:
+    "The packaged 24-patient sample and its generator truth (None if the generator no longer remakes it)."
+    from liver_pcr.cohort.synth import SynthConfig, truth_table
+
+    c = Cohort.load(sample_cohort_path())
+    tt = truth_table(SynthConfig(n_patients=len(c), seed=0))  # the sample is the generator's seed 0, remade from its config
+    same = list(tt.patient_id) == c.ids and list(tt.pcr) == list(c.labels.astype(int))
+    return c, tt if same else None
+
 # %% ../nbs/13_report.ipynb #3be5e397
-DEMO_PATIENTS = 120
-
-
 def demo_cohort(
     out: Path,  # output folder (for a generated cohort and its truth)
     patients: int | None = None,  # cohort size (None: the default demo cohort)
@@ -42,15 +50,12 @@ def demo_cohort(
     sample: bool = False,  # the packaged 24-patient sample instead?
 ) -> tuple[Cohort, pd.DataFrame | None]:
     "The demo's cohort and its generator truth (None when unknown): by default 120 synthetic patients (cached, shared with the course)."
-    from liver_pcr.cohort.synth import SynthConfig, make_cohort, truth_table
+    from liver_pcr.cohort.synth import SynthConfig, make_cohort
 
     if patients is None and not sample:
         return course_cohort(DEMO_PATIENTS, seed)
     if patients is None:
-        c = Cohort.load(sample_cohort_path())
-        tt = truth_table(SynthConfig(n_patients=len(c), seed=0))  # the sample is the generator's seed 0, remade from its config
-        same = list(tt.patient_id) == c.ids and list(tt.pcr) == list(c.labels.astype(int))
-        return c, tt if same else None
+        return _sample_with_truth()
     cfg = SynthConfig(n_patients=patients, seed=seed)
     tt = make_cohort(out / 'cohort', cfg, truth=out / 'truth.csv', overwrite=True, show_progress=False)
     return Cohort.load(out / 'cohort'), tt
@@ -139,14 +144,18 @@ def _closing_words(c: Cohort, cmp: pd.DataFrame, rep: Path, total: float, quiet:
         )
     _say(f'\nreport: {rep.resolve()}  ({total / 60:.1f} min)', quiet)
 
-# %% ../nbs/13_report.ipynb #d4e5f21a
-TRIPOD_AI = [
+# %% ../nbs/13_report.ipynb #94fc8f45
+_TRIPOD_DATA = [
     ('Source of data', 'the cohort (name, folder) and how it was made: synthetic generator and seed, or your own data'),
     ('Participants', 'patients, labelled patients, pCR share; coverage of timepoints × sequences; marker missingness'),
     ('Outcome', 'pathologic complete response (the label column of patients.csv), as recorded, without blinding information'),
     ('Predictors', 'MRI sequences and timepoints per model stage; AFP and PIVKA-II (log, change, missing indicators)'),
     ('Sample size', 'n and events per model; bootstrap confidence intervals show the uncertainty that follows'),
     ('Missing data', 'missing exams/sequences are masked in the model, never imputed from another image; missing markers: indicator + training mean'),
+]
+
+# %% ../nbs/13_report.ipynb #d4e5f21a
+TRIPOD_AI = _TRIPOD_DATA + [
     (
         'Analysis: model building',
         'one model family (config). Linear head (default): a fixed ResNet18 trunk (seeded random, or weights '

@@ -90,10 +90,10 @@ def fold_batch(
     batch.update(timepoints=list(pre.timepoints), sequences=list(pre.sequences), clinical_names=clinical_names)
     return batch
 
-# %% ../../nbs/12a_interpret.attribution.ipynb #d08698a0
+# %% ../../nbs/12a_interpret.attribution.ipynb #a8bd887e
 _BLOCKS = ('layer4', 'layer3', 'layer2', 'layer1')
 
-
+# %% ../../nbs/12a_interpret.attribution.ipynb #d08698a0
 def block_size(
     block: str,  # a block
     side: int,  # the input's side (pixels)
@@ -164,10 +164,10 @@ def _gradcam(f, model, x, pr, args, layer):
         out[rows] = LayerAttribution.interpolate(a, (H, W), 'bilinear')[:, 0].detach().float()  # rows: (patient, timepoint[, sequence]) in order
     return out
 
-# %% ../../nbs/12a_interpret.attribution.ipynb #31f545a0
+# %% ../../nbs/12a_interpret.attribution.ipynb #76032788
 METHODS = ('gradcam', 'ig')
 
-
+# %% ../../nbs/12a_interpret.attribution.ipynb #31f545a0
 def _check_method(
     method: str,  # 'gradcam' or 'ig'
     channels: bool,  # per-channel maps asked for?

@@ -47,9 +47,6 @@ class PatientExplanation:
     head: str = 'neural'  # the model's head ('neural' or 'linear')
     shap: object = None  # ShapValues (one row): the neural head's clinical branch, or every input of the linear head; or None
 
-    def __repr__(self):
-        return f'PatientExplanation({self.title()}; maps: {list(self.maps)})'
-
 # %% ../../nbs/12c_interpret.explain.ipynb #caf08994
 @patch
 def title(
@@ -63,6 +60,11 @@ def title(
         f'{self.patient} · {self.model}, {f} · p(pCR) = {self.p:.2f} (threshold {self.threshold:.2f}) · truth: {lab}'
         + (f' · {what}' if what else '')
     )
+
+# %% ../../nbs/12c_interpret.explain.ipynb #8659e841
+@patch
+def __repr__(self: PatientExplanation):
+    return f'PatientExplanation({self.title()}; maps: {list(self.maps)})'
 
 # %% ../../nbs/12c_interpret.explain.ipynb #e767a799
 @patch
@@ -143,6 +145,24 @@ def _patient_maps(
     kw = dict(n_steps=n_steps, internal_batch_size=internal_batch_size)
     return {m: attribute(model, batch, m, target, **kw)[0].numpy() for m in methods}
 
+# %% ../../nbs/12c_interpret.explain.ipynb #96b541f7
+def _check_patient(
+    cohort: Cohort,  # the cohort
+    patient: str,  # the patient asked for
+):
+    "`LiverPcrError` if `patient` is not in `cohort`."
+    if patient not in cohort.patients:
+        raise LiverPcrError(f'patient {patient!r} is not in cohort {cohort.root}')
+
+# %% ../../nbs/12c_interpret.explain.ipynb #f1591526
+def _patient_p(
+    model,  # a PCRModel
+    batch: dict,  # a batch whose first patient is the one explained
+) -> float:
+    "p(pCR) of the batch's first patient."
+    with torch.no_grad():
+        return float(torch.sigmoid(forward(model, batch))[0])
+
 # %% ../../nbs/12c_interpret.explain.ipynb #48b234e8
 def explain_patient(
     run,  # a cv (or train) run of a deep model
@@ -156,13 +176,11 @@ def explain_patient(
     internal_batch_size: int = 16,  # integrated gradients' path points per forward pass (memory grows with it)
 ) -> PatientExplanation:
     "Explain one patient with the model of the fold whose test set holds him."
-    if patient not in cohort.patients:
-        raise LiverPcrError(f'patient {patient!r} is not in cohort {cohort.root}')
+    _check_patient(cohort, patient)
     fold = fold_of(run, patient)
     fold_model = load_fold(run, fold)
     m, b = fold_model.model, fold_batch(fold_model, cohort, [patient])
-    with torch.no_grad():
-        p = float(torch.sigmoid(forward(m, b))[0])
+    p = _patient_p(m, b)
     maps = _patient_maps(m, b, methods, target, n_steps, internal_batch_size)
     rel, att = fusion_weights(m, b)
     sx = patient_shap(fold_model, cohort, b, 0, nsamples) if shap else None
@@ -194,6 +212,17 @@ def _explain_reference(
     fig = plot_waterfall(ex, 0, title=f'{patient}: clinical reference, fold {fold} (log-odds)')
     return [save_figure(fig, out / f'{patient}_marker_shap.png')]
 
+# %% ../../nbs/12c_interpret.explain.ipynb #b3dcb8a1
+def _save_shap(
+    px: PatientExplanation,  # the patient's explanation
+    out: Path,  # the folder to write into
+) -> list[Path]:
+    "The file of the SHAP waterfall (none without SHAP values)."
+    if px.shap is None:
+        return []
+    shap_png = 'clinical_shap.png' if px.head == 'neural' else 'shap.png'
+    return [save_figure(px.plot_shap(), out / f'{px.patient}_{shap_png}')]
+
 # %% ../../nbs/12c_interpret.explain.ipynb #8bf41017
 def _write_explanation(
     px: PatientExplanation,  # the patient's explanation
@@ -203,12 +232,21 @@ def _write_explanation(
     pid = px.patient
     files = [save_figure(px.plot_maps(m), out / f'{pid}_{m}.png') for m in px.maps]
     files.append(save_figure(px.plot_contributions(), out / f'{pid}_contributions.png'))
-    if px.shap is not None:
-        shap_png = 'clinical_shap.png' if px.head == 'neural' else 'shap.png'
-        files.append(save_figure(px.plot_shap(), out / f'{pid}_{shap_png}'))
+    files.extend(_save_shap(px, out))
     summary = json.dumps(_summary(px), indent=1, allow_nan=False, default=float)
     files.append(write_text(out / f'{pid}_explanation.json', summary))
     return files
+
+# %% ../../nbs/12c_interpret.explain.ipynb #c661a630
+def _run_kind(
+    run,  # a cv (or train) run
+    patient: str,  # the patient to explain
+) -> tuple:
+    "The run's model name and the patient's fold; `LiverPcrError` for a radiomics run."
+    kind, fold = RunFolder(run).model_name(), fold_of(run, patient)
+    if kind == 'radiomics':
+        raise LiverPcrError(f'{run}: a radiomics reference run; explain takes a deep-model run or the clinical reference')
+    return kind, fold
 
 # %% ../../nbs/12c_interpret.explain.ipynb #876f2a27
 def explain_to(
@@ -221,11 +259,8 @@ def explain_to(
 ) -> list[Path]:
     "Write one patient's explanation figures (and a JSON summary) into `out`; return the paths."
     out = check_out_path(out, cohort=cohort.root)
-    if patient not in cohort.patients:
-        raise LiverPcrError(f'patient {patient!r} is not in cohort {cohort.root}')
-    kind, fold = RunFolder(run).model_name(), fold_of(run, patient)  # refused before anything is written
-    if kind == 'radiomics':
-        raise LiverPcrError(f'{run}: a radiomics reference run; explain takes a deep-model run or the clinical reference')
+    _check_patient(cohort, patient)
+    kind, fold = _run_kind(run, patient)  # refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if kind == 'clinical':
         return _explain_reference(run, cohort, patient, fold, out)

@@ -72,10 +72,10 @@ def marker_display(
         cols |= {f'dlog_{m}_{t}': (w[(m, t)] / w[(m, tps[0])]).values for m in mks for t in tps[1:]}
     return np.stack([cols.get(n, np.full(len(w), np.nan)) for n in names], 1)
 
-# %% ../../nbs/12b_interpret.shap.ipynb #950e6186
+# %% ../../nbs/12b_interpret.shap.ipynb #1f37d4de
 UNITS = {'afp': 'ng/mL', 'pivka_ii': 'mAU/mL', 'dcp': 'mAU/mL'}  # the markers' units (liver_pcr.cohort.viewer's)
 
-
+# %% ../../nbs/12b_interpret.shap.ipynb #950e6186
 def _marker_rules(
     cohort: Cohort,  # the cohort (its labs)
     ids,  # the patients of the rows
@@ -96,14 +96,14 @@ def _marker_rules(
                 rules[n] = (f'{m} {t}/{tps[0]} (ratio)', ratio)
     return rules
 
-# %% ../../nbs/12b_interpret.shap.ipynb #079f5d73
+# %% ../../nbs/12b_interpret.shap.ipynb #0efe6862
 _SIZES = {
     'log_volume': ('tumour volume', 'mL'),
     'log_viable': ('viable tumour', 'mL'),
     'log_diameter': ('diameter', 'mm'),
 }  # the measurement block's log sizes
 
-
+# %% ../../nbs/12b_interpret.shap.ipynb #079f5d73
 def _size_label(
     name: str,  # a feature name
     tps: list,  # the timepoints
@@ -198,6 +198,18 @@ def shap_reference_fold(
     labels, disp = feature_display(reference.feature_names, reference.design(X), cohort, ids, reference.ct.timepoints)
     return _explanation(sv, np.full(len(Z), base), Z, disp, reference.feature_names, labels, ids)
 
+# %% ../../nbs/12b_interpret.shap.ipynb #1bd0cef3
+def _align(
+    e,  # ShapValues of one fold
+    a,  # one of its arrays (n, its features)
+    fill: float,  # the value where the fold's model lacks a feature
+    names: list,  # the features of all the folds
+) -> np.ndarray:
+    "`a` on the columns `names`, `fill` in those `e` does not have."
+    out = np.full((len(a), len(names)), fill, float)
+    out[:, [names.index(n) for n in e.feature_names]] = a
+    return out
+
 # %% ../../nbs/12b_interpret.shap.ipynb #72b0b353
 def _stack_explanations(
     exs: list,  # ShapValues of several folds
@@ -206,16 +218,11 @@ def _stack_explanations(
     names = list(dict.fromkeys(n for e in exs for n in e.feature_names))
     shown = {n: s for e in exs for n, s in zip(e.feature_names, getattr(e, 'display_names', e.feature_names))}
 
-    def align(e, a, fill):
-        out = np.full((len(a), len(names)), fill, float)
-        out[:, [names.index(n) for n in e.feature_names]] = a
-        return out
-
     return _explanation(
-        np.concatenate([align(e, e.values, 0.0) for e in exs]),
+        np.concatenate([_align(e, e.values, 0.0, names) for e in exs]),
         np.concatenate([e.base_values for e in exs]),
-        np.concatenate([align(e, e.data, np.nan) for e in exs]),
-        np.concatenate([align(e, e.display_data, np.nan) for e in exs]),
+        np.concatenate([_align(e, e.data, np.nan, names) for e in exs]),
+        np.concatenate([_align(e, e.display_data, np.nan, names) for e in exs]),
         names,
         [shown[n] for n in names],
         [i for e in exs for i in e.instance_names],
@@ -320,6 +327,22 @@ def _draw_waterfall(ax, rows: list, base: float, fx: float):
         ax.axvline(x, color='0.5', lw=0.8, ls='--')
         ax.text(x, len(rows) - 0.3, f'{what} = {x:.3f}', ha='center', va='bottom', fontsize=8)
 
+# %% ../../nbs/12b_interpret.shap.ipynb #09f336fe
+def _label_waterfall(
+    ax,  # the waterfall's axes
+    rows: list,  # its bars (`_waterfall_rows`)
+    title: str = '',  # the figure's title
+):
+    "Label the bars of a waterfall, set its limits, its x label and its title."
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.set_ylim(-0.6, len(rows) + 0.4)
+    ax.use_sticky_edges = False  # the bars' left ends would pin the limits
+    ax.margins(x=0.18)  # room for the values beside the bars
+    ax.set_xlabel('log-odds of pCR')
+    ax.spines[['top', 'right']].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+
 # %% ../../nbs/12b_interpret.shap.ipynb #2c12fffc
 def plot_waterfall(
     explanation,  # SHAP values (`ShapValues`)
@@ -336,14 +359,7 @@ def plot_waterfall(
     rows = _waterfall_rows(v, waterfall_labels(ex, i), max_display)
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.6), layout='constrained')
     _draw_waterfall(ax, rows, base, base + float(v.sum()))
-    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
-    ax.set_ylim(-0.6, len(rows) + 0.4)
-    ax.use_sticky_edges = False  # the bars' left ends would pin the limits
-    ax.margins(x=0.18)  # room for the values beside the bars
-    ax.set_xlabel('log-odds of pCR')
-    ax.spines[['top', 'right']].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=10)
+    _label_waterfall(ax, rows, title)
     plt.close(fig)
     return fig
 
@@ -472,6 +488,18 @@ def _block_columns(
             shown += [np.array([np.nan])]
     return cols, names, data, shown
 
+# %% ../../nbs/12b_interpret.shap.ipynb #44ac36f5
+def _named_inputs(
+    batch: dict,  # a batch of the fold model's patients
+    bundle: dict,  # the fold model's bundle
+) -> dict:
+    "block -> the names of its inputs (markers, radiomics, measure)."
+    return {
+        'markers': list(batch['clinical_names']),
+        'radiomics': list(bundle.get('radiomics_columns') or []),
+        'measure': list(bundle.get('measure_columns') or []),
+    }
+
 # %% ../../nbs/12b_interpret.shap.ipynb #129e9051
 def shap_linear_head(
     fold_model: FoldModel,  # the fold model (head='linear')
@@ -485,11 +513,7 @@ def shap_linear_head(
         raise LiverPcrError(f'model {fold_model.name!r} of {fold_model.run} has a neural head: use shap_clinical_branch')
     one = _patient_batch(batch, patient_row)
     sv, base, z, raw, miss = _linear_terms(m, one)
-    named = {
-        'markers': list(batch['clinical_names']),
-        'radiomics': list(bundle.get('radiomics_columns') or []),
-        'measure': list(bundle.get('measure_columns') or []),
-    }
+    named = _named_inputs(batch, bundle)
     cols, names, data, shown = _block_columns(m, named, sv, z, raw, miss)
     tps = fold_model.clinical.timepoints if fold_model.clinical is not None else m.timepoints
     pid = one['patient_id'][0]

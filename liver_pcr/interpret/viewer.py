@@ -96,6 +96,16 @@ def _panel_html(
         f'p(pCR) = <b>{px.p:.2f}</b> → {call} (threshold {px.threshold:.2f}) · truth: <b>{lab}</b>'
     )
 
+# %% ../../nbs/12d_interpret.viewer.ipynb #9a8dbdcb
+def _shap_figure(
+    clinical_run,  # a cv run of the clinical reference (None: the model's own marker SHAP)
+    cohort: Cohort,  # the cohort
+    px: PatientExplanation,  # the patient's explanation
+):
+    "The figure of the viewer's SHAP image, or None."
+    ref = _reference_row(clinical_run, cohort, px.patient)
+    return plot_waterfall(ref, 0, title='clinical reference (log-odds)') if ref is not None else px.plot_shap()
+
 # %% ../../nbs/12d_interpret.viewer.ipynb #d41c1fc5
 @patch
 def render(
@@ -107,9 +117,15 @@ def render(
     self.panel.value = _panel_html(px)
     self.maps.value = figure_png(px.plot_maps(self.method.value), dpi=90)
     self.bars.value = figure_png(px.plot_contributions(), dpi=90)
-    ref = _reference_row(self.clinical_run, self.cohort, px.patient)
-    fig = plot_waterfall(ref, 0, title='clinical reference (log-odds)') if ref is not None else px.plot_shap()
+    fig = _shap_figure(self.clinical_run, self.cohort, px)
     self.shap.value = figure_png(fig, dpi=90) if fig is not None else b''
+
+# %% ../../nbs/12d_interpret.viewer.ipynb #0f4a93ac
+def _first_test_patient(
+    run,  # a cv run folder
+) -> str:
+    "The first of the run's test patients, sorted."
+    return sorted(i for s in RunFolder(run).splits() for i in s['test'])[0]
 
 # %% ../../nbs/12d_interpret.viewer.ipynb #2640a7aa
 def _static_maps(
@@ -119,7 +135,7 @@ def _static_maps(
     **kwargs,  # passed to `explain_patient` (`clinical_run` is dropped)
 ):
     "The (closed) figure of the patient's Grad-CAM maps."
-    pid = patient or sorted(i for s in RunFolder(run).splits() for i in s['test'])[0]
+    pid = patient or _first_test_patient(run)
     kw = {k: v for k, v in kwargs.items() if k != 'clinical_run'}
     fig = explain_patient(run, cohort, pid, methods=('gradcam',), shap=False, **kw).plot_maps('gradcam')
     import matplotlib.pyplot as plt
