@@ -10,72 +10,19 @@ prints the explain's wall time and peak resident memory (`/usr/bin/time -v` wher
 (the 23 GB this once reached would take the machine down). Figures are printed, never asserted.
 Targets (issue 20): <= 30 s and <= 1 GB.
 """
-import argparse, os, re, resource, shutil, subprocess, sys, tempfile, threading, time
+import argparse, os, shutil, sys, tempfile
 from pathlib import Path
 
 from liver_pcr.core import cache_dir
 
-
-def cli() -> list[str]:
-    "The command that runs `liver-pcr` with this interpreter (so the package on its path is the one measured)."
-    return [sys.executable, '-c', 'import sys; from liver_pcr.cli import main; sys.exit(main())']
+sys.path.insert(0, str(Path(__file__).parent))
+from scale import cli, timed  # noqa: E402  (one subprocess runner, peak RSS and watchdog, for every benchmark)
+from scale import cohort_for as cached_cohort  # noqa: E402
 
 
 def cohort_for(n: int, seed: int, given: str | None) -> Path:
     "The benchmark's cohort: `given`, else a cached one, else generated (a few minutes) into the cache."
-    if given:
-        return Path(given)
-    own = cache_dir() / 'bench' / f'cohort{n}-seed{seed}'
-    course = cache_dir() / 'course' / f'cohort{n}-seed{seed}'  # liver_pcr.course_cohort: the same SynthConfig
-    for d in (own, course):
-        if (d / 'patients.csv').exists():
-            return d
-    from liver_pcr.cohort.synth import SynthConfig, make_cohort
-
-    t = time.perf_counter()
-    make_cohort(own, SynthConfig(n_patients=n, seed=seed), n_jobs=2, overwrite=own.exists(), show_progress=False)
-    print(f'generated {n} patients in {time.perf_counter() - t:.0f} s into {own}', flush=True)
-    return own
-
-
-def rss_watchdog(proc: subprocess.Popen, limit_kb: float, hit: list) -> None:
-    "Kill `proc` (and its children) when the resident memory of its process tree passes `limit_kb`."
-    def tree_rss(pid: int) -> int:
-        total, todo = 0, [pid]
-        while todo:
-            p = todo.pop()
-            try:
-                total += int(re.search(r'VmRSS:\s+(\d+)', Path(f'/proc/{p}/status').read_text()).group(1))
-                todo += [int(c) for c in Path(f'/proc/{p}/task/{p}/children').read_text().split()]
-            except (OSError, AttributeError):
-                pass
-        return total
-
-    while proc.poll() is None:
-        if tree_rss(proc.pid) > limit_kb:
-            hit.append(True)
-            proc.kill()
-            return
-        time.sleep(0.2)
-
-
-def timed(cmd: list[str], max_rss_gb: float) -> dict:
-    "Run `cmd`; its wall time, peak RSS (MiB), exit status and output."
-    use_time = Path('/usr/bin/time').exists()
-    full = ['/usr/bin/time', '-v', *cmd] if use_time else cmd
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t = time.perf_counter()
-    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    hit = []
-    w = threading.Thread(target=rss_watchdog, args=(proc, max_rss_gb * 2**20, hit), daemon=True)
-    w.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t
-    m = re.search(r'Maximum resident set size \(kbytes\): (\d+)', err) if use_time else None
-    peak_kb = int(m.group(1)) if m else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if not m and peak_kb <= before:
-        peak_kb = float('nan')  # an earlier child was bigger: getrusage keeps the maximum over all children
-    return dict(wall_s=wall, peak_mib=peak_kb / 1024, rc=proc.returncode, killed=bool(hit), out=out, err=err)
+    return Path(given) if given else cached_cohort(n, seed)
 
 
 def main(argv=None) -> int:
@@ -102,7 +49,7 @@ def main(argv=None) -> int:
         r = timed([*cli(), 'train', str(cohort), '--model', a.model, '--out', str(run), '--preset', 'fast',
                    '--seed', str(a.seed), *(['--head', a.head] if a.head else []),
                    *(['--epochs', str(a.epochs)] if a.epochs else [])], 64.0)
-        print(f'train: {r["wall_s"]:.1f} s, peak RSS {r["peak_mib"]:.0f} MiB, exit {r["rc"]}', flush=True)
+        print(f'train: {r["wall_s"]:.1f} s, peak RSS {1024 * r["peak_rss_gb"]:.0f} MiB, exit {r["rc"]}', flush=True)
         if r['rc']:
             print(r['err'][-3000:])
             return 1
@@ -117,7 +64,7 @@ def main(argv=None) -> int:
             r = timed([*cli(), 'explain', str(run), str(cohort), '--patient', pid, '--out', str(out / str(i))],
                       a.max_rss_gb)
             state = f'KILLED above {a.max_rss_gb} GB' if r['killed'] else f'exit {r["rc"]}'
-            print(f'explain --patient {pid}: {r["wall_s"]:.1f} s wall, peak RSS {r["peak_mib"]:.0f} MiB, {state} '
+            print(f'explain --patient {pid}: {r["wall_s"]:.1f} s wall, peak RSS {1024 * r["peak_rss_gb"]:.0f} MiB, {state} '
                   f'(targets: <= 30 s, <= 1024 MiB)', flush=True)
             if r['rc'] and not r['killed']:
                 print(r['err'][-3000:])
