@@ -29,3 +29,23 @@ def _one_thread():
 def cohort_dir(tmp_path) -> Path:
     "A private copy of the packaged sample cohort, free to be changed."
     return Path(shutil.copytree(sample_cohort_path(), tmp_path/'cohort'))
+
+
+@pytest.fixture(scope='module')
+def _module_env(tmp_path_factory):
+    "One cache for the whole module (its runs are shared), quiet bars, torch on one thread (tiny tensors, a busy machine)."
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('LIVER_PCR_CACHE', str(tmp_path_factory.mktemp('cache')))
+        mp.setenv('LIVER_PCR_QUIET', '1')
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def sample(_module_env):
+    "The packaged 24-patient sample cohort, loaded once per module."
+    from liver_pcr.cohort.reader import Cohort
+    return Cohort.load(sample_cohort_path())

@@ -1,6 +1,5 @@
 "Interpretability: maps of the model passed in, row bookkeeping, lesion share against a random map, SHAP additivity, `explain`."
-import copy, io, json, os, shutil
-from pathlib import Path
+import copy, io, json, shutil
 
 import numpy as np
 import pandas as pd
@@ -31,20 +30,7 @@ TINY = dict(pre_cfg=PreprocessConfig(roi_px=16, roi_mm=96), train_cfg=TrainConfi
             show_progress=False, n_boot=50, check=False)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _env(tmp_path_factory):
-    "One cache for the module (the runs are shared), quiet bars, one thread (tiny tensors, a busy machine)."
-    threads = torch.get_num_threads(); torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv('LIVER_PCR_CACHE', str(tmp_path_factory.mktemp('cache')))
-        mp.setenv('LIVER_PCR_QUIET', '1')
-        yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope='module')
-def sample():
-    return Cohort.load(sample_cohort_path())
+pytestmark = pytest.mark.usefixtures('_module_env')  # one cache, quiet bars, one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope='module')

@@ -7,8 +7,7 @@ from liver_pcr.interpret.attribution import fold_batch
 from liver_pcr.train.modelfile import load_fold
 from liver_pcr.train.runs import RunFolder
 from liver_pcr.train.learner import forward
-from liver_pcr.cohort.reader import Cohort
-from liver_pcr.core import LiverPcrError, sample_cohort_path
+from liver_pcr.core import LiverPcrError
 from liver_pcr.data.dataset import wide_labs
 from liver_pcr.interpret.explain import explain_patient
 from liver_pcr.models.nets import STAGES, neural
@@ -22,21 +21,7 @@ TINY = dict(pre_cfg=PreprocessConfig(roi_px=16, roi_mm=96), train_cfg=TrainConfi
             show_progress=False, n_boot=50, check=False)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _env(tmp_path_factory):
-    "One cache for the module, quiet bars, one thread."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv('LIVER_PCR_CACHE', str(tmp_path_factory.mktemp('cache')))
-        mp.setenv('LIVER_PCR_QUIET', '1')
-        yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope='module')
-def sample():
-    return Cohort.load(sample_cohort_path())
+pytestmark = pytest.mark.usefixtures('_module_env')  # one cache, quiet bars, one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope='module')
